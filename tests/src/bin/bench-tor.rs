@@ -1,0 +1,207 @@
+//! `cargo xtask bench tor`: ttp's TransPort and DNSPort (eBPF redirect, embedded Arti)
+//! against C tor's TransPort and DNSPort behind an nftables redirect, the setup older
+//! transparent-proxy tools use. Same private Tor network, same run, interleaved rounds;
+//! each side in its own host namespace joined to the network by its own veth.
+//!
+//! Measures: first byte of a small GET (median of 20), 50 MB throughput (median of 5),
+//! DNS answers per second through the redirect (cached: one name; uncached: new names),
+//! and the daemon's resident memory with 1,000 open streams.
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use ttp_tests::{bin, run, testnet::Testnet, Daemon, Proc, World};
+
+const WEB: &str = ttp_tests::testnet::WEB_V4;
+const GOVERNED: u32 = 1001;
+
+struct Side {
+    name: &'static str,
+    w: World,
+    pid: u32,
+    _daemon: Option<Daemon>,
+    _tor: Option<Proc>,
+}
+
+fn main() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("ttp-bench-net-{}", std::process::id()));
+    let net = Testnet::start(&dir)?;
+    eprintln!("private Tor network up (consensus after {:.1} s)", net.consensus_after);
+    let mut hold_server = net.cmd(bin("testkit"));
+    hold_server.args(["serve-hold", &format!("{WEB}:7000")]);
+    let mut hold_server = Proc::spawn(hold_server)?;
+    hold_server.wait_line("LISTENING", Duration::from_secs(10))?;
+
+    let sides = [ttp_side(&net)?, ctor_side(&net)?];
+    for s in &sides {
+        warm_up(s)?;
+    }
+
+    let mut ttfb: Vec<Vec<f64>> = vec![vec![], vec![]];
+    let mut thr: Vec<Vec<f64>> = vec![vec![], vec![]];
+    for round in 0..20 {
+        for (i, s) in sides.iter().enumerate() {
+            ttfb[i].push(curl_metric(s, "/index.txt", "%{time_starttransfer}")? * 1000.0);
+            if round < 5 {
+                thr[i].push(curl_metric(s, "/50M.bin", "%{speed_download}")? / 1e6);
+                eprintln!("round {round} {:<6} 50 MB at {:.1} MB/s", s.name, thr[i].last().unwrap());
+            }
+        }
+    }
+    let mut dns_cached = vec![];
+    let mut dns_uncached = vec![];
+    for s in &sides {
+        dns_cached.push(dns_rate(s, 2000, false)?);
+        dns_uncached.push(dns_rate(s, 100, true)?);
+    }
+    let mut rss_idle = vec![];
+    let mut rss_held = vec![];
+    for s in &sides {
+        rss_idle.push(rss_mb(s.pid)?);
+        rss_held.push(with_streams_held(s, 1000)?);
+    }
+
+    println!("\n| measure (median) | ttp (Arti, eBPF redirect) | C tor 0.4.9 (TransPort, nftables redirect) |");
+    println!("|---|---|---|");
+    println!("| first byte of a small GET, ms (20 runs) | {:.1} | {:.1} |", median(&ttfb[0]), median(&ttfb[1]));
+    println!("| 50 MB download, MB/s (5 runs) | {:.2} | {:.2} |", median(&thr[0]), median(&thr[1]));
+    println!("| DNS answers/s, cached name (2,000 queries) | {:.0} | {:.0} |", dns_cached[0], dns_cached[1]);
+    println!(
+        "| DNS answers/s, new names (100 queries, resolved by the exit) | {:.0} | {:.0} |",
+        dns_uncached[0], dns_uncached[1]
+    );
+    println!("| daemon RSS, MB, idle after the runs | {:.1} | {:.1} |", rss_idle[0], rss_idle[1]);
+    println!("| daemon RSS, MB, with 1,000 open streams | {:.1} | {:.1} |", rss_held[0], rss_held[1]);
+    println!("\nthroughput samples MB/s: ttp {:?}; C tor {:?}", round2(&thr[0]), round2(&thr[1]));
+    drop(sides);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn ttp_side(net: &Testnet) -> Result<Side> {
+    let w = World::with_testnet(net)?;
+    let state = std::env::temp_dir().join(format!("ttp-bench-state-{}", std::process::id()));
+    let arti = net.arti_toml().display().to_string();
+    let d = w.start_ttp(
+        &state,
+        &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--max-streams", "5000"],
+    )?;
+    let pid = d.proc.child.id();
+    Ok(Side { name: "ttp", w, pid, _daemon: Some(d), _tor: None })
+}
+
+/// C tor as a client with TransPort and DNSPort, and nftables redirecting uid 1001's
+/// traffic to them, in a host namespace of its own.
+fn ctor_side(net: &Testnet) -> Result<Side> {
+    let w = World::with_testnet(net)?;
+    let d = std::env::temp_dir().join(format!("ttp-bench-ctor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700))?;
+    }
+    let torrc = format!(
+        "TestingTorNetwork 1\nDataDirectory {d}\nRunAsDaemon 0\nSocksPort 0\nTransPort 127.0.0.1:9040\n\
+         DNSPort 127.0.0.1:9053\nAutomapHostsOnResolve 1\nPathsNeededToBuildCircuits 0.67\n\
+         Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\n%include {auth}\n",
+        d = d.display(),
+        auth = net.dir.join("authorities.torrc").display()
+    );
+    fs::write(d.join("torrc"), torrc)?;
+    let mut tor = w.host.cmd("tor");
+    tor.arg("-f").arg(d.join("torrc")).stdout(std::process::Stdio::null());
+    let tor = Proc::spawn(tor)?;
+    let pid = tor.child.id();
+    let t0 = Instant::now();
+    while !fs::read_to_string(d.join("notice.log")).unwrap_or_default().contains("Bootstrapped 100%") {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("C tor did not bootstrap; see {}", d.join("notice.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("C tor bootstrapped in {:.1?}", t0.elapsed());
+    let rules = format!(
+        "table ip ttpbench {{\n  chain out {{\n    type nat hook output priority -100; policy accept;\n    \
+         meta skuid {GOVERNED} udp dport 53 redirect to :9053\n    \
+         meta skuid {GOVERNED} ip daddr != 127.0.0.0/8 tcp dport != 9040 redirect to :9040\n  }}\n}}\n"
+    );
+    let file = d.join("rules.nft");
+    fs::write(&file, rules)?;
+    run(w.host.cmd("nft").arg("-f").arg(&file))?;
+    Ok(Side { name: "C tor", w, pid, _daemon: None, _tor: Some(tor) })
+}
+
+fn governed(s: &Side, argv: &[&str]) -> Result<String> {
+    let out = run(&mut s.w.cmd_in(&s.w.governed, GOVERNED, GOVERNED, argv)).with_context(|| s.name)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn warm_up(s: &Side) -> Result<()> {
+    let t0 = Instant::now();
+    while governed(s, &["curl", "-sf", "--max-time", "10", &format!("http://{WEB}/index.txt")]).is_err() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("{}: no stream through Tor within 60 s", s.name);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+fn curl_metric(s: &Side, path: &str, metric: &str) -> Result<f64> {
+    let out = governed(
+        s,
+        &["curl", "-sf", "--max-time", "120", "-o", "/dev/null", "-w", metric, &format!("http://{WEB}{path}")],
+    )?;
+    out.parse().with_context(|| format!("{}: curl printed {out}", s.name))
+}
+
+fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
+    let kit = bin("testkit");
+    let out = governed(
+        s,
+        &[kit.to_str().unwrap_or_default(), "dns-rate", "9.9.9.9:53", &n.to_string(), if unique { "1" } else { "0" }],
+    )?;
+    let mut f = out.split_whitespace();
+    let rate: f64 = f.next().context("no rate")?.parse()?;
+    let answered: usize = f.next().context("no count")?.parse()?;
+    eprintln!("{}: DNS {} {answered}/{n} answered, {rate:.0}/s", s.name, if unique { "uncached" } else { "cached" });
+    Ok(rate)
+}
+
+/// Opens `n` streams through the redirect to a server that keeps them open, and reads
+/// the daemon's RSS while they are all open.
+fn with_streams_held(s: &Side, n: usize) -> Result<f64> {
+    let kit = bin("testkit");
+    let kit = kit.to_str().unwrap_or_default();
+    let mut p =
+        s.w.spawn_in(&s.w.governed, GOVERNED, GOVERNED, &[kit, "hold", &format!("{WEB}:7000"), &n.to_string(), "20"])?;
+    p.wait_line(&format!("HOLDING {n}"), Duration::from_secs(300))
+        .with_context(|| format!("{}: opening {n} streams", s.name))?;
+    let rss = rss_mb(s.pid)?;
+    eprintln!("{}: {n} streams open, RSS {rss:.1} MB", s.name);
+    Ok(rss)
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn round2(v: &[f64]) -> Vec<String> {
+    v.iter().map(|x| format!("{x:.2}")).collect()
+}

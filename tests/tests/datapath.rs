@@ -1,0 +1,274 @@
+//! The kernel datapath, end to end: real eBPF programs on the running kernel, in network
+//! namespaces and cgroups each test makes for itself. Every property is proven on the
+//! uplink capture (what actually left the host), each with a positive control in the same
+//! capture so that a broken capture cannot make a leak test pass.
+//!
+//! Needs root (CI runs as root). The probe daemon stands in for the Tor services: its
+//! TransPort answers `ORIG <original destination>`, its DNSPort answers every A query with
+//! 198.18.0.7.
+
+use std::time::Duration;
+
+use ttp_tests::{addr, matching, Capture, World, INET_IF, UPLINK};
+
+const GOVERNED: u32 = 1001;
+const BYPASS_UID: u32 = 2001;
+const BYPASS_GID: u32 = 3001;
+const IN_BYPASS_GROUP: u32 = 1002;
+const ANSWER: &str = "198.18.0.7";
+
+fn world() -> World {
+    assert!(nix::unistd::geteuid().is_root(), "the datapath tests need root (they load eBPF and make namespaces)");
+    World::new().expect("building the test world")
+}
+
+fn bypass_args(w: &World) -> Vec<String> {
+    vec![
+        "--bypass-uid".into(),
+        BYPASS_UID.to_string(),
+        "--bypass-gid".into(),
+        BYPASS_GID.to_string(),
+        "--bypass-cgroup".into(),
+        w.bypass.path.display().to_string(),
+        "--doh".into(),
+        addr::DOH_V4.into(),
+    ]
+}
+
+fn start(w: &World, extra: &[&str]) -> ttp_tests::Daemon {
+    let mut args = bypass_args(w);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    w.start_probe(&refs).expect("starting the probe daemon")
+}
+
+fn s4(port: u16) -> String {
+    format!("{}:{port}", addr::SERVER_V4)
+}
+fn s6(port: u16) -> String {
+    format!("[{}]:{port}", addr::SERVER_V6)
+}
+
+#[test]
+fn tcp_connects_reach_the_transport_with_their_original_destination() {
+    let w = world();
+    let _d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
+    assert_eq!(w.governed(GOVERNED, &["connect", &s6(80)]), format!("ORIG {}", s6(80)));
+    // An IPv6 socket asking for an IPv4-mapped address skips connect4: connect6 handles it.
+    let mapped = format!("[::ffff:{}]:80", addr::SERVER_V4);
+    assert_eq!(w.governed(GOVERNED, &["connect", &mapped]), format!("ORIG {}", s4(80)));
+    // getpeername shows the application the address it asked for.
+    assert_eq!(w.governed(GOVERNED, &["peername", &s4(80)]), format!("PEER {}", s4(80)));
+    // Positive control in the same capture: an exempt uid goes direct and is seen.
+    assert_eq!(w.governed(BYPASS_UID, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
+
+    let pkts = cap.stop().unwrap();
+    // Four governed connects and one exempt: exactly one SYN may leave, the control's.
+    let syns = matching(&pkts, &format!("> {}.80: Flags [S]", addr::SERVER_V4));
+    assert_eq!(syns.len(), 1, "only the exempt connect may leave: {pkts:#?}");
+    assert!(matching(&pkts, &format!("> {}.80:", addr::SERVER_V6)).is_empty(), "IPv6 TCP leaked: {pkts:#?}");
+
+    let c = w.counters().unwrap();
+    assert!(c["tcp_redirected"] >= 4, "{c:?}");
+    assert!(c["exempt_passed"] >= 1, "{c:?}");
+}
+
+#[test]
+fn dns_over_udp_and_tcp_reaches_the_dns_port_and_dig_accepts_the_reply() {
+    let w = world();
+    let d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    let dig = |server: &str, extra: &[&str]| {
+        let mut argv = vec!["dig", "+short", "+tries=1", "+time=2"];
+        argv.push(server);
+        argv.extend_from_slice(extra);
+        let out = w.run_in(&w.governed, GOVERNED, GOVERNED, &argv);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // dig drops UDP replies from an unexpected source: an answer proves recvmsg rewrote it.
+    assert_eq!(dig(&format!("@{}", addr::SERVER_V4), &["example.com", "A"]), ANSWER);
+    assert_eq!(dig(&format!("@{}", addr::SERVER_V4), &["+tcp", "example.com", "A"]), ANSWER);
+    assert_eq!(dig(&format!("@{}", addr::SERVER_V6), &["example.com", "A"]), ANSWER);
+    assert_eq!(dig(&format!("@{}", addr::SERVER_V6), &["+tcp", "example.com", "AAAA"]), "2001:db8:ffff::7");
+    // A LAN resolver (the home router) and a loopback stub resolver: still the DNSPort,
+    // with LAN bypass on (the default).
+    assert_eq!(dig(&format!("@{}", addr::LAN_PEER), &["example.com", "A"]), ANSWER);
+    assert_eq!(dig("@127.0.0.53", &["example.com", "A"]), ANSWER);
+    // Positive control, same capture: an exempt datagram is seen.
+    assert!(w.governed(BYPASS_UID, &["udp", &s4(443)]).starts_with("DIRECT"));
+    let pkts = cap.stop().unwrap();
+    assert_eq!(matching(&pkts, &format!("> {}.443:", addr::SERVER_V4)).len(), 1, "control not captured: {pkts:#?}");
+    assert!(matching(&pkts, ".53:").is_empty(), "DNS left the host: {pkts:#?}");
+
+    let c = w.counters().unwrap();
+    assert!(c["dns_udp_redirected"] >= 4 && c["dns_tcp_redirected"] >= 2, "{c:?}");
+    assert!(c["dns_reply_rewritten"] >= 2, "{c:?}");
+    drop(d);
+}
+
+#[test]
+fn leaky_protocols_never_reach_the_uplink() {
+    let w = world();
+    let d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+
+    // Refused at the socket with a clear errno, so applications fall back.
+    assert_eq!(w.governed(GOVERNED, &["udp", &s4(443)]), "ERR EPERM", "QUIC-like UDP");
+    assert_eq!(w.governed(GOVERNED, &["udp", &s6(443)]), "ERR EPERM", "QUIC-like UDP over IPv6");
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(853)]), "ERR EPERM", "DNS over TLS");
+    assert_eq!(w.governed(GOVERNED, &["connect", &format!("{}:443", addr::DOH_V4)]), "ERR EPERM", "DoH resolver");
+    // These bypass the sock_addr hooks; the kill-switches must stop them. Raw and packet
+    // sockets need CAP_NET_RAW, so root sends them: root is governed unless allowed.
+    let icmp = w.governed(0, &["icmp", &s4(0)]);
+    let raw = w.governed(0, &["raw", &s4(0)]);
+    let pkt = w.governed(0, &["packet", UPLINK, addr::HOST_V4, &s4(9999)]);
+    // Positive controls, same capture: the same sends from the bypass cgroup leave.
+    assert_eq!(w.governed(BYPASS_UID, &["udp", &s4(443)]), format!("DIRECT {} FROM {}", s4(443), s4(443)));
+    assert_eq!(w.kit(&w.bypass, 0, 0, &["icmp", &s4(0)]), "SENT");
+    assert_eq!(w.kit(&w.bypass, 0, 0, &["packet", UPLINK, addr::HOST_V4, &s4(9998)]), "SENT");
+
+    let pkts = cap.stop().unwrap();
+    eprintln!("governed icmp: {icmp}, raw: {raw}, packet: {pkt}");
+    let to = |p: &str| matching(&pkts, &format!("> {p}:")).len();
+    assert_eq!(to(&format!("{}.443", addr::SERVER_V4)), 1, "only the control's datagram may leave: {pkts:#?}");
+    assert_eq!(to(&format!("{}.443", addr::SERVER_V6)), 0, "{pkts:#?}");
+    assert_eq!(to(&format!("{}.853", addr::SERVER_V4)), 0, "{pkts:#?}");
+    assert_eq!(to(&format!("{}.443", addr::DOH_V4)), 0, "{pkts:#?}");
+    assert_eq!(to(&format!("{}.9999", addr::SERVER_V4)), 0, "governed packet-socket frame leaked: {pkts:#?}");
+    assert_eq!(to(&format!("{}.9998", addr::SERVER_V4)), 1, "control frame not captured: {pkts:#?}");
+    let echo = matching(&pkts, &format!("> {}: ICMP echo request", addr::SERVER_V4));
+    assert_eq!(echo.len(), 1, "only the exempt echo may leave: {pkts:#?}");
+    assert!(matching(&pkts, "ip-proto-253").is_empty(), "raw protocol 253 leaked: {pkts:#?}");
+
+    let c = w.counters().unwrap();
+    assert!(c["udp_refused"] >= 2 && c["dot_refused"] >= 1 && c["doh_refused"] >= 1, "{c:?}");
+    assert!(c["skb_dropped_icmp"] >= 1 && c["skb_dropped_other"] >= 1, "{c:?}");
+    assert!(c["tc_dropped"] >= 1, "{c:?}");
+    // The programs' aya-log records reach the daemon's tracing output.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.log().contains("refused a governed connect/send"), "no eBPF log line in:\n{}", d.log());
+}
+
+#[test]
+fn exempt_uid_gid_and_cgroup_go_direct_and_lan_bypass_switches() {
+    let w = world();
+    let d = start(&w, &[]);
+    let direct = format!("DIRECT {}", s4(80));
+    assert_eq!(w.governed(BYPASS_UID, &["connect", &s4(80)]), direct, "bypass uid");
+    assert_eq!(w.kit(&w.governed, IN_BYPASS_GROUP, BYPASS_GID, &["connect", &s4(80)]), direct, "bypass gid");
+    assert_eq!(w.kit(&w.bypass, GOVERNED, GOVERNED, &["connect", &s4(80)]), direct, "bypass cgroup");
+    // A GID-exempt socket's datagrams pass the packet-level switches too (tagged at creation).
+    assert!(w.kit(&w.governed, IN_BYPASS_GROUP, BYPASS_GID, &["udp", &s4(443)]).starts_with("DIRECT"));
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)), "governed");
+
+    // LAN bypass (default on): private destinations go direct, TCP and UDP.
+    let lan = format!("{}:80", addr::LAN_PEER);
+    assert_eq!(w.governed(GOVERNED, &["connect", &lan]), format!("DIRECT {lan}"));
+    assert!(w.governed(GOVERNED, &["udp", &format!("{}:5353", addr::LAN_PEER)]).starts_with("DIRECT"));
+    d.stop().unwrap();
+
+    // LAN bypass off: the same connect goes to the TransPort, the UDP is refused.
+    let _d = start(&w, &["--no-lan-bypass"]);
+    assert_eq!(w.governed(GOVERNED, &["connect", &lan]), format!("ORIG {lan}"));
+    assert_eq!(w.governed(GOVERNED, &["udp", &format!("{}:5353", addr::LAN_PEER)]), "ERR EPERM");
+}
+
+#[test]
+fn ipv6_policy_drop_refuses_ipv6() {
+    let w = world();
+    let _d = start(&w, &["--ipv6", "drop"]);
+    assert_eq!(w.governed(GOVERNED, &["connect", &s6(80)]), "ERR EPERM");
+    // IPv4, also through an IPv6 socket, still goes through.
+    let mapped = format!("[::ffff:{}]:80", addr::SERVER_V4);
+    assert_eq!(w.governed(GOVERNED, &["connect", &mapped]), format!("ORIG {}", s4(80)));
+    assert!(w.counters().unwrap()["ipv6_refused"] >= 1);
+}
+
+#[test]
+fn sigkill_leaves_the_host_closed_and_stop_reopens_it() {
+    let w = world();
+    let d = start(&w, &[]);
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
+    d.kill();
+
+    let before = w.counters().unwrap();
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    // Redirection still happens: to a dead port, so the connect fails instead of leaking.
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), "ERR ECONNREFUSED");
+    assert_eq!(w.governed(GOVERNED, &["udp", &s4(443)]), "ERR EPERM");
+    w.governed(0, &["icmp", &s4(0)]);
+    w.governed(0, &["packet", UPLINK, addr::HOST_V4, &s4(9999)]);
+    // Positive control: an exempt socket still works (its exemption is in pinned maps).
+    assert_eq!(w.governed(BYPASS_UID, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
+    let pkts = cap.stop().unwrap();
+    assert!(!matching(&pkts, &format!("> {}.80:", addr::SERVER_V4)).is_empty(), "control not captured: {pkts:#?}");
+    let leaks: Vec<_> = pkts
+        .iter()
+        .filter(|l| l.contains(".443:") || l.contains(".9999:") || l.contains("ICMP echo request"))
+        .collect();
+    assert!(leaks.is_empty(), "governed traffic left a host whose daemon is dead: {leaks:#?}");
+    // The counters still count.
+    let after = w.counters().unwrap();
+    assert!(after["tcp_redirected"] > before["tcp_redirected"], "{before:?} -> {after:?}");
+    assert!(after["udp_refused"] > before["udp_refused"], "{before:?} -> {after:?}");
+    assert!(after["tc_dropped"] > before["tc_dropped"], "{before:?} -> {after:?}");
+
+    // `ttp stop` after a crash: lockdown, detach, unpin; the host is open again.
+    let report = ttp::datapath::teardown(&ttp::datapath::PinLayout::new(&w.pin_dir)).unwrap();
+    assert_eq!(report.links_detached, 13, "{report:?}");
+    assert!(!w.pin_dir.exists(), "pins left behind");
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
+}
+
+#[test]
+fn clean_stop_restores_direct_connectivity_and_leaves_no_pins() {
+    let w = world();
+    let d = start(&w, &[]);
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
+    let log = d.stop().unwrap();
+    assert!(log.contains("links_detached: 13"), "{log}");
+    assert!(!w.pin_dir.exists(), "pin dir {} left behind", w.pin_dir.display());
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
+    assert!(w.governed(GOVERNED, &["udp", &s4(443)]).starts_with("DIRECT"));
+}
+
+#[test]
+fn start_after_a_crash_takes_over_the_stale_pins() {
+    let w = world();
+    start(&w, &[]).kill();
+    let cg = w.governed.path.display().to_string();
+    let attached = || {
+        let out = ttp_tests::run(std::process::Command::new("bpftool").args(["cgroup", "show", &cg])).unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    };
+    assert_eq!(attached(), 12, "the crashed instance's cgroup programs should still be attached");
+
+    let d = start(&w, &[]);
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
+    assert_eq!(attached(), 12, "the stale programs were not released");
+    assert!(d.log().contains("took over 13 stale links"), "{}", d.log());
+    let links = std::fs::read_dir(w.pin_dir.join("links")).unwrap().count();
+    assert_eq!(links, 13);
+    d.stop().unwrap();
+    assert_eq!(attached(), 0);
+}
+
+#[test]
+fn a_daemon_that_fails_to_start_leaves_the_host_as_it_was() {
+    let w = world();
+    let state = std::env::temp_dir().join(format!("ttpt-fail-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let mut c = w.ttp_cmd("run", &state);
+    c.args(["--arti-config", "/nonexistent/arti.toml"]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/arti.toml") && stderr.contains("does not exist"), "{stderr}");
+    // It had attached (kill-switch first) and tore everything down again.
+    assert!(stderr.contains("kill-switch active"), "{stderr}");
+    assert!(!w.pin_dir.exists(), "pins left behind");
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -1,0 +1,348 @@
+//! ttp against a real (private) Tor network: Debian's `tor` relays in their own namespace,
+//! shared by every test of this file, and the real daemon (`ttp run`) with embedded Arti.
+//!
+//! Each test has its own host namespace, cgroups, pins and Tor state; the uplink capture
+//! proves what left the host: Tor relay traffic only.
+
+use std::{
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use ttp_tests::{matching, testnet::Testnet, Capture, World};
+
+const GOVERNED: u32 = 1001;
+const WEB: &str = ttp_tests::testnet::WEB_V4;
+const PAGE: &str = "hello from the private internet";
+
+fn net() -> &'static Testnet {
+    static NET: OnceLock<Testnet> = OnceLock::new();
+    NET.get_or_init(|| {
+        assert!(nix::unistd::geteuid().is_root(), "the Tor tests need root (namespaces, eBPF)");
+        let dir = std::env::temp_dir().join(format!("ttpt-testnet-{}", std::process::id()));
+        let t0 = Instant::now();
+        let net = Testnet::start(&dir).expect("starting the private Tor network");
+        eprintln!("private Tor network up in {:.1?} (consensus after {:.1} s)", t0.elapsed(), net.consensus_after);
+        net
+    })
+}
+
+/// A world on the Tor network, with the real daemon running, and its state dir.
+struct Running {
+    daemon: Option<ttp_tests::Daemon>,
+    w: World,
+    state: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn start(extra: &[&str]) -> Running {
+    let net = net();
+    let w = World::with_testnet(net).expect("test world on the Tor network");
+    let state = std::env::temp_dir().join(format!("ttpt-state-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net.arti_toml().display().to_string();
+    let mut args = vec!["--arti-config", arti.as_str(), "--check-url", ttp_tests::testnet::CHECK_URL];
+    args.extend_from_slice(extra);
+    let daemon = w.start_ttp(&state, &args).expect("ttp run");
+    let r = Running { daemon: Some(daemon), w, state };
+    // The network is minutes old: its exits can refuse a stream while they settle. One
+    // warm-up fetch (retried) before the tests' own, strict, requests.
+    let t0 = Instant::now();
+    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no stream through Tor within 60 s:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    r
+}
+
+impl Running {
+    /// The daemon's reasons for failed streams, for assertion messages.
+    fn failures(&self) -> String {
+        let log = self.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
+        log.lines().filter(|l| l.contains("failed") || l.contains("WARN")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn curl(w: &World, url: &str) -> String {
+    let out = w.run_in(&w.governed, GOVERNED, GOVERNED, &["curl", "-sS", "--max-time", "30", url]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+}
+
+fn dig(w: &World, args: &[&str]) -> String {
+    let mut argv = vec!["dig", "+short", "+tries=1", "+time=20"];
+    argv.extend_from_slice(args);
+    let out = w.run_in(&w.governed, GOVERNED, GOVERNED, &argv);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_governed_curl_reaches_the_internet_through_tor_and_only_relay_traffic_leaves() {
+    let r = start(&[]);
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    assert_eq!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "{}", r.failures());
+    let pkts = cap.stop().unwrap();
+
+    // Positive control: Tor's own traffic to the relays was captured.
+    let relays = net().or_addrs();
+    let to_relays: Vec<_> =
+        pkts.iter().filter(|l| relays.iter().any(|a| l.contains(&format!("> {}:", a.replace(':', "."))))).collect();
+    assert!(!to_relays.is_empty(), "no relay traffic captured: {pkts:#?}");
+    // Nothing to the web server itself, and no IP packet that is not to a relay.
+    assert!(matching(&pkts, &format!("> {WEB}.")).is_empty(), "direct traffic to the destination: {pkts:#?}");
+    let other: Vec<_> = pkts
+        .iter()
+        .filter(|l| l.contains(" IP ") && l.contains("198.19.") && l.contains(" > "))
+        .filter(|l| {
+            let dst = l.split(" > ").nth(1).unwrap_or_default();
+            !dst.starts_with("198.19.") && !relays.iter().any(|a| dst.starts_with(&format!("{}:", a.replace(':', "."))))
+        })
+        .collect();
+    assert!(other.is_empty(), "non-Tor traffic left the host: {other:#?}");
+}
+
+#[test]
+fn dns_through_the_dnsport_a_and_ptr() {
+    let r = start(&[]);
+    // The exits' resolver answers every name with the web server's address.
+    assert_eq!(dig(&r.w, &["@9.9.9.9", "www.example.test", "A"]), WEB);
+    // Same through TCP and through the machine's configured resolver (redirected too).
+    assert_eq!(dig(&r.w, &["+tcp", "@9.9.9.9", "other.example.test", "A"]), WEB);
+    let onion = &net().onion;
+    let virt = dig(&r.w, &["@9.9.9.9", onion, "A"]);
+    assert!(virt.starts_with("10."), "{onion} -> {virt}");
+    let o: Vec<&str> = virt.split('.').collect();
+    let arpa = format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
+    assert_eq!(dig(&r.w, &["@9.9.9.9", &arpa, "PTR"]), format!("{onion}."));
+}
+
+#[test]
+fn an_onion_site_is_reached_transparently_by_name() {
+    let r = start(&[]);
+    let onion = &net().onion;
+    // curl resolves through the libc resolver (the machine's resolv.conf: redirected to the
+    // DNSPort, which answers a virtual address), connects to it (redirected to the
+    // TransPort, which maps it back to the name) and Arti opens an onion-service stream.
+    let t0 = Instant::now();
+    let page = loop {
+        let p = curl(&r.w, &format!("http://{onion}/index.txt"));
+        // The descriptor may still be spreading, or a time period just rotated.
+        if p == PAGE || t0.elapsed() > Duration::from_secs(150) {
+            break p;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let log = r.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
+    assert_eq!(page, PAGE, "daemon log:\n{log}");
+}
+
+#[test]
+fn a_flood_of_malformed_dns_leaves_the_dnsport_answering() {
+    let r = start(&[]);
+    let kit = ttp_tests::bin("testkit");
+    let out =
+        r.w.run_in(&r.w.governed, GOVERNED, GOVERNED, &[kit.to_str().unwrap(), "dns-flood", "127.0.0.1:9053", "20000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(dig(&r.w, &["@9.9.9.9", "after.flood.test", "A"]), WEB);
+}
+
+#[test]
+fn stop_restores_the_host_and_leaves_nothing() {
+    let mut r = start(&[]);
+    assert_eq!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "{}", r.failures());
+    let log = r.daemon.take().unwrap().stop().unwrap();
+    assert!(log.contains("links detached"), "{log}");
+    assert!(!r.w.pin_dir.exists(), "pins left behind");
+}
+
+/// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.
+fn ttp(r: &Running, args: &[&str]) -> String {
+    let out = std::process::Command::new(ttp_tests::bin("ttp"))
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(r.state.join("run"))
+        .arg("--pin-dir")
+        .arg(&r.w.pin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ttp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Circuit of the newest closed stream of `uid` to the web server.
+fn last_circuit(r: &Running, uid: u32) -> String {
+    let streams: Vec<serde_json::Value> = serde_json::from_str(&ttp(r, &["streams", "--recent", "--json"])).unwrap();
+    streams
+        .iter()
+        .rfind(|s| {
+            s["isolation"].as_str().unwrap_or_default().starts_with(&format!("uid {uid} "))
+                && s["destination"] == format!("{WEB}:80")
+        })
+        .map(|s| s["circuit"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no stream of uid {uid} in {streams:#?}"))
+}
+
+#[test]
+fn streams_are_isolated_per_uid_and_refresh_gives_new_circuits() {
+    let r = start(&[]);
+    let url = format!("http://{WEB}/index.txt");
+    let fetch = |uid: u32| {
+        let out = r.w.run_in(&r.w.governed, uid, uid, &["curl", "-sS", "--max-time", "30", &url]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), PAGE, "uid {uid}: {}", r.failures());
+    };
+    fetch(GOVERNED);
+    let a1 = last_circuit(&r, GOVERNED);
+    fetch(1002);
+    let b = last_circuit(&r, 1002);
+    fetch(GOVERNED);
+    let a2 = last_circuit(&r, GOVERNED);
+    assert!(!a1.is_empty() && !b.is_empty());
+    assert_eq!(a1, a2, "one uid's streams share a circuit");
+    assert_ne!(a1, b, "two uids never share a circuit");
+
+    assert!(ttp(&r, &["refresh"]).contains("new identity"));
+    fetch(GOVERNED);
+    let a3 = last_circuit(&r, GOVERNED);
+    assert_ne!(a3, a1, "after refresh, new streams use a new circuit");
+
+    // status reports the running daemon and its ports; the JSON is what scripts read.
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["ports"]["trans"], 9040);
+    assert_eq!(status["ports"]["dns"], 9053);
+    assert!(status["pid"].as_u64().unwrap() > 0);
+    assert!(status["counters"]["tcp_redirected"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn a_non_root_user_cannot_use_the_control_socket() {
+    let r = start(&[]);
+    let sock = r.state.join("run/control.sock");
+    let probe = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect('{}'); s.sendall(b'{{\"cmd\":\"status\"}}\\n'); print(s.recv(4096))\nexcept PermissionError:\n  print('EACCES')",
+        sock.display()
+    );
+    // Positive control: root gets an answer through the same code path.
+    let root = r.w.run_in(&r.w.daemon, 0, 0, &["/usr/bin/python3", "-c", &probe]);
+    assert!(String::from_utf8_lossy(&root.stdout).contains("running"), "{}", String::from_utf8_lossy(&root.stdout));
+    let user = r.w.run_in(&r.w.daemon, 1001, 1001, &["/usr/bin/python3", "-c", &probe]);
+    assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "EACCES", "{}", String::from_utf8_lossy(&user.stderr));
+}
+
+fn curl_via(w: &World, proxy: &str, url: &str) -> String {
+    let out = w.run_in(&w.governed, GOVERNED, GOVERNED, &["curl", "-sS", "--max-time", "30", "--proxy", proxy, url]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+}
+
+#[test]
+fn socks5_socks4a_and_resolve_through_tor_with_per_user_isolation() {
+    let r = start(&[]);
+    let by_name = "http://www.example.test/index.txt";
+    // socks5h: the name travels to the exit, whose resolver answers it.
+    assert_eq!(curl_via(&r.w, "socks5h://127.0.0.1:9055", by_name), PAGE, "{}", r.failures());
+    assert_eq!(curl_via(&r.w, "socks5://127.0.0.1:9055", &format!("http://{WEB}/index.txt")), PAGE);
+    assert_eq!(curl_via(&r.w, "socks4a://127.0.0.1:9055", by_name), PAGE);
+    // Tor's RESOLVE extension, with Debian's tor-resolve as the client.
+    let out =
+        r.w.run_in(&r.w.governed, GOVERNED, GOVERNED, &["tor-resolve", "-5", "resolve.example.test", "127.0.0.1:9055"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), WEB, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Two usernames never share a circuit; one username keeps its circuit.
+    assert_eq!(curl_via(&r.w, "socks5h://alice:x@127.0.0.1:9055", by_name), PAGE);
+    assert_eq!(curl_via(&r.w, "socks5h://bob:x@127.0.0.1:9055", by_name), PAGE);
+    assert_eq!(curl_via(&r.w, "socks5h://alice:x@127.0.0.1:9055", by_name), PAGE);
+    let streams: Vec<serde_json::Value> = serde_json::from_str(&ttp(&r, &["streams", "--recent", "--json"])).unwrap();
+    let circuits = |who: &str| -> Vec<String> {
+        streams.iter().filter(|s| s["isolation"] == who).map(|s| s["circuit"].as_str().unwrap().to_string()).collect()
+    };
+    let (alice, bob) = (circuits("socks user alice"), circuits("socks user bob"));
+    assert_eq!(alice.len(), 2, "{streams:#?}");
+    assert_eq!(alice[0], alice[1]);
+    assert!(!bob.is_empty() && bob[0] != alice[0], "{streams:#?}");
+
+    // Malformed SOCKS input does not take the port down.
+    let kit = ttp_tests::bin("testkit");
+    let out =
+        r.w.run_in(&r.w.governed, GOVERNED, GOVERNED, &[kit.to_str().unwrap(), "tcp-garbage", "127.0.0.1:9055", "300"]);
+    assert!(out.status.success());
+    assert_eq!(curl_via(&r.w, "socks5h://127.0.0.1:9055", by_name), PAGE);
+}
+
+#[test]
+fn ttp_start_returns_when_ready_and_stop_leaves_nothing() {
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-start-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let rt = state.join("run");
+    let mut c = w.ttp_cmd("start", &state);
+    c.arg("--arti-config").arg(net.arti_toml());
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("kill-switch active") && stdout.contains("ttp is running"), "{stdout}");
+    let lock: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rt.join("ttp.lock")).unwrap()).unwrap();
+    let pid = lock["pid"].as_u64().unwrap() as i32;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    let t0 = Instant::now();
+    while curl(&w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no stream through Tor after ttp start");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stop = std::process::Command::new(ttp_tests::bin("ttp"))
+        .args(["stop", "--runtime-dir"])
+        .arg(&rt)
+        .arg("--pin-dir")
+        .arg(&w.pin_dir)
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    // Nothing of ttp is left: no daemon, no pins, no control socket; direct again.
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "daemon {pid} still alive after ttp stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!w.pin_dir.exists(), "pins left behind");
+    assert!(!rt.join("control.sock").exists(), "control socket left behind");
+    assert!(!rt.join("ttp.lock").exists(), "session lock left behind");
+    assert_eq!(curl(&w, &format!("http://{WEB}/index.txt")), PAGE, "direct connectivity after stop");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn ttp_check_reports_the_exit_and_status_shows_it() {
+    let r = start(&[]);
+    let out = ttp(&r, &["check"]);
+    let exits: Vec<String> =
+        net().relays.iter().filter(|x| x.role == ttp_tests::testnet::Role::Exit).map(|x| x.addr.clone()).collect();
+    assert!(out.starts_with("Tor: yes; exit address "), "{out}");
+    let exit = out.trim_start_matches("Tor: yes; exit address ").split(';').next().unwrap().to_string();
+    assert!(exits.contains(&exit), "{exit} is not one of the exits {exits:?}");
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!(status["exit_address"], exit.as_str());
+    // diagnose gathers the same picture, plus the kernel side.
+    let diag = ttp(&r, &["diagnose"]);
+    for want in
+        ["cgroup/sock_addr   supported", "13 links pinned", "daemon:      running", &format!("exit:        {exit}")]
+    {
+        assert!(diag.contains(want), "diagnose lacks {want:?}:\n{diag}");
+    }
+    // An endpoint that does not answer: a clear error, and the command fails.
+    let bad = std::process::Command::new(ttp_tests::bin("ttp"))
+        .args(["check", "--check-url", "http://203.0.113.10:9/", "--runtime-dir"])
+        .arg(r.state.join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no check endpoint answered"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

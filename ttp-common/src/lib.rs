@@ -1,0 +1,283 @@
+//! Types shared by ttp's eBPF programs (`ttp-ebpf`) and its userspace (`ttp`).
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps, so every type is
+//! `#[repr(C)]`, has explicit padding (map keys are hashed byte for byte: no byte may be
+//! left uninitialised) and only plain integer fields.
+#![no_std]
+
+/// Names of the maps in the eBPF object. Userspace finds and pins them by these names.
+pub mod maps {
+    /// `Array<Config>`, one entry: ports, flags, the daemon's identity.
+    pub const CONFIG: &str = "CONFIG";
+    /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `HashMap<u32, u8>`: UIDs whose sockets go direct.
+    pub const BYPASS_UID: &str = "BYPASS_UID";
+    /// `HashMap<u32, u8>`: GIDs whose sockets go direct.
+    pub const BYPASS_GID: &str = "BYPASS_GID";
+    /// `HashMap<u64, u8>`: cgroup ids whose subtree goes direct.
+    pub const BYPASS_CGROUP: &str = "BYPASS_CGROUP";
+    /// `HashMap<IpKey, u8>`: DNS-over-HTTPS resolvers whose port 443 is refused.
+    pub const DOH_ADDRS: &str = "DOH_ADDRS";
+    /// `LruHashMap<u64, Origin>`: socket cookie -> destination the application asked for.
+    pub const ORIG_DST: &str = "ORIG_DST";
+    /// `LruHashMap<SockAddr, Origin>`: redirected client's local address -> original
+    /// destination and owner. The TransPort looks up each accepted connection's peer.
+    pub const CONN_DST: &str = "CONN_DST";
+    /// `HashMap<u64, u8>`: socket cookie -> [`crate::Exempt`] reason, set at socket creation.
+    pub const EXEMPT_SOCK: &str = "EXEMPT_SOCK";
+    /// `HashMap<u32, u32>`: uplink ifindex -> length of its link-layer header (14 or 0).
+    pub const UPLINKS: &str = "UPLINKS";
+}
+
+/// Names of the programs in the eBPF object, one per hook.
+pub mod programs {
+    pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    pub const SENDMSG4: &str = "sendmsg4";
+    pub const SENDMSG6: &str = "sendmsg6";
+    pub const RECVMSG4: &str = "recvmsg4";
+    pub const RECVMSG6: &str = "recvmsg6";
+    pub const GETPEERNAME4: &str = "getpeername4";
+    pub const GETPEERNAME6: &str = "getpeername6";
+    pub const SOCK_CREATE: &str = "sock_create";
+    pub const SOCK_RELEASE: &str = "sock_release";
+    pub const SOCK_OPS: &str = "sock_ops";
+    pub const SKB_EGRESS: &str = "skb_egress";
+    pub const TC_EGRESS: &str = "tc_egress";
+}
+
+/// Bits of [`Config::flags`].
+pub mod flags {
+    /// Drop every governed packet except loopback and the daemon's; refuse every
+    /// non-loopback connect. Set first on stop and by crash recovery.
+    pub const LOCKDOWN: u32 = 1 << 0;
+    /// Let RFC 1918, link-local, unique-local and multicast destinations go direct.
+    pub const LAN_BYPASS: u32 = 1 << 1;
+    /// Let uid 0 go direct (opt-in: by default root is governed like everyone else).
+    pub const ALLOW_ROOT: u32 = 1 << 2;
+    /// Refuse all IPv6 instead of sending it through Tor.
+    pub const IPV6_DROP: u32 = 1 << 3;
+    /// At least one entry is in `BYPASS_CGROUP`: only then do the programs walk the
+    /// cgroup ancestry (up to [`crate::MAX_CGROUP_DEPTH`] lookups).
+    pub const HAS_BYPASS_CGROUPS: u32 = 1 << 4;
+    /// Set by userspace once every map is filled; until then the programs fail closed.
+    pub const READY: u32 = 1 << 5;
+}
+
+/// How deep the cgroup ancestry walk for bypass cgroups goes.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// `daemon_uid` value meaning "any uid in the daemon cgroup".
+pub const ANY_UID: u32 = u32::MAX;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Datapath configuration, written by userspace into `CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// TransPort on loopback (host byte order).
+    pub trans_port: u16,
+    /// DNSPort on loopback, UDP and TCP (host byte order).
+    pub dns_port: u16,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// cgroup v2 id of the daemon's own cgroup: its sockets are never redirected or dropped.
+    pub daemon_cgroup: u64,
+    /// The daemon's uid, or [`ANY_UID`]. A socket is the daemon's only if both match.
+    pub daemon_uid: u32,
+    /// The DNSPort's virtual IPv4 range for names only Tor can resolve (.onion), host
+    /// byte order. It lies in 10/8, so it must be redirected even with LAN bypass on.
+    pub virt4_net: u32,
+    pub virt4_mask: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Is this IPv4 address (host byte order) one of the DNSPort's virtual addresses?
+    pub const fn is_virtual4(&self, ip: u32) -> bool {
+        self.virt4_mask != 0 && ip & self.virt4_mask == self.virt4_net
+    }
+}
+
+/// What the kernel records about a redirected socket: where it wanted to go, and who it
+/// belongs to (for stream isolation). Value of `ORIG_DST` and `CONN_DST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub dst: SockAddr,
+    /// cgroup v2 id of the task that connected.
+    pub cgroup: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A socket address as the kernel's `bpf_sock_addr` holds it: IPv4 in `addr[0]`, IPv6 in all
+/// four words, each word in network byte order as the kernel gives it; `port` in host order.
+/// IPv4-mapped IPv6 addresses are stored as IPv4, so both sides compare like with like.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockAddr {
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    pub _pad: u32,
+}
+
+impl SockAddr {
+    pub const fn v4(addr_be: u32, port: u16) -> Self {
+        SockAddr { addr: [addr_be, 0, 0, 0], port, family: AF_INET, _pad: 0 }
+    }
+
+    /// Builds from the four network-order words of an IPv6 address; v4-mapped becomes IPv4.
+    pub fn v6(addr: [u32; 4], port: u16) -> Self {
+        if is_v4_mapped(&addr) {
+            Self::v4(addr[3], port)
+        } else {
+            SockAddr { addr, port, family: AF_INET6, _pad: 0 }
+        }
+    }
+}
+
+/// Is this IPv6 address (network-order words) `::ffff:a.b.c.d`?
+pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff)
+}
+
+/// Key of `DOH_ADDRS`: an address without a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    pub addr: [u32; 4],
+    pub family: u16,
+    pub _pad: [u16; 3],
+}
+
+impl IpKey {
+    pub const fn of(a: &SockAddr) -> Self {
+        IpKey { addr: a.addr, family: a.family, _pad: [0; 3] }
+    }
+}
+
+/// Why a socket is exempt from redirection and the kill-switch (value of `EXEMPT_SOCK`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exempt {
+    Daemon = 1,
+    Root = 2,
+    Uid = 3,
+    Gid = 4,
+    Cgroup = 5,
+}
+
+/// Every decision the programs make is counted in `COUNTERS[counter as u32]`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP connect sent to the TransPort.
+    TcpRedirected = 0,
+    /// TCP connect to port 53 sent to the DNSPort.
+    DnsTcpRedirected,
+    /// UDP datagram to port 53 sent to the DNSPort.
+    DnsUdpRedirected,
+    /// DNS reply source rewritten back to the server the application asked.
+    DnsReplyRewritten,
+    /// Connect or send by an exempt socket, left alone.
+    ExemptPassed,
+    /// LAN destination left alone (LAN bypass on).
+    LanPassed,
+    /// Non-DNS UDP refused at the socket (QUIC, NTP, ...).
+    UdpRefused,
+    /// DNS-over-TLS (TCP 853) refused.
+    DotRefused,
+    /// TCP 443 to a known DNS-over-HTTPS resolver refused.
+    DohRefused,
+    /// IPv6 refused because the IPv6 policy is "drop".
+    Ipv6Refused,
+    /// Refused because lockdown is on (or the datapath is not ready).
+    LockdownRefused,
+    /// Governed packets dropped by the cgroup egress kill-switch, by protocol.
+    SkbDroppedTcp,
+    SkbDroppedUdp,
+    SkbDroppedIcmp,
+    SkbDroppedOther,
+    /// Packets dropped by the TC egress kill-switch on an uplink.
+    TcDropped,
+    /// Packets the TC kill-switch let through because the daemon sent them.
+    TcPassedDaemon,
+    /// Packets the TC kill-switch let through because an exempt socket sent them.
+    TcPassedExempt,
+    /// Link-control packets the TC kill-switch lets through (ARP, NDP, DHCP).
+    TcPassedLinkControl,
+    /// Exempt-socket table full: the socket stays governed (fail closed).
+    ExemptTableFull,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::ExemptTableFull as u32 + 1;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::TcpRedirected,
+        Counter::DnsTcpRedirected,
+        Counter::DnsUdpRedirected,
+        Counter::DnsReplyRewritten,
+        Counter::ExemptPassed,
+        Counter::LanPassed,
+        Counter::UdpRefused,
+        Counter::DotRefused,
+        Counter::DohRefused,
+        Counter::Ipv6Refused,
+        Counter::LockdownRefused,
+        Counter::SkbDroppedTcp,
+        Counter::SkbDroppedUdp,
+        Counter::SkbDroppedIcmp,
+        Counter::SkbDroppedOther,
+        Counter::TcDropped,
+        Counter::TcPassedDaemon,
+        Counter::TcPassedExempt,
+        Counter::TcPassedLinkControl,
+        Counter::ExemptTableFull,
+    ];
+
+    /// Stable snake_case name, used in `ttp status --json` and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::TcpRedirected => "tcp_redirected",
+            Counter::DnsTcpRedirected => "dns_tcp_redirected",
+            Counter::DnsUdpRedirected => "dns_udp_redirected",
+            Counter::DnsReplyRewritten => "dns_reply_rewritten",
+            Counter::ExemptPassed => "exempt_passed",
+            Counter::LanPassed => "lan_passed",
+            Counter::UdpRefused => "udp_refused",
+            Counter::DotRefused => "dot_refused",
+            Counter::DohRefused => "doh_refused",
+            Counter::Ipv6Refused => "ipv6_refused",
+            Counter::LockdownRefused => "lockdown_refused",
+            Counter::SkbDroppedTcp => "skb_dropped_tcp",
+            Counter::SkbDroppedUdp => "skb_dropped_udp",
+            Counter::SkbDroppedIcmp => "skb_dropped_icmp",
+            Counter::SkbDroppedOther => "skb_dropped_other",
+            Counter::TcDropped => "tc_dropped",
+            Counter::TcPassedDaemon => "tc_passed_daemon",
+            Counter::TcPassedExempt => "tc_passed_exempt",
+            Counter::TcPassedLinkControl => "tc_passed_link_control",
+            Counter::ExemptTableFull => "exempt_table_full",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `#[repr(C)]` plain integers with explicit padding fields.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockAddr {}
+    unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::Origin {}
+}

@@ -1,0 +1,263 @@
+//! The datapath's decisions as pure functions, shared by every program in `main.rs`.
+//!
+//! Nothing here touches a map or a helper, so the policy is unit-tested on the host
+//! (`cargo test -p ttp-ebpf --lib`) while the programs stay thin adapters around it.
+#![no_std]
+
+use ttp_common::{flags, Config, Counter, Exempt};
+
+/// Where a connect or a packet is going, classified once per hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub v6: bool,
+    /// 127.0.0.0/8, 0.0.0.0/8, ::1, :: : this host, never governed.
+    pub loopback: bool,
+    /// RFC 1918, link-local, CGNAT-free LAN ranges, unique-local, multicast, broadcast.
+    pub lan: bool,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// One of the DNSPort's virtual addresses: always redirected, never LAN.
+    pub virt: bool,
+}
+
+impl Dest {
+    /// `ip` in host byte order (`u32::from_be` of the kernel's field).
+    pub const fn v4(ip: u32, port: u16) -> Self {
+        Dest { v6: false, loopback: v4_is_local(ip), lan: v4_is_lan(ip), port, virt: false }
+    }
+
+    /// `words` in host byte order; callers turn v4-mapped addresses into [`Dest::v4`] first.
+    pub const fn v6(words: [u32; 4], port: u16) -> Self {
+        Dest { v6: true, loopback: v6_is_local(words), lan: v6_is_lan(words), port, virt: false }
+    }
+}
+
+pub const fn v4_is_local(ip: u32) -> bool {
+    let first = ip >> 24;
+    first == 127 || first == 0
+}
+
+pub const fn v4_is_lan(ip: u32) -> bool {
+    ip >> 24 == 10                       // 10.0.0.0/8
+        || ip >> 20 == 0xac1             // 172.16.0.0/12
+        || ip >> 16 == 0xc0a8            // 192.168.0.0/16
+        || ip >> 16 == 0xa9fe            // 169.254.0.0/16 link-local
+        || ip >> 28 == 0xe               // 224.0.0.0/4 multicast (mDNS, SSDP)
+        || ip == 0xffff_ffff // limited broadcast
+}
+
+pub const fn v6_is_local(w: [u32; 4]) -> bool {
+    w[0] == 0 && w[1] == 0 && w[2] == 0 && (w[3] == 1 || w[3] == 0)
+}
+
+pub const fn v6_is_lan(w: [u32; 4]) -> bool {
+    w[0] >> 25 == 0x7e          // fc00::/7 unique-local
+        || w[0] >> 22 == 0x3fa  // fe80::/10 link-local
+        || w[0] >> 24 == 0xff // ff00::/8 multicast
+}
+
+/// Transport protocol of a connect or send the sock_addr hooks see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// What a sock_addr hook does with a connect or a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it alone; count it if `Some`.
+    Pass(Option<Counter>),
+    /// Rewrite the destination to our `port` on loopback and remember the original.
+    Redirect { port: u16, counter: Counter },
+    /// Refuse at the socket (EPERM).
+    Refuse(Counter),
+}
+
+/// The whole redirection policy for one connect/send by a socket of the governed cgroup.
+///
+/// `exempt` is why the socket may go direct, if it may; `doh` whether the destination is
+/// a listed DNS-over-HTTPS resolver.
+pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, doh: bool) -> Action {
+    if exempt == Some(Exempt::Daemon) {
+        return Action::Pass(Some(Counter::ExemptPassed));
+    }
+    // Local services stay local, except DNS: a stub resolver on loopback would otherwise
+    // answer governed applications without Tor.
+    if dest.loopback && dest.port != 53 {
+        return Action::Pass(None);
+    }
+    if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
+        return Action::Refuse(Counter::LockdownRefused);
+    }
+    if exempt.is_some() {
+        return Action::Pass(Some(Counter::ExemptPassed));
+    }
+    // DNS always goes to the DNSPort, also to a LAN resolver (the home router): LAN
+    // bypass is for reaching LAN hosts, not for resolving names past Tor.
+    match (proto, dest.port) {
+        (Proto::Tcp, 53) => return Action::Redirect { port: cfg.dns_port, counter: Counter::DnsTcpRedirected },
+        (Proto::Udp, 53) => return Action::Redirect { port: cfg.dns_port, counter: Counter::DnsUdpRedirected },
+        _ => {}
+    }
+    if dest.lan && !dest.virt && cfg.has(flags::LAN_BYPASS) {
+        return Action::Pass(Some(Counter::LanPassed));
+    }
+    if dest.v6 && cfg.has(flags::IPV6_DROP) {
+        return Action::Refuse(Counter::Ipv6Refused);
+    }
+    match (proto, dest.port) {
+        (Proto::Tcp, 853) => Action::Refuse(Counter::DotRefused),
+        (Proto::Tcp, 443) if doh => Action::Refuse(Counter::DohRefused),
+        (Proto::Tcp, _) => Action::Redirect { port: cfg.trans_port, counter: Counter::TcpRedirected },
+        (Proto::Udp, _) => Action::Refuse(Counter::UdpRefused),
+    }
+}
+
+/// The egress kill-switch: may a packet of a governed socket leave for `dest`?
+///
+/// Redirected traffic only ever goes to loopback, so anything else must be exempt or LAN.
+pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>) -> bool {
+    if dest.loopback || exempt == Some(Exempt::Daemon) {
+        return true;
+    }
+    if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
+        return false;
+    }
+    exempt.is_some() || (dest.lan && cfg.has(flags::LAN_BYPASS))
+}
+
+/// Is `uid` the daemon's, given the configured daemon uid?
+pub const fn daemon_uid_matches(cfg: &Config, uid: u32) -> bool {
+    cfg.daemon_uid == ttp_common::ANY_UID || cfg.daemon_uid == uid
+}
+
+/// Counter for a packet the cgroup kill-switch drops, by IP protocol number.
+pub const fn skb_drop_counter(ip_proto: u8) -> Counter {
+    match ip_proto {
+        6 => Counter::SkbDroppedTcp,
+        17 => Counter::SkbDroppedUdp,
+        1 | 58 => Counter::SkbDroppedIcmp,
+        _ => Counter::SkbDroppedOther,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(f: u32) -> Config {
+        Config { trans_port: 9040, dns_port: 9053, flags: f | flags::READY, ..Default::default() }
+    }
+    const INTERNET: u32 = 0x5db8_d822; // 93.184.216.34
+    const LAN: u32 = 0xc0a8_0105; // 192.168.1.5
+
+    #[test]
+    fn classifies_addresses() {
+        assert!(v4_is_local(0x7f00_0001) && v4_is_local(0));
+        assert!(!v4_is_local(INTERNET) && !v4_is_lan(INTERNET));
+        for ip in [0x0a01_0203, 0xac1f_0001, LAN, 0xa9fe_0101, 0xe000_00fb, 0xffff_ffff] {
+            assert!(v4_is_lan(ip), "{ip:#x}");
+        }
+        assert!(!v4_is_lan(0xac20_0001)); // 172.32.0.1 is outside 172.16/12
+        assert!(v6_is_local([0, 0, 0, 1]));
+        assert!(v6_is_lan([0xfd00_0000, 0, 0, 1]) && v6_is_lan([0xfe80_0000, 0, 0, 1]));
+        assert!(!v6_is_lan([0x2001_0db8, 0, 0, 1]));
+    }
+
+    #[test]
+    fn tcp_and_dns_are_redirected() {
+        let c = cfg(0);
+        assert_eq!(
+            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 80), None, false),
+            Action::Redirect { port: 9040, counter: Counter::TcpRedirected }
+        );
+        assert_eq!(
+            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 53), None, false),
+            Action::Redirect { port: 9053, counter: Counter::DnsTcpRedirected }
+        );
+        assert_eq!(
+            decide(&c, Proto::Udp, &Dest::v4(INTERNET, 53), None, false),
+            Action::Redirect { port: 9053, counter: Counter::DnsUdpRedirected }
+        );
+        assert_eq!(
+            decide(&c, Proto::Tcp, &Dest::v6([0x2001_0db8, 0, 0, 1], 443), None, false),
+            Action::Redirect { port: 9040, counter: Counter::TcpRedirected }
+        );
+    }
+
+    #[test]
+    fn dns_is_redirected_even_to_lan_and_loopback_resolvers() {
+        let c = cfg(flags::LAN_BYPASS);
+        let dns = Action::Redirect { port: 9053, counter: Counter::DnsUdpRedirected };
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(LAN, 53), None, false), dns);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0035, 53), None, false), dns); // 127.0.0.53
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v6([0, 0, 0, 1], 53), None, false), dns);
+        // ... but an exempt socket resolves directly, and other loopback ports stay local.
+        assert_eq!(
+            decide(&c, Proto::Udp, &Dest::v4(LAN, 53), Some(Exempt::Uid), false),
+            Action::Pass(Some(Counter::ExemptPassed))
+        );
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0001, 5353), None, false), Action::Pass(None));
+    }
+
+    #[test]
+    fn leaky_protocols_are_refused() {
+        let c = cfg(0);
+        let d = |port| Dest::v4(INTERNET, port);
+        assert_eq!(decide(&c, Proto::Udp, &d(443), None, false), Action::Refuse(Counter::UdpRefused));
+        assert_eq!(decide(&c, Proto::Tcp, &d(853), None, false), Action::Refuse(Counter::DotRefused));
+        assert_eq!(decide(&c, Proto::Tcp, &d(443), None, true), Action::Refuse(Counter::DohRefused));
+        let v6 = Dest::v6([0x2001_0db8, 0, 0, 1], 80);
+        assert_eq!(decide(&cfg(flags::IPV6_DROP), Proto::Tcp, &v6, None, false), Action::Refuse(Counter::Ipv6Refused));
+    }
+
+    #[test]
+    fn loopback_exempt_and_lan() {
+        let c = cfg(flags::LAN_BYPASS);
+        assert_eq!(decide(&c, Proto::Tcp, &Dest::v4(0x7f00_0001, 80), None, false), Action::Pass(None));
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(LAN, 5353), None, false), Action::Pass(Some(Counter::LanPassed)));
+        let off = cfg(0);
+        assert!(matches!(decide(&off, Proto::Tcp, &Dest::v4(LAN, 80), None, false), Action::Redirect { .. }));
+        assert_eq!(
+            decide(&off, Proto::Udp, &Dest::v4(INTERNET, 443), Some(Exempt::Uid), false),
+            Action::Pass(Some(Counter::ExemptPassed))
+        );
+    }
+
+    #[test]
+    fn lockdown_and_unready_fail_closed_except_daemon() {
+        let locked = cfg(flags::LOCKDOWN | flags::LAN_BYPASS);
+        let unready = Config { flags: 0, ..cfg(0) };
+        for c in [locked, unready] {
+            let d = Dest::v4(INTERNET, 80);
+            assert_eq!(decide(&c, Proto::Tcp, &d, Some(Exempt::Uid), false), Action::Refuse(Counter::LockdownRefused));
+            assert_eq!(
+                decide(&c, Proto::Tcp, &Dest::v4(LAN, 80), None, false),
+                Action::Refuse(Counter::LockdownRefused)
+            );
+            assert!(matches!(decide(&c, Proto::Tcp, &d, Some(Exempt::Daemon), false), Action::Pass(_)));
+            assert!(!egress_allowed(&c, &d, Some(Exempt::Cgroup)));
+            assert!(egress_allowed(&c, &d, Some(Exempt::Daemon)));
+            assert!(egress_allowed(&c, &Dest::v4(0x7f00_0001, 1), None));
+        }
+    }
+
+    #[test]
+    fn virtual_addresses_are_redirected_despite_lan_bypass() {
+        let c = Config { virt4_net: 0x0ac0_0000, virt4_mask: 0xffc0_0000, ..cfg(flags::LAN_BYPASS) };
+        let ip = 0x0ac0_0005; // 10.192.0.5
+        assert!(c.is_virtual4(ip) && !c.is_virtual4(0x0a00_0001));
+        let d = Dest { virt: c.is_virtual4(ip), ..Dest::v4(ip, 80) };
+        assert!(matches!(decide(&c, Proto::Tcp, &d, None, false), Action::Redirect { .. }));
+    }
+
+    #[test]
+    fn egress_needs_exemption_or_lan() {
+        let d = Dest::v4(INTERNET, 80);
+        assert!(!egress_allowed(&cfg(flags::LAN_BYPASS), &d, None));
+        assert!(egress_allowed(&cfg(0), &d, Some(Exempt::Gid)));
+        assert!(egress_allowed(&cfg(flags::LAN_BYPASS), &Dest::v4(LAN, 1), None));
+        assert!(!egress_allowed(&cfg(0), &Dest::v4(LAN, 1), None));
+    }
+}

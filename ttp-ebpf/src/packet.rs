@@ -1,0 +1,91 @@
+//! What the two packet-level kill-switches (skb, tc) share: reading the IP header and
+//! the exemption of the socket that sent a packet.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    programs::sk_buff::SkBuff,
+};
+use ttp_common::{Config, Exempt, ANY_UID};
+use ttp_ebpf::Dest;
+
+use crate::maps::{exempt_by_identity, exempt_tag};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_HOPOPTS: u8 = 0;
+
+/// An IP packet's destination, and where its header starts.
+pub struct Ip {
+    pub dest: Dest,
+    v6: bool,
+    l3: usize,
+}
+
+impl Ip {
+    /// Reads the destination address at `l3` (0 in cgroup_skb, the link-layer length in
+    /// tc) with a single load: the hot path needs nothing else.
+    #[inline(always)]
+    pub fn parse(skb: &SkBuff, l3: usize) -> Option<Ip> {
+        match u16::from_be(skb.protocol() as u16) {
+            ETH_P_IP => {
+                let daddr: u32 = skb.load(l3 + 16).ok()?;
+                Some(Ip { dest: Dest::v4(u32::from_be(daddr), 0), v6: false, l3 })
+            }
+            ETH_P_IPV6 => {
+                let w: [u32; 4] = skb.load(l3 + 24).ok()?;
+                Some(Ip { dest: Dest::v6(w.map(u32::from_be), 0), v6: true, l3 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The transport protocol and where its header starts; read only off the hot path.
+    /// Of IPv6 extension headers only one hop-by-hop header is skipped (MLD reports carry
+    /// one); behind others the protocol is the extension's number, which can only make a
+    /// packet look less like link control, never let one through.
+    #[inline(always)]
+    pub fn transport(&self, skb: &SkBuff) -> Option<(u8, usize)> {
+        if !self.v6 {
+            let vihl: u8 = skb.load(self.l3).ok()?;
+            let proto: u8 = skb.load(self.l3 + 9).ok()?;
+            return Some((proto, self.l3 + ((vihl & 0x0f) as usize) * 4));
+        }
+        let mut proto: u8 = skb.load(self.l3 + 6).ok()?;
+        let mut l4 = self.l3 + 40;
+        if proto == IPPROTO_HOPOPTS {
+            let next: u8 = skb.load(l4).ok()?;
+            let len: u8 = skb.load(l4 + 1).ok()?;
+            proto = next;
+            l4 += (len as usize + 1) * 8;
+        }
+        Some((proto, l4))
+    }
+}
+
+/// Why the socket that sent this packet is exempt, if it is. Packets without a full
+/// socket (forwarded, time-wait, no socket at all) are never exempt.
+#[inline(always)]
+pub fn exempt_of(cfg: &Config, skb: *mut __sk_buff) -> Option<Exempt> {
+    // SAFETY: skb is the program's context, valid for these helpers.
+    unsafe {
+        // The daemon's own traffic is the hot path on the uplink: decide it first, with one
+        // helper call. Packets without a full socket have cgroup id 0.
+        let cgroup = bpf_skb_cgroup_id(skb);
+        let uid = || bpf_get_socket_uid(skb);
+        if cgroup != 0 && cgroup == cfg.daemon_cgroup && (cfg.daemon_uid == ANY_UID || cfg.daemon_uid == uid()) {
+            return Some(Exempt::Daemon);
+        }
+        let cookie = bpf_get_socket_cookie(skb.cast());
+        if cookie == 0 {
+            return None;
+        }
+        if let Some(tag) = exempt_tag(cookie) {
+            return Some(tag);
+        }
+        if cgroup == 0 {
+            return None;
+        }
+        exempt_by_identity(cfg, cgroup, uid(), None, |level| bpf_skb_ancestor_cgroup_id(skb, level as i32))
+    }
+}

@@ -1,0 +1,32 @@
+//! cgroup_skb/egress: the kill-switch for governed sockets.
+//!
+//! Redirected traffic only ever goes to loopback; every other packet of a governed socket
+//! (ICMP, raw sockets, UDP that slipped past sendmsg, anything in lockdown) is dropped
+//! unless its socket is exempt or it is bound for the LAN with LAN bypass on.
+
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use ttp_common::Counter;
+use ttp_ebpf::{egress_allowed, skb_drop_counter};
+
+use crate::{
+    maps::{config, count},
+    packet::{exempt_of, Ip},
+};
+
+#[cgroup_skb(egress)]
+pub fn skb_egress(ctx: SkBuffContext) -> i32 {
+    let Some(ip) = Ip::parse(&ctx.skb, 0) else {
+        count(Counter::SkbDroppedOther);
+        return 0;
+    };
+    if ip.dest.loopback {
+        return 1;
+    }
+    let cfg = config();
+    if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb)) {
+        1
+    } else {
+        count(skb_drop_counter(ip.transport(&ctx.skb).map_or(0, |(proto, _)| proto)));
+        0
+    }
+}

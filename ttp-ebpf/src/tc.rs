@@ -1,0 +1,78 @@
+//! TC egress (tcx) on the uplinks: the host-wide kill-switch.
+//!
+//! cgroup programs only see sockets of the governed cgroup, and never packet sockets.
+//! This one sees every frame leaving an uplink and lets through only the daemon's own
+//! traffic, exempt sockets, link control (ARP and other non-IP frames, DHCP, NDP) and,
+//! with LAN bypass, LAN destinations. A dead daemon leaves it attached: the host is closed.
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use ttp_common::{flags, Counter, Exempt};
+
+use crate::{
+    maps::{config, count, UPLINKS},
+    packet::{exempt_of, Ip},
+};
+
+/// Pass on to the next program and then the stack (TC_ACT_OK would end the tcx chain).
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+const ETH_HLEN: u32 = 14;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    let skb = &ctx.skb;
+    let cfg = config();
+    let open = cfg.has(flags::READY) && !cfg.has(flags::LOCKDOWN);
+    match exempt_of(&cfg, skb.skb) {
+        Some(Exempt::Daemon) => {
+            count(Counter::TcPassedDaemon);
+            return TC_ACT_UNSPEC;
+        }
+        Some(_) if open => {
+            count(Counter::TcPassedExempt);
+            return TC_ACT_UNSPEC;
+        }
+        _ => {}
+    }
+    // SAFETY: skb is the program's context.
+    let ifindex = unsafe { (*skb.skb).ifindex };
+    // SAFETY: u32 copied out at once.
+    let l2 = unsafe { UPLINKS.get(&ifindex) }.copied().unwrap_or(ETH_HLEN);
+    let Some(ip) = Ip::parse(skb, l2 as usize) else {
+        // Not IP at all: ARP, EAPOL and the like never leave the link.
+        count(Counter::TcPassedLinkControl);
+        return TC_ACT_UNSPEC;
+    };
+    if link_control(&ctx, &ip) {
+        count(Counter::TcPassedLinkControl);
+        return TC_ACT_UNSPEC;
+    }
+    if open && ip.dest.lan && cfg.has(flags::LAN_BYPASS) {
+        count(Counter::LanPassed);
+        return TC_ACT_UNSPEC;
+    }
+    count(Counter::TcDropped);
+    TC_ACT_SHOT
+}
+
+/// DHCP and DHCPv6 client requests and ICMPv6 neighbour discovery / MLD to link-scope
+/// addresses: what a host needs to keep its address and neighbours, carrying no payload
+/// of any application.
+fn link_control(ctx: &TcContext, ip: &Ip) -> bool {
+    let Some((proto, l4)) = ip.transport(&ctx.skb) else { return false };
+    match proto {
+        IPPROTO_UDP => {
+            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
+                return false;
+            };
+            let (sport, dport) = (u16::from_be(sport), u16::from_be(dport));
+            (!ip.dest.v6 && sport == 68 && dport == 67) || (ip.dest.v6 && ip.dest.lan && sport == 546 && dport == 547)
+        }
+        IPPROTO_ICMPV6 if ip.dest.lan => {
+            matches!(ctx.load::<u8>(l4), Ok(130..=137 | 143))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,57 @@
+//! cgroup v2 plumbing: where the hierarchy is mounted, cgroup ids, moving processes.
+//!
+//! Never assumes /sys/fs/cgroup: hybrid systems mount cgroup2 elsewhere
+//! (/sys/fs/cgroup/unified), so the mount point is read from /proc/mounts.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The cgroup2 mount point, from /proc/mounts.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .context("no cgroup2 filesystem is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1")
+}
+
+/// A cgroup's id as BPF helpers report it: the inode number of its cgroup2 directory.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    let meta = fs::metadata(path).with_context(|| format!("cgroup {} does not exist", path.display()))?;
+    if !meta.is_dir() || !path.join("cgroup.procs").exists() {
+        bail!("{} is not a cgroup2 directory (no cgroup.procs in it)", path.display());
+    }
+    Ok(meta.ino())
+}
+
+/// The cgroup2 path of a process, from /proc/PID/cgroup (`0::/path`).
+pub fn cgroup_of(pid: u32) -> Result<PathBuf> {
+    let text =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .with_context(|| format!("process {pid} has no cgroup2 membership"))?;
+    Ok(cgroup2_root()?.join(rel.trim_start_matches('/')))
+}
+
+/// Moves a process into a cgroup.
+pub fn move_into(path: &Path, pid: u32) -> Result<()> {
+    fs::write(path.join("cgroup.procs"), pid.to_string())
+        .with_context(|| format!("moving process {pid} into cgroup {}", path.display()))
+}
+
+/// Creates a cgroup (and its parents); fine if it exists.
+pub fn create(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("creating cgroup {}", path.display()))
+}

@@ -1,0 +1,246 @@
+//! The control socket: how the CLI and other programs talk to the daemon.
+//!
+//! A Unix socket (`<runtime-dir>/control.sock`, mode 0660, owner root, group `ttp` when
+//! that group exists) carrying one JSON object per line each way; docs/API.md has the
+//! protocol. Peer credentials are checked as well as file permissions: only root and
+//! members of the `ttp` group are served.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Notify,
+};
+
+use crate::{datapath::Maps, transport::StreamSnapshot};
+
+pub const SOCKET: &str = "control.sock";
+const GROUP: &str = "ttp";
+
+/// A request, e.g. `{"cmd":"streams","recent":true}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Streams {
+        #[serde(default)]
+        recent: bool,
+    },
+    /// New identity: new streams use new circuits.
+    Refresh,
+    /// Through Tor, ask check endpoints (in order; the daemon's own list if empty).
+    Check {
+        #[serde(default)]
+        urls: Vec<String>,
+    },
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ports {
+    pub trans: u16,
+    pub dns: u16,
+    pub socks: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub state: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub started_unix: u64,
+    pub ports: Ports,
+    pub bootstrap: String,
+    pub streams_open: usize,
+    pub streams_refused: u64,
+    pub exit_address: Option<String>,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// A reply: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Reply {
+    Status { ok: bool, status: Box<Status> },
+    Streams { ok: bool, streams: Vec<StreamSnapshot> },
+    Refreshed { ok: bool, isolation_keys_reset: usize },
+    Checked { ok: bool, check: crate::check::CheckResult },
+    // Before `Done`: untagged variants are tried in order, and `Done` matches any `ok`.
+    Error { ok: bool, error: String },
+    Done { ok: bool },
+}
+
+/// What the control socket needs from the running daemon.
+pub struct Control {
+    pub services: Arc<crate::daemon::Services>,
+    pub maps: Arc<Mutex<Maps>>,
+    pub ports: Ports,
+    pub started: Instant,
+    pub started_unix: u64,
+    /// Notified by a `stop` request.
+    pub stop: Arc<Notify>,
+    /// Check endpoints, in order.
+    pub check_urls: Vec<String>,
+}
+
+impl Control {
+    async fn answer(&self, req: Request) -> Reply {
+        match req {
+            Request::Check { urls } => {
+                let urls = if urls.is_empty() { self.check_urls.clone() } else { urls };
+                match crate::check::check_any(&self.services.tor, &urls).await {
+                    Ok(check) => {
+                        *self.services.exit.lock().expect("exit lock") = Some(check.clone());
+                        Reply::Checked { ok: true, check }
+                    }
+                    Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
+                }
+            }
+            Request::Status => {
+                let counters = self
+                    .maps
+                    .lock()
+                    .expect("maps lock")
+                    .counters()
+                    .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
+                    .unwrap_or_default();
+                let s = &self.services;
+                Reply::Status {
+                    ok: true,
+                    status: Box::new(Status {
+                        state: "running".into(),
+                        pid: std::process::id(),
+                        uptime_secs: self.started.elapsed().as_secs(),
+                        started_unix: self.started_unix,
+                        ports: self.ports.clone(),
+                        bootstrap: s.tor.bootstrap_status().to_string(),
+                        streams_open: s.streams.open_count(),
+                        streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
+                        exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
+                        counters,
+                    }),
+                }
+            }
+            Request::Streams { recent } => Reply::Streams { ok: true, streams: self.services.streams.snapshot(recent) },
+            Request::Refresh => {
+                let n = self.services.isolation.new_identity();
+                tracing::info!("new identity: {n} isolation keys reset; new streams use new circuits");
+                Reply::Refreshed { ok: true, isolation_keys_reset: n }
+            }
+            Request::Stop => {
+                self.stop.notify_one();
+                Reply::Done { ok: true }
+            }
+        }
+    }
+}
+
+/// Creates the socket with its permissions.
+pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(runtime_dir).with_context(|| format!("creating {}", runtime_dir.display()))?;
+    let path = runtime_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let group = nix::unistd::Group::from_name(GROUP).ok().flatten();
+    if let Some(g) = &group {
+        nix::unistd::chown(&path, None, Some(g.gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, ctl: Arc<Control>) -> Result<()> {
+    let group = nix::unistd::Group::from_name(GROUP).ok().flatten().map(|g| g.gid.as_raw());
+    loop {
+        let (stream, _) = listener.accept().await.context("control socket accept")?;
+        let allowed = stream.peer_cred().map(|c| c.uid() == 0 || Some(c.gid()) == group).unwrap_or(false);
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let _ = session(stream, &ctl, allowed).await;
+        });
+    }
+}
+
+async fn session(stream: UnixStream, ctl: &Control, allowed: bool) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = if !allowed {
+            Reply::Error {
+                ok: false,
+                error: "permission denied: only root and the ttp group may use ttp's control socket".into(),
+            }
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(req) => ctl.answer(req).await,
+                Err(e) => Reply::Error { ok: false, error: format!("bad request: {e}") },
+            }
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// The CLI side: one request, one reply.
+pub fn request(runtime_dir: &Path, req: &Request) -> Result<Reply> {
+    use std::io::{BufRead, Write};
+    let path: PathBuf = runtime_dir.join(SOCKET);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("cannot reach the daemon at {} (is ttp running? `ttp start`)", path.display()))?;
+    // A check goes through Tor and may try several endpoints.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(&s).read_line(&mut reply)?;
+    let reply: Reply =
+        serde_json::from_str(&reply).with_context(|| format!("unexpected reply from the daemon: {reply}"))?;
+    if let Reply::Error { error, .. } = &reply {
+        bail!("{error}");
+    }
+    Ok(reply)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_reject_unknown_input() {
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"streams","recent":true}"#).unwrap(),
+            Request::Streams { recent: true }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"streams"}"#).unwrap(),
+            Request::Streams { recent: false }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert!(serde_json::from_str::<Request>("not json").is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let r = Reply::Refreshed { ok: true, isolation_keys_reset: 2 };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"ok":true,"isolation_keys_reset":2}"#);
+        assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), r);
+    }
+}

@@ -1,0 +1,277 @@
+//! The daemon: kill-switch first, then Tor, then the ports, then redirection goes live.
+//!
+//! 1. Into its own cgroup (the only thing the kill-switch exempts).
+//! 2. Datapath attached and pinned in lockdown: from here on nothing governed leaks.
+//! 3. Arti bootstraps.
+//! 4. TransPort and DNSPort listen.
+//! 5. Lockdown off: governed traffic now flows through Tor.
+//!
+//! On SIGTERM/SIGINT: lockdown on, services stop, datapath detached and unpinned.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::{
+    cgroup,
+    control::{self, Control, Ports},
+    datapath::{Datapath, DatapathOptions, Maps, Policy},
+    dns::{self, Automap, Cache, DnsService},
+    options::StartOptions,
+    socks::SocksPort,
+    tor::{self, Isolation, TorResolver},
+    transport::{PortContext, Streams, TransPort},
+};
+
+/// How long the DNS cache and the automap keep entries.
+const DNS_CACHE_TTL: Duration = Duration::from_secs(60);
+const AUTOMAP_TTL: Duration = Duration::from_secs(30 * 60);
+const AUTOMAP_CAPACITY: usize = 65536;
+
+/// The running services, for the control socket and status.
+pub struct Services {
+    pub tor: tor::Tor,
+    pub isolation: Arc<Isolation>,
+    pub streams: Arc<Streams>,
+    pub automap: Arc<Mutex<Automap>>,
+    /// The last successful exit check.
+    pub exit: Mutex<Option<crate::check::CheckResult>>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `ready` is called once traffic flows.
+pub async fn run(opts: &StartOptions, ready: impl FnOnce(&Services)) -> Result<()> {
+    if let Ok(control::Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &control::Request::Status) {
+        anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
+    }
+    let t0 = Instant::now();
+    let root = cgroup::cgroup2_root()?;
+    let governed = opts.cgroup.clone().unwrap_or_else(|| root.clone());
+    let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
+    cgroup::create(&daemon_cgroup)?;
+    cgroup::move_into(&daemon_cgroup, std::process::id())?;
+    let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
+
+    let dp_opts = DatapathOptions {
+        cgroup: governed,
+        uplinks,
+        pin_dir: opts.pin_dir.clone(),
+        trans_port: opts.trans_port,
+        dns_port: opts.dns_port,
+        daemon_cgroup,
+        daemon_uid: None,
+        virtual_v4: Some(opts.virtual_net),
+        policy: Policy {
+            lan_bypass: !opts.no_lan_bypass,
+            allow_root: opts.allow_root,
+            ipv6: opts.ipv6(),
+            bypass_uids: opts.bypass_uids.clone(),
+            bypass_gids: opts.bypass_gids.clone(),
+            bypass_cgroups: opts.bypass_cgroups.clone(),
+            ..Policy::default()
+        },
+        start_locked: true,
+    };
+    let (datapath, logger) = Datapath::start(&dp_opts)?;
+    tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
+    if let Some(logger) = logger {
+        tokio::spawn(crate::datapath::forward_logs(logger));
+    }
+    // From here on, any failure must tear the datapath down again: the host as it was.
+    let result = serve(opts, datapath.layout().maps(), t0, ready).await;
+    let report = datapath.stop();
+    match (&result, report) {
+        (_, Ok(r)) => tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned),
+        (_, Err(e)) => tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it"),
+    }
+    result
+}
+
+async fn serve(opts: &StartOptions, maps_dir: PathBuf, t0: Instant, ready: impl FnOnce(&Services)) -> Result<()> {
+    private_dir(&opts.state_dir)?;
+    let config = tor::load_config(&opts.state_dir, &opts.arti_config)?;
+    let tor = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
+        tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
+    })
+    .await?;
+    tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
+
+    let services = Arc::new(Services {
+        tor: tor.clone(),
+        isolation: Arc::new(Isolation::default()),
+        streams: Arc::new(Streams::default()),
+        automap: Arc::new(Mutex::new(Automap::new(opts.virtual_net, AUTOMAP_CAPACITY, AUTOMAP_TTL))),
+        exit: Mutex::new(None),
+    });
+    let check_urls: Vec<String> = if opts.check_urls.is_empty() {
+        crate::check::DEFAULT_CHECK_URLS.iter().map(|s| s.to_string()).collect()
+    } else {
+        opts.check_urls.clone()
+    };
+    let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
+    // One stream limit for both proxy ports.
+    let ports = Arc::new(PortContext {
+        tor: tor.clone(),
+        automap: services.automap.clone(),
+        isolation: services.isolation.clone(),
+        streams: services.streams.clone(),
+        limit: Arc::new(tokio::sync::Semaphore::new(opts.max_streams)),
+    });
+    let transport = Arc::new(TransPort { ctx: ports.clone(), origins: maps.clone() });
+    let dns = Arc::new(DnsService::new(
+        Arc::new(TorResolver(tor.clone())),
+        services.automap.clone(),
+        Cache::new(DNS_CACHE_TTL, 10_000),
+    ));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for ip in loopbacks() {
+        let trans = TcpListener::bind((ip, opts.trans_port))
+            .await
+            .with_context(|| bind_err("TransPort", ip, opts.trans_port))?;
+        tasks.spawn(transport.clone().serve(trans));
+        let udp = UdpSocket::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?;
+        tasks.spawn(dns::server::serve_udp(udp, dns.clone()));
+        let tcp =
+            TcpListener::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?;
+        tasks.spawn(dns::server::serve_tcp(tcp, dns.clone()));
+    }
+
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let control = Arc::new(Control {
+        services: services.clone(),
+        maps: maps.clone(),
+        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
+        started: t0,
+        started_unix: control::unix_now(),
+        stop: stop.clone(),
+        check_urls: check_urls.clone(),
+    });
+    tasks.spawn(control::serve(control::bind(&opts.runtime_dir)?, control));
+
+    let socks = Arc::new(SocksPort { ctx: ports.clone() });
+    for ip in loopbacks().into_iter().chain(opts.socks_listen.iter().copied()) {
+        let l = TcpListener::bind((ip, opts.socks_port))
+            .await
+            .with_context(|| bind_err("SOCKS port", ip, opts.socks_port))?;
+        if !ip.is_loopback() {
+            tracing::warn!("SOCKS port also on {ip}: anyone who can reach it can use this Tor client");
+        }
+        tasks.spawn(socks.clone().serve(l));
+    }
+
+    // Verify the exit through Tor, in the background: a check endpoint out of reach must
+    // not keep the host from being protected and usable.
+    let verifying = services.clone();
+    tokio::spawn(async move {
+        match crate::check::check_any(&verifying.tor, &check_urls).await {
+            Ok(c) => {
+                tracing::info!(
+                    "exit verified: {} (is Tor: {:?}, {} ms, {})",
+                    c.exit_address,
+                    c.is_tor,
+                    c.latency_ms,
+                    c.url
+                );
+                *verifying.exit.lock().expect("exit lock") = Some(c);
+            }
+            Err(e) => tracing::warn!("exit not verified: {e:#} (`ttp check` retries)"),
+        }
+    });
+
+    maps.lock().expect("maps lock").set_lockdown(false)?;
+    tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
+    ready(&services);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = serve_until_stopped(&mut term, &stop, &mut tasks).await;
+    maps.lock().expect("maps lock").set_lockdown(true)?;
+    tasks.abort_all();
+    let _ = std::fs::remove_file(opts.runtime_dir.join(control::SOCKET));
+    result
+}
+
+async fn serve_until_stopped(
+    term: &mut tokio::signal::unix::Signal,
+    stop: &tokio::sync::Notify,
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = stop.notified() => tracing::info!("stop requested on the control socket"),
+        Some(r) = tasks.join_next() => {
+            return Err(anyhow::anyhow!("a service stopped: {:?}", r));
+        }
+    }
+    Ok(())
+}
+
+fn bind_err(what: &str, ip: IpAddr, port: u16) -> String {
+    let flag = match what {
+        "TransPort" => "trans",
+        "DNSPort" => "dns",
+        _ => "socks",
+    };
+    format!(
+        "{what} cannot listen on {}: is another ttp or proxy using the port? (choose another with --{flag}-port)",
+        SocketAddr::new(ip, port)
+    )
+}
+
+/// 127.0.0.1, and ::1 when the host has IPv6 on loopback.
+fn loopbacks() -> Vec<IpAddr> {
+    let mut v = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        v.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+    v
+}
+
+/// Interfaces carrying a default route (IPv4 and IPv6), from this network namespace's
+/// /proc/net (which follows the reading process's namespace).
+pub fn default_uplinks() -> Result<Vec<String>> {
+    let mut v: Vec<String> = Vec::new();
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    for l in v4.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+            v.push(f[0].to_string());
+        }
+    }
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    for l in v6.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 10 && f[0] == "00000000000000000000000000000000" && f[1] == "00" && f[9] != "lo" {
+            v.push(f[9].to_string());
+        }
+    }
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        anyhow::bail!("no interface carries a default route: name the uplinks with --uplink IFACE");
+    }
+    Ok(v)
+}
+
+/// Makes sure a directory exists with mode 0700 (Arti checks its state directory's
+/// permissions).
+pub fn private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", p.display()))
+}
+
+/// Tells systemd (Type=notify) that the daemon is ready, if it runs under systemd.
+/// Written by hand: one datagram on $NOTIFY_SOCKET, not worth a dependency.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let _ = sock.send_to(b"READY=1", &path);
+}

@@ -1,0 +1,222 @@
+//! Typed handles on the datapath's maps, whether just loaded or reopened from their pins.
+//!
+//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS and UPLINKS; the programs own
+//! ORIG_DST, EXEMPT_SOCK and CONN_DST (userspace only deletes what it consumed).
+
+use std::{
+    collections::HashSet,
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use ttp_common::{flags, maps as names, Config, Counter, IpKey, Origin, SockAddr, AF_INET};
+
+use super::Policy;
+
+/// A redirected connection as the kernel recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOrigin {
+    /// The destination the application asked for.
+    pub dst: SocketAddr,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id of the connecting task.
+    pub cgroup: u64,
+}
+
+/// Every map userspace reads or writes.
+pub struct Maps {
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    bypass_uid: HashMap<MapData, u32, u8>,
+    bypass_gid: HashMap<MapData, u32, u8>,
+    bypass_cgroup: HashMap<MapData, u64, u8>,
+    doh: HashMap<MapData, IpKey, u8>,
+    conn_dst: HashMap<MapData, SockAddr, Origin>,
+    uplinks: HashMap<MapData, u32, u32>,
+}
+
+/// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
+/// that `bpftool` can inspect a crashed instance, though userspace never touches them.
+pub const PINNED: [&str; 10] = [
+    names::CONFIG,
+    names::COUNTERS,
+    names::BYPASS_UID,
+    names::BYPASS_GID,
+    names::BYPASS_CGROUP,
+    names::DOH_ADDRS,
+    names::CONN_DST,
+    names::UPLINKS,
+    names::ORIG_DST,
+    names::EXEMPT_SOCK,
+];
+
+impl Maps {
+    /// Builds the handles from maps taken out of a loaded object (or opened from pins).
+    pub fn from_maps(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
+            T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+        }
+        macro_rules! get {
+            ($name:expr) => {
+                typed(take($name)?, $name)?
+            };
+        }
+        Ok(Maps {
+            config: get!(names::CONFIG),
+            counters: get!(names::COUNTERS),
+            bypass_uid: get!(names::BYPASS_UID),
+            bypass_gid: get!(names::BYPASS_GID),
+            bypass_cgroup: get!(names::BYPASS_CGROUP),
+            doh: get!(names::DOH_ADDRS),
+            conn_dst: get!(names::CONN_DST),
+            uplinks: get!(names::UPLINKS),
+        })
+    }
+
+    /// Reopens the maps of a running (or crashed) instance from its pin directory.
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self> {
+        Self::from_maps(|name| {
+            let path = maps_dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            Map::from_map_data(data).with_context(|| format!("pinned map {} has an unknown type", path.display()))
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("reading CONFIG")
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        self.config.set(0, cfg, 0).context("writing CONFIG")
+    }
+
+    /// Turns lockdown on or off: on, every governed packet except loopback and the
+    /// daemon's is dropped and every non-loopback connect refused.
+    pub fn set_lockdown(&mut self, on: bool) -> Result<()> {
+        let mut cfg = self.config()?;
+        if on {
+            cfg.flags |= flags::LOCKDOWN;
+        } else {
+            cfg.flags &= !flags::LOCKDOWN;
+        }
+        self.set_config(cfg)
+    }
+
+    /// Makes the policy maps equal to `policy` (live: takes effect for the next connect or
+    /// packet). Returns the flags the policy implies, for CONFIG.
+    pub fn apply_policy(&mut self, policy: &Policy, bypass_cgroup_ids: &[u64]) -> Result<u32> {
+        sync(&mut self.bypass_uid, policy.bypass_uids.iter().copied(), "BYPASS_UID")?;
+        sync(&mut self.bypass_gid, policy.bypass_gids.iter().copied(), "BYPASS_GID")?;
+        sync(&mut self.bypass_cgroup, bypass_cgroup_ids.iter().copied(), "BYPASS_CGROUP")?;
+        sync(&mut self.doh, policy.doh_resolvers.iter().map(ip_key), "DOH_ADDRS")?;
+        let mut f = 0;
+        if policy.lan_bypass {
+            f |= flags::LAN_BYPASS;
+        }
+        if policy.allow_root {
+            f |= flags::ALLOW_ROOT;
+        }
+        if policy.ipv6 == super::Ipv6Policy::Drop {
+            f |= flags::IPV6_DROP;
+        }
+        if !bypass_cgroup_ids.is_empty() {
+            f |= flags::HAS_BYPASS_CGROUPS;
+        }
+        Ok(f)
+    }
+
+    pub fn set_uplink(&mut self, ifindex: u32, l2_len: u32) -> Result<()> {
+        self.uplinks.insert(ifindex, l2_len, 0).context("writing UPLINKS")
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self.counters.get(&(c as u32), 0).context("reading COUNTERS")?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Where a redirected TCP client wanted to go and who it is, found by the client's
+    /// address as the TransPort sees it (its peer address). The entry is consumed.
+    pub fn take_origin(&mut self, peer: SocketAddr) -> Option<ConnOrigin> {
+        let key = sock_addr(peer);
+        let o = self.conn_dst.get(&key, 0).ok()?;
+        let _ = self.conn_dst.remove(&key);
+        Some(ConnOrigin { dst: socket_addr(&o.dst), uid: o.uid, gid: o.gid, cgroup: o.cgroup })
+    }
+
+    /// [`Maps::take_origin`], destination only.
+    pub fn take_original_destination(&mut self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.take_origin(peer).map(|o| o.dst)
+    }
+}
+
+fn sync<K: aya::Pod + Eq + Hash>(
+    map: &mut HashMap<MapData, K, u8>,
+    want: impl Iterator<Item = K>,
+    name: &str,
+) -> Result<()> {
+    let want: HashSet<K> = want.collect();
+    let have: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for k in have.iter().filter(|k| !want.contains(k)) {
+        map.remove(k).with_context(|| format!("removing from {name}"))?;
+    }
+    for k in want {
+        map.insert(k, 1, 0).with_context(|| format!("writing {name} (is it full?)"))?;
+    }
+    Ok(())
+}
+
+/// std address -> the kernel-side representation (v4-mapped IPv6 becomes IPv4).
+pub fn sock_addr(a: SocketAddr) -> SockAddr {
+    match a.ip().to_canonical() {
+        IpAddr::V4(v4) => SockAddr::v4(u32::from_ne_bytes(v4.octets()), a.port()),
+        IpAddr::V6(v6) => SockAddr::v6(words(&v6), a.port()),
+    }
+}
+
+pub fn socket_addr(a: &SockAddr) -> SocketAddr {
+    if a.family == AF_INET {
+        SocketAddr::new(Ipv4Addr::from(a.addr[0].to_ne_bytes()).into(), a.port)
+    } else {
+        let mut b = [0u8; 16];
+        for (i, w) in a.addr.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        SocketAddr::new(Ipv6Addr::from(b).into(), a.port)
+    }
+}
+
+fn words(v6: &Ipv6Addr) -> [u32; 4] {
+    let o = v6.octets();
+    core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+fn ip_key(ip: &IpAddr) -> IpKey {
+    IpKey::of(&sock_addr(SocketAddr::new(*ip, 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_in_kernel_layout() {
+        for s in ["93.184.216.34:80", "[2001:db8::1]:443", "127.0.0.1:1"] {
+            let a: SocketAddr = s.parse().unwrap();
+            assert_eq!(socket_addr(&sock_addr(a)), a);
+        }
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:53".parse().unwrap();
+        assert_eq!(socket_addr(&sock_addr(mapped)), "10.1.2.3:53".parse().unwrap());
+        // network byte order in memory, as the kernel's user_ip4
+        assert_eq!(sock_addr("1.2.3.4:0".parse().unwrap()).addr[0].to_ne_bytes(), [1, 2, 3, 4]);
+    }
+}

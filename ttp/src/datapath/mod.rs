@@ -1,0 +1,369 @@
+//! The kernel datapath: loads ttp's eBPF programs, configures them, attaches them to the
+//! governed cgroup and the uplinks, and pins everything so a dead daemon leaves the host
+//! closed.
+//!
+//! Start order is kill-switch first (skb, tc), redirection last, and an earlier instance's
+//! pins are taken over in lockdown and only released once the new programs are attached,
+//! so there is no moment when the host is open.
+
+pub mod maps;
+pub mod pins;
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LinkOrder,
+        SchedClassifier, SockOps, TcAttachType,
+    },
+    Ebpf,
+};
+use serde::{Deserialize, Serialize};
+use ttp_common::{flags, programs as prog, Config, ANY_UID};
+
+pub use self::{
+    maps::Maps,
+    pins::{teardown, PinLayout, Stale, Teardown},
+};
+use crate::cgroup;
+
+/// The eBPF object, built by build.rs from the ttp-ebpf crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ttp"));
+
+/// What to do with IPv6 from governed sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ipv6Policy {
+    /// Send IPv6 TCP and DNS through Tor like IPv4.
+    #[default]
+    Tor,
+    /// Refuse every IPv6 connect and datagram.
+    Drop,
+}
+
+/// The live-updatable part of the datapath: who goes direct and what is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Let RFC 1918, link-local, unique-local and multicast destinations go direct.
+    pub lan_bypass: bool,
+    /// Let uid 0 go direct.
+    pub allow_root: bool,
+    pub ipv6: Ipv6Policy,
+    pub bypass_uids: Vec<u32>,
+    pub bypass_gids: Vec<u32>,
+    /// cgroup2 directories whose whole subtree goes direct (split tunneling).
+    pub bypass_cgroups: Vec<PathBuf>,
+    /// DNS-over-HTTPS resolvers: TCP 443 to them is refused so browsers use system DNS.
+    pub doh_resolvers: Vec<IpAddr>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            lan_bypass: true,
+            allow_root: false,
+            ipv6: Ipv6Policy::Tor,
+            bypass_uids: Vec::new(),
+            bypass_gids: Vec::new(),
+            bypass_cgroups: Vec::new(),
+            doh_resolvers: DEFAULT_DOH_RESOLVERS.iter().map(|s| s.parse().expect("valid literal")).collect(),
+        }
+    }
+}
+
+/// Well-known public DoH resolvers that browsers use by default.
+pub const DEFAULT_DOH_RESOLVERS: &[&str] = &[
+    "1.1.1.1",
+    "1.0.0.1",
+    "8.8.8.8",
+    "8.8.4.4",
+    "9.9.9.9",
+    "149.112.112.112",
+    "208.67.222.222",
+    "208.67.220.220",
+    "94.140.14.14",
+    "2606:4700:4700::1111",
+    "2606:4700:4700::1001",
+    "2001:4860:4860::8888",
+    "2001:4860:4860::8844",
+    "2620:fe::fe",
+    "2620:fe::9",
+];
+
+/// Everything the datapath needs to start.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// The cgroup2 directory whose subtree is governed.
+    pub cgroup: PathBuf,
+    /// Interfaces that get the TC egress kill-switch.
+    pub uplinks: Vec<String>,
+    /// Per-instance directory in bpffs.
+    pub pin_dir: PathBuf,
+    pub trans_port: u16,
+    pub dns_port: u16,
+    /// The daemon's own cgroup: exempt, and never the governed cgroup or an ancestor of it.
+    pub daemon_cgroup: PathBuf,
+    /// The daemon's uid (None: any uid in the daemon cgroup).
+    pub daemon_uid: Option<u32>,
+    /// The DNSPort's virtual IPv4 range (.onion automapping): always redirected.
+    pub virtual_v4: Option<ipnet::Ipv4Net>,
+    pub policy: Policy,
+    /// Attach in lockdown (everything governed refused) until the services are ready.
+    pub start_locked: bool,
+}
+
+/// A running datapath.
+pub struct Datapath {
+    pub maps: Maps,
+    layout: PinLayout,
+    cgroup_root: PathBuf,
+    /// Ports and daemon identity: the part of CONFIG that never changes while running.
+    base: Config,
+    _ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads, configures, attaches and pins. On failure nothing of this instance is left
+    /// and an earlier instance's pins are put back.
+    pub fn start(opts: &DatapathOptions) -> Result<(Datapath, Option<ProgramLogger>)> {
+        let cgroup_root = cgroup::cgroup2_root()?;
+        let governed = cgroup::cgroup_id(&opts.cgroup)?;
+        let daemon = cgroup::cgroup_id(&opts.daemon_cgroup)?;
+        if opts.cgroup.starts_with(&opts.daemon_cgroup) || governed == daemon {
+            bail!(
+                "the daemon cgroup {} must not contain the governed cgroup {}: everything in it would be exempt",
+                opts.daemon_cgroup.display(),
+                opts.cgroup.display()
+            );
+        }
+        let layout = PinLayout::new(&opts.pin_dir);
+        layout.prepare()?;
+        let stale = Stale::take_over(&layout)?;
+        match Self::load_and_attach(opts, &layout, cgroup_root, daemon) {
+            Ok(ok) => {
+                if let Some(s) = stale {
+                    tracing::info!("released {} links of the earlier instance", s.link_count());
+                }
+                Ok(ok)
+            }
+            Err(e) => {
+                // Remove whatever this attempt pinned, then give the earlier instance back.
+                if let Err(te) = teardown(&layout) {
+                    tracing::error!("cleaning up after a failed start: {te:#}");
+                }
+                if let Some(s) = stale {
+                    s.restore(&layout).context("restoring the earlier instance's pins")?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn load_and_attach(
+        opts: &DatapathOptions,
+        layout: &PinLayout,
+        cgroup_root: PathBuf,
+        daemon_cgroup: u64,
+    ) -> Result<(Datapath, Option<ProgramLogger>)> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object (is BPF supported and are we root?)")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+        for name in maps::PINNED {
+            let m = ebpf.map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+            m.pin(layout.maps().join(name)).with_context(|| format!("pinning map {name}"))?;
+        }
+        let mut maps = Maps::from_maps(|name| ebpf.take_map(name).with_context(|| format!("map {name} missing")))?;
+
+        let base = Config {
+            trans_port: opts.trans_port,
+            dns_port: opts.dns_port,
+            flags: 0,
+            daemon_cgroup,
+            daemon_uid: opts.daemon_uid.unwrap_or(ANY_UID),
+            virt4_net: opts.virtual_v4.map_or(0, |n| n.network().into()),
+            virt4_mask: opts.virtual_v4.map_or(0, |n| n.netmask().into()),
+            _pad: 0,
+        };
+        write_policy(&mut maps, &cgroup_root, base, &opts.policy)?;
+        if opts.start_locked {
+            maps.set_lockdown(true)?;
+        }
+        for iface in &opts.uplinks {
+            let (index, l2) = link_of(iface)?;
+            maps.set_uplink(index, l2)?;
+        }
+
+        // Kill-switch first, redirection last.
+        let cg = File::open(&opts.cgroup).with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+        // Links always coexist with other links; the kernel rejects BPF_F_ALLOW_MULTI on them.
+        let mode = CgroupAttachMode::Single;
+        for name in [prog::SOCK_CREATE, prog::SOCK_RELEASE] {
+            let p: &mut CgroupSock = program(&mut ebpf, name)?;
+            p.load().map_err(aya_err).with_context(|| format!("loading {name}"))?;
+            let id = p.attach(&cg, mode).map_err(aya_err).with_context(|| format!("attaching {name}"))?;
+            pin(layout, name, p.take_link(id)?.try_into()?)?;
+        }
+        {
+            let p: &mut CgroupSkb = program(&mut ebpf, prog::SKB_EGRESS)?;
+            p.load().map_err(aya_err).context("loading skb_egress")?;
+            let id =
+                p.attach(&cg, CgroupSkbAttachType::Egress, mode).map_err(aya_err).context("attaching skb_egress")?;
+            pin(layout, prog::SKB_EGRESS, p.take_link(id)?.try_into()?)?;
+        }
+        {
+            let p: &mut SchedClassifier = program(&mut ebpf, prog::TC_EGRESS)?;
+            p.load().map_err(aya_err).context("loading tc_egress")?;
+            for iface in &opts.uplinks {
+                let id = p
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Egress,
+                        aya::programs::tc::TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(aya_err)
+                    .with_context(|| format!("attaching the TC kill-switch to {iface} (tcx needs Linux 6.6+)"))?;
+                // bpffs refuses names with dots (VLAN interfaces have them).
+                let pin_name = format!("{}@{}", prog::TC_EGRESS, iface.replace('.', "_"));
+                pin(layout, &pin_name, p.take_link(id)?.try_into()?)?;
+            }
+        }
+        {
+            let p: &mut SockOps = program(&mut ebpf, prog::SOCK_OPS)?;
+            p.load().map_err(aya_err).context("loading sock_ops")?;
+            let id = p.attach(&cg, mode).map_err(aya_err).context("attaching sock_ops")?;
+            pin(layout, prog::SOCK_OPS, p.take_link(id)?.try_into()?)?;
+        }
+        for name in [
+            prog::GETPEERNAME4,
+            prog::GETPEERNAME6,
+            prog::RECVMSG4,
+            prog::RECVMSG6,
+            prog::SENDMSG4,
+            prog::SENDMSG6,
+            prog::CONNECT4,
+            prog::CONNECT6,
+        ] {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            p.load().map_err(aya_err).with_context(|| format!("loading {name}"))?;
+            let id = p.attach(&cg, mode).map_err(aya_err).with_context(|| format!("attaching {name}"))?;
+            pin(layout, name, p.take_link(id)?.try_into()?)?;
+        }
+        let dp = Datapath { maps, layout: layout.clone(), cgroup_root, base, _ebpf: ebpf };
+        Ok((dp, logger))
+    }
+
+    /// Replaces the policy (live).
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<()> {
+        write_policy(&mut self.maps, &self.cgroup_root, self.base, policy)
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Lockdown, detach, unpin.
+    pub fn stop(self) -> Result<Teardown> {
+        teardown(&self.layout)
+    }
+}
+
+/// A bypass cgroup given relative to the cgroup2 root (`system.slice/x.service`) or absolute.
+pub fn resolve_cgroup(root: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() && p.starts_with(root) {
+        p.to_path_buf()
+    } else {
+        root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+}
+
+/// Fills the policy maps, then CONFIG with READY (keeping lockdown as it is).
+fn write_policy(maps: &mut Maps, cgroup_root: &Path, base: Config, policy: &Policy) -> Result<()> {
+    let ids = policy
+        .bypass_cgroups
+        .iter()
+        .map(|p| cgroup::cgroup_id(&resolve_cgroup(cgroup_root, p)))
+        .collect::<Result<Vec<_>>>()?;
+    let policy_flags = maps.apply_policy(policy, &ids)?;
+    let lockdown = maps.config()?.flags & flags::LOCKDOWN;
+    maps.set_config(Config { flags: policy_flags | lockdown | flags::READY, ..base })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?;
+    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// aya's program errors print an empty message for failed system calls; keep the cause
+/// (the syscall and errno, or the verifier log) in the text.
+fn aya_err(e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow::anyhow!("the verifier rejected the program ({io_error}):\n{verifier_log}")
+        }
+        other => anyhow::anyhow!("{other:?}"),
+    }
+}
+
+fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
+    let path = layout.links().join(name);
+    link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+    Ok(())
+}
+
+/// Interface index and link-layer header length (14 for Ethernet, 0 for L3 devices
+/// such as TUN and WireGuard). Uses ioctls, not /sys: sysfs shows the mount namespace's
+/// network namespace, which need not be ours.
+fn link_of(iface: &str) -> Result<(u32, u32)> {
+    let index = nix::net::if_::if_nametoindex(iface).with_context(|| format!("no interface named {iface}"))?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").context("socket for interface ioctl")?;
+    // SAFETY: ifreq is plain data; the name fits (if_nametoindex accepted it).
+    let hwtype = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("SIOCGIFHWADDR on {iface}"));
+        }
+        req.ifr_ifru.ifru_hwaddr.sa_family
+    };
+    let l2 = if hwtype == libc::ARPHRD_ETHER || hwtype == libc::ARPHRD_LOOPBACK { 14 } else { 0 };
+    Ok((index, l2))
+}
+
+/// The programs' aya-log records, forwarded to `log` (and so to tracing).
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Forwards the programs' log records until the ring buffer fails.
+pub async fn forward_logs(logger: ProgramLogger) -> Result<()> {
+    struct Fd(ProgramLogger);
+    impl std::os::fd::AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+        }
+    }
+    // SAFETY: the logger owns its ring buffer's descriptor and keeps it open and unchanged
+    // for as long as the AsyncFd owns the logger.
+    let mut fd = unsafe { tokio::io::unix::AsyncFd::register(Fd(logger)) }
+        .map_err(|e| anyhow::anyhow!("watching the eBPF log ring buffer: {e}"))?;
+    loop {
+        let mut ready = fd.readable_mut().await.context("eBPF log ring buffer")?;
+        ready.get_inner_mut().0.flush();
+        ready.clear_ready();
+    }
+}

@@ -1,0 +1,191 @@
+//! The pin directory: where the links and maps of one instance live in bpffs.
+//!
+//! Pinned links are what make ttp fail closed: a link held only by a file descriptor
+//! detaches when the daemon dies, a pinned one stays attached until its pin is removed.
+//!
+//! Layout: `<pin-dir>/links/<program>[@<iface>]` and `<pin-dir>/maps/<MAP>`.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::MapData,
+    programs::{links::FdLink, links::PinnedLink},
+};
+
+use super::maps::{Maps, PINNED};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    pub root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PinLayout { root: root.into() }
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    /// Does a (possibly crashed) instance have pins here?
+    pub fn exists(&self) -> bool {
+        self.maps().join(ttp_common::maps::CONFIG).exists()
+    }
+
+    /// Makes sure the pin directory is on a bpffs, mounting one at /sys/fs/bpf when the
+    /// pin directory is under it and nothing is mounted there yet.
+    pub fn prepare(&self) -> Result<()> {
+        let bpffs = Path::new("/sys/fs/bpf");
+        if !on_bpffs(&self.root)? && self.root.starts_with(bpffs) && !on_bpffs(bpffs)? {
+            nix::mount::mount(Some("bpffs"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+                .context("mounting bpffs at /sys/fs/bpf")?;
+            tracing::info!("mounted bpffs at /sys/fs/bpf");
+        }
+        if !on_bpffs(&self.root)? {
+            bail!(
+                "pin directory {} is not on a bpf filesystem; mount one (mount -t bpf bpffs DIR) or pass --pin-dir under /sys/fs/bpf",
+                self.root.display()
+            );
+        }
+        fs::create_dir_all(self.maps()).with_context(|| format!("creating {}", self.maps().display()))?;
+        fs::create_dir_all(self.links()).with_context(|| format!("creating {}", self.links().display()))?;
+        Ok(())
+    }
+
+    /// Pin files of links, sorted for a stable order.
+    pub fn link_pins(&self) -> Result<Vec<PathBuf>> {
+        let mut v = match fs::read_dir(self.links()) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).context("listing pinned links"),
+        };
+        v.sort();
+        Ok(v)
+    }
+
+    /// Removes the (empty) directories of the layout; missing ones are fine.
+    fn remove_dirs(&self) -> Result<()> {
+        for d in [self.links(), self.maps(), self.root.clone()] {
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", d.display())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Is `path` (or its nearest existing ancestor) on a bpffs?
+fn on_bpffs(path: &Path) -> Result<bool> {
+    let mut p = path;
+    loop {
+        match nix::sys::statfs::statfs(p) {
+            Ok(s) => return Ok(s.filesystem_type().0 == BPF_FS_MAGIC),
+            Err(nix::errno::Errno::ENOENT) => match p.parent() {
+                Some(parent) => p = parent,
+                None => return Ok(false),
+            },
+            Err(e) => return Err(e).with_context(|| format!("statfs {}", p.display())),
+        }
+    }
+}
+
+/// The links and maps of an earlier instance, unpinned but still held open, so they stay
+/// attached (and the host closed) until the new instance is attached. Dropping it detaches
+/// them; [`Stale::restore`] pins them back if the new start fails.
+pub struct Stale {
+    links: Vec<(PathBuf, FdLink)>,
+    maps: Vec<(PathBuf, MapData)>,
+}
+
+impl Stale {
+    /// Takes over the pins of an earlier instance, if any: lockdown on first, then every
+    /// pin is removed while its object is kept open.
+    pub fn take_over(layout: &PinLayout) -> Result<Option<Stale>> {
+        if !layout.exists() && layout.link_pins()?.is_empty() {
+            return Ok(None);
+        }
+        if layout.exists() {
+            match Maps::open_pinned(&layout.maps()) {
+                Ok(mut m) => m.set_lockdown(true)?,
+                Err(e) => tracing::warn!("stale pins in {}: cannot set lockdown: {e:#}", layout.root.display()),
+            }
+        }
+        let mut links = Vec::new();
+        for p in layout.link_pins()? {
+            let link = PinnedLink::from_pin(&p).with_context(|| format!("opening stale link {}", p.display()))?;
+            links.push((p.clone(), link.unpin().with_context(|| format!("unpinning {}", p.display()))?));
+        }
+        let mut maps = Vec::new();
+        for name in PINNED {
+            let p = layout.maps().join(name);
+            if p.exists() {
+                let m = MapData::from_pin(&p).with_context(|| format!("opening stale map {}", p.display()))?;
+                fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+                maps.push((p, m));
+            }
+        }
+        tracing::info!("took over {} stale links and {} maps from {}", links.len(), maps.len(), layout.root.display());
+        Ok(Some(Stale { links, maps }))
+    }
+
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Puts the pins back (the new start failed: leave the host as closed as we found it).
+    pub fn restore(self, layout: &PinLayout) -> Result<()> {
+        fs::create_dir_all(layout.links())?;
+        fs::create_dir_all(layout.maps())?;
+        for (p, m) in self.maps {
+            m.pin(&p).with_context(|| format!("re-pinning {}", p.display()))?;
+        }
+        for (p, l) in self.links {
+            l.pin(&p).with_context(|| format!("re-pinning {}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`teardown`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Teardown {
+    pub links_detached: usize,
+    pub maps_unpinned: usize,
+}
+
+/// Removes an instance: lockdown on, then every link detached and every pin removed.
+/// Works whether or not the daemon is alive; with nothing pinned it does nothing.
+pub fn teardown(layout: &PinLayout) -> Result<Teardown> {
+    let mut report = Teardown::default();
+    if layout.exists() {
+        if let Ok(mut m) = Maps::open_pinned(&layout.maps()) {
+            m.set_lockdown(true)?;
+        }
+    }
+    for p in layout.link_pins()? {
+        // Removing the pin drops the last reference: the kernel detaches the link.
+        let link = PinnedLink::from_pin(&p).with_context(|| format!("opening link {}", p.display()))?;
+        drop(link.unpin().with_context(|| format!("unpinning {}", p.display()))?);
+        report.links_detached += 1;
+    }
+    for name in PINNED {
+        let p = layout.maps().join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => report.maps_unpinned += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpinning {}", p.display())),
+        }
+    }
+    layout.remove_dirs()?;
+    Ok(report)
+}

@@ -1,0 +1,20 @@
+//! ttp: a transparent Tor proxy for Linux.
+//!
+//! - [`datapath`]: the eBPF programs' loader, maps and pins (kernel side in `ttp-ebpf`).
+//! - [`cgroup`]: cgroup v2 plumbing.
+//! - [`tor`]: the embedded Arti client: configuration, bootstrap, isolation.
+//! - [`transport`]: the TransPort. [`dns`]: the DNSPort. [`socks`]: the SOCKS port.
+//! - [`control`]: the control socket.
+//! - [`daemon`]: wires them together; [`options`]: what it is told.
+
+pub mod cgroup;
+pub mod check;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod diagnose;
+pub mod dns;
+pub mod options;
+pub mod socks;
+pub mod tor;
+pub mod transport;

@@ -1,0 +1,88 @@
+//! What `ttp start` (and the daemon it runs) is told: every option of the command line.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::datapath::Ipv6Policy;
+
+/// Default ports: clear of a system tor and Tor Browser (9050, 9051, 9150, 9151).
+pub const DEFAULT_TRANS_PORT: u16 = 9040;
+pub const DEFAULT_DNS_PORT: u16 = 9053;
+pub const DEFAULT_SOCKS_PORT: u16 = 9055;
+
+#[derive(Args, Debug, Clone)]
+pub struct StartOptions {
+    /// The cgroup2 directory to govern (default: the cgroup2 root, i.e. the whole host).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Interface for the TC kill-switch; repeatable (default: those carrying default routes).
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+    /// Arti's own TOML configuration, merged over ttp's defaults; repeatable.
+    #[arg(long = "arti-config", value_name = "FILE")]
+    pub arti_config: Vec<PathBuf>,
+    /// Runtime files: control socket, session lock.
+    #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
+    pub runtime_dir: PathBuf,
+    /// Persistent Tor state and cache.
+    #[arg(long, default_value = "/var/lib/ttp", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Per-instance directory in bpffs.
+    #[arg(long, default_value = "/sys/fs/bpf/ttp", value_name = "DIR")]
+    pub pin_dir: PathBuf,
+    /// The daemon's own cgroup (default: ttp.daemon under the cgroup2 root).
+    #[arg(long, value_name = "PATH")]
+    pub daemon_cgroup: Option<PathBuf>,
+    #[arg(long, default_value_t = DEFAULT_TRANS_PORT)]
+    pub trans_port: u16,
+    #[arg(long, default_value_t = DEFAULT_DNS_PORT)]
+    pub dns_port: u16,
+    #[arg(long, default_value_t = DEFAULT_SOCKS_PORT)]
+    pub socks_port: u16,
+    /// Also serve SOCKS on this address (e.g. a LAN address); by default only loopback.
+    /// Anyone who can reach it can use your Tor client.
+    #[arg(long, value_name = "ADDR")]
+    pub socks_listen: Vec<std::net::IpAddr>,
+    /// Seconds to wait for Tor to bootstrap.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub bootstrap_timeout: u64,
+    /// Let root go direct.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Send LAN destinations through Tor (and refuse LAN UDP) instead of letting them go direct.
+    #[arg(long)]
+    pub no_lan_bypass: bool,
+    /// Refuse all IPv6 instead of sending it through Tor.
+    #[arg(long)]
+    pub no_ipv6: bool,
+    /// A uid whose traffic goes direct; repeatable.
+    #[arg(long = "bypass-uid", value_name = "UID")]
+    pub bypass_uids: Vec<u32>,
+    /// A gid whose traffic goes direct; repeatable.
+    #[arg(long = "bypass-gid", value_name = "GID")]
+    pub bypass_gids: Vec<u32>,
+    /// A cgroup (relative to the cgroup2 root, or absolute) whose traffic goes direct.
+    #[arg(long = "bypass-cgroup", value_name = "PATH")]
+    pub bypass_cgroups: Vec<PathBuf>,
+    /// Most TransPort streams at once; more are refused at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_streams: usize,
+    /// Check endpoint for verifying the exit through Tor (check-API JSON or a bare
+    /// address); repeatable, tried in order.
+    #[arg(long = "check-url", value_name = "URL")]
+    pub check_urls: Vec<String>,
+    /// The DNSPort's virtual range for .onion names.
+    #[arg(long, default_value = "10.192.0.0/10")]
+    pub virtual_net: ipnet::Ipv4Net,
+}
+
+impl StartOptions {
+    pub fn ipv6(&self) -> Ipv6Policy {
+        if self.no_ipv6 {
+            Ipv6Policy::Drop
+        } else {
+            Ipv6Policy::Tor
+        }
+    }
+}

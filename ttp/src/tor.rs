@@ -1,0 +1,195 @@
+//! The embedded Tor client (Arti): configuration, bootstrap, stream isolation.
+//!
+//! Configuration is Arti's own: ttp writes its defaults (storage under the state dir) as
+//! the first source and layers every `--arti-config` file over it, exactly as the `arti`
+//! program reads its files. A private Tor network is therefore a file, not code.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use arti_client::{config::TorClientConfig, IsolationToken, TorClient};
+use futures::StreamExt;
+use tor_config::{
+    load::{resolve_return_results, ConfigResolveOptions},
+    sources::{ConfigurationSource, ConfigurationSources, MustRead},
+};
+
+pub use arti_client::TorClient as Client;
+pub type Runtime = tor_rtcompat::PreferredRuntime;
+pub type Tor = Arc<TorClient<Runtime>>;
+
+/// Sections of the `arti` program's configuration that are not the client's: accepted in
+/// `--arti-config` files without a warning, and ignored.
+const ARTI_PROGRAM_SECTIONS: &[&str] =
+    &["application", "proxy", "logging", "metrics", "rpc", "onion_services", "system"];
+
+/// Builds Arti's configuration: ttp's defaults, then each file in order.
+pub fn load_config(state_dir: &Path, files: &[PathBuf]) -> Result<TorClientConfig> {
+    let mut sources = ConfigurationSources::new_empty();
+    let storage = toml::toml! {
+        [storage]
+        state_dir = (state_dir.join("arti/state").display().to_string())
+        cache_dir = (state_dir.join("arti/cache").display().to_string())
+    };
+    sources.push_source(ConfigurationSource::from_verbatim(storage.to_string()), MustRead::MustRead);
+    for f in files {
+        if !f.exists() {
+            bail!("Arti configuration file {} does not exist", f.display());
+        }
+        sources.push_source(ConfigurationSource::from_path(f), MustRead::MustRead);
+    }
+    let tree = sources.load().context("reading the Arti configuration")?;
+    let opts = ConfigResolveOptions::default(); // reports unrecognized and deprecated keys
+    let res = resolve_return_results::<TorClientConfig>(&tree, &opts).context("invalid Arti configuration")?;
+    for key in res.unrecognized {
+        let k = key.to_string();
+        if !ARTI_PROGRAM_SECTIONS.iter().any(|s| k == *s || k.starts_with(&format!("{s}."))) {
+            tracing::warn!("unrecognized Arti configuration key: {k}");
+        }
+    }
+    for key in res.deprecated {
+        tracing::warn!("deprecated Arti configuration key: {key}");
+    }
+    Ok(res.value)
+}
+
+/// One step of bootstrap progress, for the CLI's progress bar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// 0.0 ..= 1.0
+    pub fraction: f32,
+    /// What Arti is doing (and what blocks it, if anything).
+    pub status: String,
+}
+
+/// Creates the client and bootstraps it, reporting progress, within `timeout`. On a stall
+/// the error says what Arti reported as the blockage.
+pub async fn bootstrap(config: TorClientConfig, timeout: Duration, mut progress: impl FnMut(Progress)) -> Result<Tor> {
+    let client = TorClient::builder()
+        .config(config)
+        .create_unbootstrapped()
+        .context("creating the Tor client (is the state directory usable?)")?;
+    let mut events = client.bootstrap_events();
+    let watcher = async {
+        while let Some(s) = events.next().await {
+            progress(Progress { fraction: s.as_frac(), status: s.to_string() });
+            if s.ready_for_traffic() {
+                break;
+            }
+        }
+    };
+    let boot = client.bootstrap();
+    let result = tokio::time::timeout(timeout, async {
+        let (r, ()) = tokio::join!(boot, watcher);
+        r
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(client),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("Tor bootstrap failed")),
+        Err(_) => {
+            let s = client.bootstrap_status();
+            let blockage = s.blocked().map(|b| format!(": {b}")).unwrap_or_default();
+            bail!(
+                "Tor bootstrap stalled at {:.0}% after {}s ({s}){blockage}; check the network or the bridges, or raise --bootstrap-timeout",
+                s.as_frac() * 100.0,
+                timeout.as_secs()
+            )
+        }
+    }
+}
+
+/// Who a stream belongs to, for isolation: streams of different keys never share a circuit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IsolationKey {
+    /// A redirected connection: by uid and cgroup of the application.
+    Local { uid: u32, cgroup: u64 },
+    /// A SOCKS client: by its username and password (like Tor's IsolateSOCKSAuth).
+    Socks { user: Vec<u8>, pass: Vec<u8> },
+}
+
+/// Maps isolation keys to Arti isolation tokens. A new identity drops them all, so every
+/// later stream gets a fresh token and thus fresh circuits.
+#[derive(Default)]
+pub struct Isolation {
+    tokens: Mutex<HashMap<IsolationKey, IsolationToken>>,
+}
+
+impl Isolation {
+    pub fn token(&self, key: IsolationKey) -> IsolationToken {
+        *self.tokens.lock().expect("isolation lock").entry(key).or_insert_with(IsolationToken::new)
+    }
+
+    /// New identity: new streams use new circuits. Returns how many keys were reset.
+    pub fn new_identity(&self) -> usize {
+        let mut t = self.tokens.lock().expect("isolation lock");
+        let n = t.len();
+        t.clear();
+        n
+    }
+}
+
+/// DNS resolution through Tor, for the DNSPort.
+pub struct TorResolver(pub Tor);
+
+impl crate::dns::Resolver for TorResolver {
+    fn lookup(
+        &self,
+        name: String,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<std::net::IpAddr>, crate::dns::LookupError>> {
+        let tor = self.0.clone();
+        Box::pin(async move { tor.resolve(&name).await.map_err(lookup_error) })
+    }
+
+    fn lookup_ptr(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<String>, crate::dns::LookupError>> {
+        let tor = self.0.clone();
+        Box::pin(async move { tor.resolve_ptr(ip).await.map_err(lookup_error) })
+    }
+}
+
+fn lookup_error(e: arti_client::Error) -> crate::dns::LookupError {
+    use arti_client::HasKind;
+    match e.kind() {
+        arti_client::ErrorKind::RemoteHostNotFound => crate::dns::LookupError::NotFound,
+        _ => crate::dns::LookupError::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_tokens_are_per_key_and_renewed_by_new_identity() {
+        let iso = Isolation::default();
+        let a = IsolationKey::Local { uid: 1000, cgroup: 7 };
+        let b = IsolationKey::Local { uid: 1001, cgroup: 7 };
+        let ta = iso.token(a.clone());
+        assert_eq!(iso.token(a.clone()), ta);
+        assert_ne!(iso.token(b), ta);
+        assert_eq!(iso.new_identity(), 2);
+        assert_ne!(iso.token(a), ta);
+    }
+
+    #[test]
+    fn config_layers_files_over_defaults_and_rejects_bad_input() {
+        let dir = std::env::temp_dir().join(format!("ttp-tor-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[path_rules]\nipv4_subnet_family_prefix = 33\n[proxy]\nsocks_listen = 9150\n").unwrap();
+        load_config(&dir, std::slice::from_ref(&good)).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[path_rules]\nipv4_subnet_family_prefix = \"many\"\n").unwrap();
+        assert!(load_config(&dir, &[bad]).is_err());
+        assert!(load_config(&dir, &[dir.join("missing.toml")]).unwrap_err().to_string().contains("does not exist"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

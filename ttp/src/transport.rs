@@ -1,0 +1,378 @@
+//! The TransPort: accepts the TCP connections the kernel redirected and carries each one
+//! through Tor to the destination the application asked for.
+//!
+//! Arti has no transparent proxy port; this is it. The original destination comes from the
+//! datapath (`CONN_DST`, keyed by the client's address), virtual addresses are mapped back
+//! to their .onion names, and every stream is isolated by the owner the kernel recorded.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use arti_client::{DangerouslyIntoTorAddr, DataStream, StreamPrefs};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+use crate::{
+    datapath::maps::{ConnOrigin, Maps},
+    dns::Automap,
+    tor::{Isolation, IsolationKey, Tor},
+};
+
+/// Where the TransPort learns what a redirected connection wanted.
+pub trait OriginSource: Send + Sync + 'static {
+    fn take(&self, peer: SocketAddr) -> Option<ConnOrigin>;
+}
+
+impl OriginSource for Mutex<Maps> {
+    fn take(&self, peer: SocketAddr) -> Option<ConnOrigin> {
+        self.lock().expect("maps lock").take_origin(peer)
+    }
+}
+
+/// One live stream, as `ttp status` and `ttp streams` show it.
+#[derive(Debug)]
+pub struct Stream {
+    pub destination: String,
+    pub isolation: String,
+    /// Arti's id of the circuit carrying it (e.g. "Circ 3.1").
+    pub circuit: String,
+    pub started: Instant,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StreamSnapshot {
+    pub id: u64,
+    pub destination: String,
+    pub isolation: String,
+    pub circuit: String,
+    /// Still open?
+    pub open: bool,
+    pub age_secs: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// How many closed streams `streams` still reports.
+const RECENT: usize = 256;
+
+/// The table of live streams, and the most recent closed ones.
+#[derive(Default)]
+pub struct Streams {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<Stream>>>,
+    recent: Mutex<std::collections::VecDeque<StreamSnapshot>>,
+    /// Connections refused because the stream limit was reached.
+    pub refused: AtomicU64,
+}
+
+impl Streams {
+    pub(crate) fn add(&self, s: Stream) -> (u64, Arc<Stream>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let s = Arc::new(s);
+        self.live.lock().expect("streams lock").insert(id, s.clone());
+        (id, s)
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        let Some(s) = self.live.lock().expect("streams lock").remove(&id) else { return };
+        let mut recent = self.recent.lock().expect("streams lock");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(snapshot(id, &s, false));
+    }
+
+    /// Open streams; with `recent`, also the last closed ones (oldest first).
+    pub fn snapshot(&self, recent: bool) -> Vec<StreamSnapshot> {
+        let mut v: Vec<_> =
+            self.live.lock().expect("streams lock").iter().map(|(id, s)| snapshot(*id, s, true)).collect();
+        if recent {
+            v.extend(self.recent.lock().expect("streams lock").iter().cloned());
+        }
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.live.lock().expect("streams lock").len()
+    }
+}
+
+fn snapshot(id: u64, s: &Stream, open: bool) -> StreamSnapshot {
+    StreamSnapshot {
+        id,
+        destination: s.destination.clone(),
+        isolation: s.isolation.clone(),
+        circuit: s.circuit.clone(),
+        open,
+        age_secs: s.started.elapsed().as_secs(),
+        bytes_up: s.bytes_up.load(Ordering::Relaxed),
+        bytes_down: s.bytes_down.load(Ordering::Relaxed),
+    }
+}
+
+/// What both proxy ports (TransPort, SOCKS) need to open and account Tor streams.
+pub struct PortContext {
+    pub tor: Tor,
+    pub automap: Arc<Mutex<Automap>>,
+    pub isolation: Arc<Isolation>,
+    pub streams: Arc<Streams>,
+    /// At most this many streams at once; connections past it are closed at once.
+    pub limit: Arc<Semaphore>,
+}
+
+/// `ip` as a stream target: a virtual address from the DNSPort becomes its name again
+/// (one lock); one whose name has expired is an error, never a destination.
+pub fn unmap(automap: &Mutex<Automap>, ip: IpAddr) -> Result<Target> {
+    let IpAddr::V4(v4) = ip else { return Ok(Target::Addr(ip)) };
+    let mut map = automap.lock().expect("automap lock");
+    match map.name_of(v4, Instant::now()) {
+        Some(name) => Ok(Target::Name(name)),
+        None if map.contains_addr(v4) => anyhow::bail!("{v4}: virtual address not mapped (expired?)"),
+        None => Ok(Target::Addr(ip)),
+    }
+}
+
+/// Where a stream goes: a name (resolved by the exit, or an onion service) or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Name(String),
+    Addr(IpAddr),
+}
+
+impl PortContext {
+    /// Accepts forever; each connection is handled under a stream permit. Past the limit
+    /// a connection is closed at once and counted, never queued.
+    pub async fn serve<F, Fut>(self: Arc<Self>, listener: TcpListener, what: &'static str, handle: F) -> Result<()>
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let handle = Arc::new(handle);
+        loop {
+            let (client, peer) = listener.accept().await.with_context(|| format!("{what} accept"))?;
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                self.streams.refused.fetch_add(1, Ordering::Relaxed);
+                drop(client);
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(client, peer).await {
+                    tracing::info!(%peer, "{what} stream failed: {e:#}");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// A virtual address from the DNSPort becomes its name again.
+    pub fn unmap(&self, ip: IpAddr) -> Result<Target> {
+        unmap(&self.automap, ip)
+    }
+
+    /// Opens a Tor stream under `isolation`; returns its printable destination too.
+    pub async fn open(
+        &self,
+        target: &Target,
+        port: u16,
+        isolation: IsolationKey,
+    ) -> Result<(String, DataStream), (String, arti_client::Error)> {
+        let mut prefs = StreamPrefs::new();
+        prefs.set_isolation(self.isolation.token(isolation));
+        match target {
+            Target::Name(host) => {
+                if crate::dns::service::is_tor_only(host) {
+                    prefs.connect_to_onion_services(arti_client::config::BoolOrAuto::Explicit(true));
+                }
+                let d = format!("{host}:{port}");
+                match self.tor.connect_with_prefs((host.as_str(), port), &prefs).await {
+                    Ok(s) => Ok((d, s)),
+                    Err(e) => Err((d, e)),
+                }
+            }
+            Target::Addr(ip) => {
+                let sa = SocketAddr::new(*ip, port);
+                let addr = sa.into_tor_addr_dangerously().map_err(|e| (sa.to_string(), e.into()))?;
+                match self.tor.connect_with_prefs(addr, &prefs).await {
+                    Ok(s) => Ok((sa.to_string(), s)),
+                    Err(e) => Err((sa.to_string(), e)),
+                }
+            }
+        }
+    }
+
+    /// Relays between the client and its Tor stream, listed in the stream table meanwhile.
+    pub async fn track_and_relay(
+        &self,
+        client: TcpStream,
+        tor_stream: DataStream,
+        destination: String,
+        isolation: String,
+    ) -> Result<()> {
+        let (id, info) = self.streams.add(Stream {
+            destination,
+            isolation,
+            circuit: circuit_of(&tor_stream),
+            started: Instant::now(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        });
+        let r = relay(client, tor_stream, &info).await;
+        self.streams.remove(id);
+        r
+    }
+}
+
+pub struct TransPort {
+    pub ctx: Arc<PortContext>,
+    pub origins: Arc<dyn OriginSource>,
+}
+
+impl TransPort {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        let ctx = self.ctx.clone();
+        ctx.serve(listener, "TransPort", move |client, peer| {
+            let this = self.clone();
+            async move { this.handle(client, peer).await }
+        })
+        .await
+    }
+
+    async fn handle(&self, client: TcpStream, peer: SocketAddr) -> Result<()> {
+        let origin = self
+            .origins
+            .take(peer)
+            .with_context(|| format!("no original destination recorded for {peer}: not a redirected connection"))?;
+        let target = self.ctx.unmap(origin.dst.ip())?;
+        let key = IsolationKey::Local { uid: origin.uid, cgroup: origin.cgroup };
+        let (destination, tor_stream) = self
+            .ctx
+            .open(&target, origin.dst.port(), key)
+            .await
+            .map_err(|(d, e)| anyhow::Error::new(e).context(format!("Tor stream to {d}")))?;
+        let label = format!("uid {} cgroup {}", origin.uid, origin.cgroup);
+        self.ctx.track_and_relay(client, tor_stream, destination, label).await
+    }
+}
+
+/// Arti's id of the circuit a stream runs on, for display and for proving isolation.
+pub fn circuit_of(s: &arti_client::DataStream) -> String {
+    use tor_proto::client::stream::ClientStreamCtrl;
+    s.client_stream_ctrl()
+        .and_then(|c| c.tunnel())
+        .and_then(|t| t.as_single_circ().ok().map(|c| c.unique_id().to_string()))
+        .unwrap_or_default()
+}
+
+/// Copies both ways until both are done; each direction's EOF is passed on as a
+/// half-close, so request/response protocols that shut down their sending side work.
+pub async fn relay<A, B>(a: A, b: B, stream: &Stream) -> Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let up = async {
+        let r = copy(&mut ar, &mut bw, &stream.bytes_up).await;
+        let _ = bw.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = copy(&mut br, &mut aw, &stream.bytes_down).await;
+        let _ = aw.shutdown().await;
+        r
+    };
+    let (u, d) = tokio::join!(up, down);
+    u.and(d)
+}
+
+/// Per-direction relay buffer. Small on purpose: it is paid per open stream (two per
+/// stream), and Arti hands out at most one cell (498 bytes) per read anyway.
+const RELAY_BUF: usize = 4 * 1024;
+
+/// Copies with a byte counter. Whatever more is readable without waiting joins the same
+/// write (Arti returns at most a cell, 498 bytes, per read; one write per cell costs a
+/// system call each), then the write is flushed: Arti buffers a stream's data until a cell
+/// is full, and interactive protocols cannot wait for that.
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W, counter: &AtomicU64) -> Result<()> {
+    use futures::FutureExt;
+    let mut buf = vec![0u8; RELAY_BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut filled = n;
+        let mut eof = false;
+        while filled < buf.len() {
+            // `read` is cancellation-safe: a pending read consumes nothing.
+            match r.read(&mut buf[filled..]).now_or_never() {
+                Some(Ok(0)) => {
+                    eof = true;
+                    break;
+                }
+                Some(Ok(m)) => filled += m,
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            }
+        }
+        w.write_all(&buf[..filled]).await?;
+        w.flush().await?;
+        counter.fetch_add(filled as u64, Ordering::Relaxed);
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn relay_counts_bytes_and_passes_half_close() {
+        let (client, mut app) = tokio::io::duplex(64);
+        let (tor_side, mut remote) = tokio::io::duplex(64);
+        let s = Stream {
+            destination: "x:1".into(),
+            isolation: String::new(),
+            circuit: String::new(),
+            started: Instant::now(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        };
+        let relaying = async { relay(client, tor_side, &s).await.unwrap() };
+        let peers = async {
+            app.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            app.shutdown().await.unwrap(); // half-close: the request is complete
+            let mut req = Vec::new();
+            remote.read_to_end(&mut req).await.unwrap(); // sees EOF through the relay
+            remote.write_all(b"HTTP/1.0 200 OK\r\n\r\nhi").await.unwrap();
+            remote.shutdown().await.unwrap();
+            let mut resp = Vec::new();
+            app.read_to_end(&mut resp).await.unwrap();
+            (req.len(), resp)
+        };
+        let ((), (req_len, resp)) = tokio::join!(relaying, peers);
+        assert_eq!(req_len, 18);
+        assert_eq!(resp, b"HTTP/1.0 200 OK\r\n\r\nhi");
+        assert_eq!(s.bytes_up.load(Ordering::Relaxed), 18);
+        assert_eq!(s.bytes_down.load(Ordering::Relaxed), 21);
+    }
+}

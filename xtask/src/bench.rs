@@ -1,0 +1,28 @@
+//! `cargo xtask bench ...`: runs a benchmark binary of the tests crate (they need the
+//! namespace harness) and prints its table for BENCHMARKS.md.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::{cargo, require_root, root, sh};
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum Which {
+    /// Connections/s and connect-to-first-byte latency: no redirect, ttp's eBPF redirect,
+    /// an nftables REDIRECT rule; and each program's cost from the kernel's BPF stats.
+    Datapath,
+    /// ttp's TransPort/DNSPort (Arti) against C tor's behind nftables, on the private Tor
+    /// network: first byte, 50 MB throughput, DNS answers/s, memory with 1,000 streams.
+    Tor,
+}
+
+pub fn run(which: Which) -> Result<()> {
+    require_root("the benchmarks")?;
+    let bin = match which {
+        Which::Datapath => "bench-datapath",
+        Which::Tor => "bench-tor",
+    };
+    // The release daemon too: the benchmarks run the binaries next to themselves.
+    sh(cargo().args(["build", "--release", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;
+    sh(&mut std::process::Command::new(root().join("target/release").join(bin)))
+}

@@ -1,0 +1,114 @@
+//! `cargo xtask setup`: make a fresh Debian machine of this kind able to build and test ttp.
+//! Idempotent: each step checks first and only installs what is missing.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, sh};
+
+/// Debian packages: the toolchain's C side, the eBPF linker's LLVM, and the tools the
+/// tests and benchmarks drive (tor relays, captures, DNS and load clients).
+const PACKAGES: &[&str] = &[
+    // bpf-linker 0.13 links against LLVM 22 (bookworm-security)
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // arti-client
+    "libssl-dev",
+    "libsqlite3-dev",
+    "pkg-config",
+    // tests, testnet, benchmarks
+    "iproute2",
+    "util-linux",
+    "tcpdump",
+    "dnsutils",
+    "bpftool",
+    "nftables",
+    "curl",
+    "python3",
+    "tor",
+    "obfs4proxy",
+    "iperf3",
+    "hyperfine",
+    "wireguard-tools",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn run() -> Result<()> {
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    eprintln!("==> setup complete");
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("==> Debian packages: all {} present", PACKAGES.len());
+        return Ok(());
+    }
+    eprintln!("==> Debian packages missing: {}", missing.join(" "));
+    sh(Command::new("apt-get").arg("update").arg("-q"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing Debian packages (are you root, and is bookworm-security in the apt sources?)")?;
+    // Debian's tor package starts a system tor on 9050; ttp never needs it.
+    let _ = Command::new("systemctl").args(["disable", "--now", "tor"]).output();
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let have = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if have {
+        eprintln!("==> nightly rust-src: present");
+        return Ok(());
+    }
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context("installing the nightly toolchain with rust-src (the eBPF crate builds core with it)")
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(o) = &version {
+        let v = String::from_utf8_lossy(&o.stdout);
+        if v.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+            eprintln!("==> {}: present", v.trim());
+            return Ok(());
+        }
+    }
+    let prefix = "/usr/lib/llvm-22";
+    if !std::path::Path::new(prefix).join("bin/llvm-config").exists() {
+        bail!("{prefix} is missing: install llvm-22-dev (cargo xtask setup does) before bpf-linker");
+    }
+    eprintln!("==> building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)");
+    sh(cargo()
+        .args(["install", "bpf-linker", "--locked", "--version", &format!("^{BPF_LINKER_VERSION}")])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", prefix))
+}
