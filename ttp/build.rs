@@ -9,8 +9,17 @@ fn main() -> anyhow::Result<()> {
         .find(|p| p.name.as_str() == "ttp-ebpf")
         .ok_or_else(|| anyhow!("ttp-ebpf package not found in the workspace"))?;
     let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("ttp-ebpf has no directory"))?;
+    // The pinned nightly (its LLVM must match bpf-linker's): see ttp-ebpf/rust-toolchain.toml.
+    let pin = root.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={pin}");
+    let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {pin}"))?;
+    let channel = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.split('"').nth(1))
+        .ok_or_else(|| anyhow!("{pin} names no channel"))?;
     aya_build::build_ebpf(
         [aya_build::Package { name: ebpf.name.as_str(), root_dir: root.as_str(), ..Default::default() }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(channel),
     )
 }

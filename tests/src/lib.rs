@@ -12,7 +12,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -150,15 +150,29 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        // Kills every process in the subtree, then removes it leaves first (the daemon
+        // under test makes cgroups of its own in it).
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
         for _ in 0..50 {
-            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+            if remove_cgroup_tree(&self.path) || !self.path.exists() {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
         eprintln!("warning: could not remove cgroup {}", self.path.display());
     }
+}
+
+/// rmdir of a cgroup and its descendants, deepest first; true when it is gone.
+fn remove_cgroup_tree(path: &Path) -> bool {
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    fs::remove_dir(path).is_ok()
 }
 
 /// A child process killed (and reaped) on drop.
@@ -233,10 +247,31 @@ impl Capture {
         self.proc.signal(nix::sys::signal::Signal::SIGINT);
         let Capture { mut proc, file } = self;
         let _ = proc.child.wait();
-        let out = run(Command::new("tcpdump").args(["-nn", "-r"]).arg(&file))?;
+        // -tt: epoch timestamps, comparable with the test's own clock (see [`time_of`]).
+        let out = run(Command::new("tcpdump").args(["-tt", "-nn", "-r"]).arg(&file))?;
         let _ = fs::remove_file(&file);
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
     }
+}
+
+/// Makes `cmd` start inside `cgroup`.
+pub fn into_cgroup(cmd: &mut Command, cgroup: &Cgroup) {
+    use std::os::unix::process::CommandExt;
+    let procs = cgroup.path.join("cgroup.procs");
+    // SAFETY: one write to a cgroup file between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || fs::write(&procs, b"0"));
+    }
+}
+
+/// When a captured packet was seen (seconds since the epoch).
+pub fn time_of(packet: &str) -> f64 {
+    packet.split_whitespace().next().and_then(|t| t.parse().ok()).unwrap_or(0.0)
+}
+
+/// Now, in the capture's clock.
+pub fn now_epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Packets of a capture that contain `needle` (e.g. "> 203.0.113.10.443:").
@@ -420,6 +455,25 @@ impl World {
             .arg(state_dir)
             .arg("--runtime-dir")
             .arg(state_dir.join("run"));
+        c
+    }
+
+    /// `ttp ARGS` with this world's runtime and pin directories (for stop, status, exec,
+    /// watchdog...), run as root in the host namespace from inside the daemon's cgroup, so
+    /// that whatever it leaves running (a watchdog) dies with the world.
+    pub fn ttp_ctl(&self, args: &[&str], state_dir: &std::path::Path) -> Command {
+        let mut c = self.host.cmd(bin("ttp"));
+        c.args(args).arg("--runtime-dir").arg(state_dir.join("run")).arg("--pin-dir").arg(&self.pin_dir);
+        into_cgroup(&mut c, &self.daemon);
+        c
+    }
+
+    /// `ttp start` (the real CLI path: detached daemon, start protocol) with this world's
+    /// options, from inside the daemon's cgroup.
+    pub fn ttp_start(&self, state_dir: &std::path::Path, extra: &[&str]) -> Command {
+        let mut c = self.ttp_cmd("start", state_dir);
+        c.args(extra).env("RUST_LOG", "info,tor_guardmgr=warn");
+        into_cgroup(&mut c, &self.daemon);
         c
     }
 

@@ -346,3 +346,6 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[path = "tor/lifecycle.rs"]
+mod lifecycle;

@@ -41,6 +41,12 @@ pub enum Request {
         urls: Vec<String>,
     },
     Stop,
+    /// Opens a Tor stream to HOST:PORT (on a fresh circuit isolation) and reports how it
+    /// went, without sending anything on it.
+    TestConnect {
+        host: String,
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,10 +64,23 @@ pub struct Status {
     pub started_unix: u64,
     pub ports: Ports,
     pub bootstrap: String,
+    /// Arti has what it needs to carry traffic.
+    #[serde(default)]
+    pub tor_ready: bool,
     pub streams_open: usize,
     pub streams_refused: u64,
     pub exit_address: Option<String>,
     pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// The outcome of a `test-connect`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TestConnect {
+    pub host: String,
+    pub port: u16,
+    pub latency_ms: u64,
+    /// The circuit's relays, entry first (as Arti names them).
+    pub circuit: String,
 }
 
 /// A reply: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
@@ -72,6 +91,7 @@ pub enum Reply {
     Streams { ok: bool, streams: Vec<StreamSnapshot> },
     Refreshed { ok: bool, isolation_keys_reset: usize },
     Checked { ok: bool, check: crate::check::CheckResult },
+    Connected { ok: bool, connected: TestConnect },
     // Before `Done`: untagged variants are tried in order, and `Done` matches any `ok`.
     Error { ok: bool, error: String },
     Done { ok: bool },
@@ -121,6 +141,7 @@ impl Control {
                         started_unix: self.started_unix,
                         ports: self.ports.clone(),
                         bootstrap: s.tor.bootstrap_status().to_string(),
+                        tor_ready: s.tor.bootstrap_status().ready_for_traffic(),
                         streams_open: s.streams.open_count(),
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
                         exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
@@ -137,6 +158,27 @@ impl Control {
             Request::Stop => {
                 self.stop.notify_one();
                 Reply::Done { ok: true }
+            }
+            Request::TestConnect { host, port } => {
+                let t0 = Instant::now();
+                let prefs = {
+                    let mut p = arti_client::StreamPrefs::new();
+                    p.set_isolation(arti_client::IsolationToken::new());
+                    p.connect_to_onion_services(arti_client::config::BoolOrAuto::Explicit(true));
+                    p
+                };
+                match self.services.tor.connect_with_prefs((host.as_str(), port), &prefs).await {
+                    Ok(stream) => Reply::Connected {
+                        ok: true,
+                        connected: TestConnect {
+                            host,
+                            port,
+                            latency_ms: t0.elapsed().as_millis() as u64,
+                            circuit: crate::transport::circuit_of(&stream),
+                        },
+                    },
+                    Err(e) => Reply::Error { ok: false, error: format!("test-connect {host}:{port}: {e}") },
+                }
             }
         }
     }
@@ -194,12 +236,18 @@ async fn session(stream: UnixStream, ctl: &Control, allowed: bool) -> Result<()>
 
 /// The CLI side: one request, one reply.
 pub fn request(runtime_dir: &Path, req: &Request) -> Result<Reply> {
+    // A check goes through Tor and may try several endpoints.
+    request_within(runtime_dir, req, std::time::Duration::from_secs(120))
+}
+
+/// [`request`], giving up after `timeout` without a reply.
+pub fn request_within(runtime_dir: &Path, req: &Request, timeout: std::time::Duration) -> Result<Reply> {
     use std::io::{BufRead, Write};
     let path: PathBuf = runtime_dir.join(SOCKET);
     let mut s = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("cannot reach the daemon at {} (is ttp running? `ttp start`)", path.display()))?;
-    // A check goes through Tor and may try several endpoints.
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;

@@ -23,6 +23,7 @@ use crate::{
     control::{self, Control, Ports},
     datapath::{Datapath, DatapathOptions, Maps, Policy},
     dns::{self, Automap, Cache, DnsService},
+    lock::SessionLock,
     options::StartOptions,
     socks::SocksPort,
     tor::{self, Isolation, TorResolver},
@@ -44,21 +45,67 @@ pub struct Services {
     pub exit: Mutex<Option<crate::check::CheckResult>>,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. `ready` is called once traffic flows.
-pub async fn run(opts: &StartOptions, ready: impl FnOnce(&Services)) -> Result<()> {
+/// Milestones of a start, for whoever waits on it (`ttp start` reads them from the
+/// daemon's stdout: see [`Event::line`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The kill-switch is attached and closed.
+    KillSwitch(Duration),
+    /// Tor's bootstrap: percent done and what it is doing.
+    Bootstrap(u8, String),
+    /// Governed traffic flows through Tor.
+    Ready(Duration),
+}
+
+impl Event {
+    /// One line of the start protocol: `KILLSWITCH <ms>`, `BOOTSTRAP <pct> <text>`, `READY`.
+    pub fn line(&self) -> String {
+        match self {
+            Event::KillSwitch(d) => format!("KILLSWITCH {}", d.as_millis()),
+            Event::Bootstrap(p, s) => format!("BOOTSTRAP {p} {}", s.replace('\n', " ")),
+            Event::Ready(_) => "READY".into(),
+        }
+    }
+
+    /// The inverse of [`Event::line`]; `None` for any other line.
+    pub fn parse(line: &str) -> Option<Event> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "KILLSWITCH" => Some(Event::KillSwitch(Duration::from_millis(rest.parse().ok()?))),
+            "BOOTSTRAP" => {
+                let (p, s) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Event::Bootstrap(p.parse().ok()?, s.to_string()))
+            }
+            "READY" if rest.is_empty() => Some(Event::Ready(Duration::ZERO)),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or a stop request; `events` hears each milestone.
+pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<()> {
     if let Ok(control::Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &control::Request::Status) {
         anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
     }
     let t0 = Instant::now();
+    // Bad configuration fails here, before anything on the host changes.
+    let config = tor::load_config(&opts.state_dir, &opts.arti_config, opts.bridges()?.as_ref())?;
     let root = cgroup::cgroup2_root()?;
     let governed = opts.cgroup.clone().unwrap_or_else(|| root.clone());
     let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
+    // `ttp exec --tor` and `ttp exec --direct` run commands in children of these two.
+    let exec_tor = governed.join("ttp.tor");
+    let exec_direct = governed.join("ttp.direct");
+    cgroup::create(&exec_tor)?;
+    cgroup::create(&exec_direct)?;
+    let mut bypass_cgroups = opts.bypass_cgroups.clone();
+    bypass_cgroups.push(exec_direct.clone());
 
     let dp_opts = DatapathOptions {
-        cgroup: governed,
+        cgroup: governed.clone(),
         uplinks,
         pin_dir: opts.pin_dir.clone(),
         trans_port: opts.trans_port,
@@ -72,19 +119,27 @@ pub async fn run(opts: &StartOptions, ready: impl FnOnce(&Services)) -> Result<(
             ipv6: opts.ipv6(),
             bypass_uids: opts.bypass_uids.clone(),
             bypass_gids: opts.bypass_gids.clone(),
-            bypass_cgroups: opts.bypass_cgroups.clone(),
+            bypass_cgroups,
             ..Policy::default()
         },
         start_locked: true,
     };
-    let (datapath, logger) = Datapath::start(&dp_opts)?;
+    let (datapath, logger) = Datapath::start(&dp_opts).inspect_err(|_| {
+        let _ = std::fs::remove_dir(&exec_tor);
+        let _ = std::fs::remove_dir(&exec_direct);
+    })?;
     tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
+    events(Event::KillSwitch(t0.elapsed()));
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
     // From here on, any failure must tear the datapath down again: the host as it was.
-    let result = serve(opts, datapath.layout().maps(), t0, ready).await;
+    let result = serve(opts, config, &governed, datapath.layout().maps(), t0, &mut events).await;
+    SessionLock::remove(&opts.runtime_dir);
     let report = datapath.stop();
+    // Busy (a command still runs in one) is fine: they are removed next time.
+    let _ = std::fs::remove_dir(&exec_tor);
+    let _ = std::fs::remove_dir(&exec_direct);
     match (&result, report) {
         (_, Ok(r)) => tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned),
         (_, Err(e)) => tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it"),
@@ -92,11 +147,18 @@ pub async fn run(opts: &StartOptions, ready: impl FnOnce(&Services)) -> Result<(
     result
 }
 
-async fn serve(opts: &StartOptions, maps_dir: PathBuf, t0: Instant, ready: impl FnOnce(&Services)) -> Result<()> {
+async fn serve(
+    opts: &StartOptions,
+    config: tor::TorClientConfig,
+    governed: &Path,
+    maps_dir: PathBuf,
+    t0: Instant,
+    events: &mut impl FnMut(Event),
+) -> Result<()> {
     private_dir(&opts.state_dir)?;
-    let config = tor::load_config(&opts.state_dir, &opts.arti_config)?;
     let tor = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
+        events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
     })
     .await?;
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
@@ -165,9 +227,21 @@ async fn serve(opts: &StartOptions, maps_dir: PathBuf, t0: Instant, ready: impl 
         tasks.spawn(socks.clone().serve(l));
     }
 
+    let lock = SessionLock {
+        pid: std::process::id(),
+        started_unix: control::unix_now(),
+        args: own_args(),
+        exit_address: None,
+        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
+        cgroup: governed.to_path_buf(),
+        pin_dir: opts.pin_dir.clone(),
+    };
+    lock.write(&opts.runtime_dir)?;
+
     // Verify the exit through Tor, in the background: a check endpoint out of reach must
     // not keep the host from being protected and usable.
     let verifying = services.clone();
+    let runtime_dir = opts.runtime_dir.clone();
     tokio::spawn(async move {
         match crate::check::check_any(&verifying.tor, &check_urls).await {
             Ok(c) => {
@@ -178,6 +252,10 @@ async fn serve(opts: &StartOptions, maps_dir: PathBuf, t0: Instant, ready: impl 
                     c.latency_ms,
                     c.url
                 );
+                let lock = SessionLock { exit_address: Some(c.exit_address.to_string()), ..lock };
+                if let Err(e) = lock.write(&runtime_dir) {
+                    tracing::warn!("{e:#}");
+                }
                 *verifying.exit.lock().expect("exit lock") = Some(c);
             }
             Err(e) => tracing::warn!("exit not verified: {e:#} (`ttp check` retries)"),
@@ -186,12 +264,17 @@ async fn serve(opts: &StartOptions, maps_dir: PathBuf, t0: Instant, ready: impl 
 
     maps.lock().expect("maps lock").set_lockdown(false)?;
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
-    ready(&services);
+    events(Event::Ready(t0.elapsed()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = serve_until_stopped(&mut term, &stop, &mut tasks).await;
     maps.lock().expect("maps lock").set_lockdown(true)?;
     tasks.abort_all();
+    // Applications' connections through us end now, not whenever they next write.
+    match crate::sockdestroy::destroy_connected_to(&[opts.trans_port, opts.dns_port, opts.socks_port]) {
+        Ok(n) => tracing::info!("lockdown on; {n} application sockets through ttp destroyed"),
+        Err(e) => tracing::warn!("lockdown on; destroying application sockets failed: {e} (they fail on next use)"),
+    }
     let _ = std::fs::remove_file(opts.runtime_dir.join(control::SOCKET));
     result
 }
@@ -210,6 +293,11 @@ async fn serve_until_stopped(
         }
     }
     Ok(())
+}
+
+/// This process's options: its arguments after the subcommand (`run`).
+fn own_args() -> Vec<String> {
+    std::env::args().skip(1).skip_while(|a| a != "run").skip(1).collect()
 }
 
 fn bind_err(what: &str, ip: IpAddr, port: u16) -> String {

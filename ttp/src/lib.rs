@@ -5,16 +5,21 @@
 //! - [`tor`]: the embedded Arti client: configuration, bootstrap, isolation.
 //! - [`transport`]: the TransPort. [`dns`]: the DNSPort. [`socks`]: the SOCKS port.
 //! - [`control`]: the control socket.
-//! - [`daemon`]: wires them together; [`options`]: what it is told.
+//! - [`daemon`]: wires them together; [`options`]: what it is told; [`lock`]: the session
+//!   lock; [`logfile`]: the volatile, rotated log.
 
 pub mod cgroup;
 pub mod check;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod diagnose;
 pub mod dns;
+pub mod lock;
+pub mod logfile;
 pub mod options;
+pub mod sockdestroy;
 pub mod socks;
 pub mod tor;
 pub mod transport;

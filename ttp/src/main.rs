@@ -9,8 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ttp::{
     control::{self, Reply, Request},
-    datapath::{teardown, Maps, PinLayout},
+    datapath::{Maps, PinLayout},
 };
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "ttp", version, about = "Transparent Tor proxy for Linux: the whole host through Tor, failing closed")]
@@ -46,6 +48,65 @@ enum Cmd {
     Stop {
         #[command(flatten)]
         paths: Paths,
+    },
+    /// Stop, then start again with the options of the running session.
+    Restart {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Show the daemon's log (volatile, rotated at 1 MB) and follow it.
+    Logs {
+        #[command(flatten)]
+        paths: Paths,
+        /// How many of the last lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        /// The watchdog's log instead of the daemon's.
+        #[arg(long)]
+        watchdog: bool,
+    },
+    /// The integrity loop: programs attached, daemon alive, Tor bootstrapped, DNS answered;
+    /// on a fault it locks down and repairs.
+    Watchdog {
+        #[command(subcommand)]
+        cmd: WatchdogCmd,
+    },
+    /// Run one command through Tor (`--tor`) or around it (`--direct`).
+    Exec {
+        #[command(flatten)]
+        paths: Paths,
+        /// Through Tor, even when ttp governs only part of the host.
+        #[arg(long, conflicts_with = "direct", required_unless_present = "direct")]
+        tor: bool,
+        /// Around Tor (split tunneling), even when ttp governs the whole host.
+        #[arg(long)]
+        direct: bool,
+        /// Run as this user (default: the user who ran sudo).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Install the binary, systemd unit, completions, man page and the `ttp` group.
+    Install {
+        /// Install under this root instead of / (for packaging).
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        prefix: PathBuf,
+    },
+    /// Stop ttp and remove what `ttp install` put on the host (and Tor's state).
+    Uninstall {
+        #[command(flatten)]
+        paths: Paths,
+        /// Remove from under this root instead of / (for packaging).
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        prefix: PathBuf,
+        /// Keep Tor's state and cache (/var/lib/ttp) and the config (/etc/ttp).
+        #[arg(long)]
+        keep_state: bool,
     },
     /// State, uptime, ports, streams and counters (from the daemon, or from the pins if it
     /// is gone).
@@ -86,22 +147,75 @@ enum Cmd {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Active leak probes from a governed context: DNS, TCP, UDP, IPv6, ICMP; pass or fail
+    /// with the evidence (the kernel's own counters).
+    CheckLeak {
+        #[command(flatten)]
+        paths: Paths,
+        /// Raw detail for each probe.
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
 }
 
+#[derive(Subcommand)]
+enum WatchdogCmd {
+    /// Start the watchdog in the background.
+    Start {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Stop the background watchdog.
+    Stop {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Is it running, and what did its last round find?
+    Status {
+        #[command(flatten)]
+        paths: Paths,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the loop in the foreground.
+    Run {
+        #[command(flatten)]
+        paths: Paths,
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let needs_root = matches!(
-        cli.cmd,
-        Cmd::Start { .. } | Cmd::Run { .. } | Cmd::Stop { .. } | Cmd::Refresh { .. } | Cmd::Diagnose { .. }
-    );
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("ttp: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    init_tracing(&cli.cmd);
+    let needs_root = match &cli.cmd {
+        Cmd::Start { .. }
+        | Cmd::Run { .. }
+        | Cmd::Stop { .. }
+        | Cmd::Restart { .. }
+        | Cmd::Refresh { .. }
+        | Cmd::Diagnose { .. }
+        | Cmd::Logs { .. }
+        | Cmd::Exec { .. }
+        | Cmd::Install { .. }
+        | Cmd::Uninstall { .. } => true,
+        Cmd::Watchdog { cmd } => !matches!(cmd, WatchdogCmd::Status { .. }),
+        _ => false,
+    };
     if needs_root && !nix::unistd::geteuid().is_root() {
         eprintln!("ttp: this command needs root: run it with sudo");
         return ExitCode::from(2);
@@ -115,9 +229,113 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses the command line; for `start` and `run`, the config file's keys fill in what the
+/// command line leaves out. Clap's own errors (and --help) exit as clap does.
+fn parse() -> Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&argv).map_err(one_line)?;
+    let Some((name, sub)) = matches.subcommand().filter(|(n, _)| *n == "start" || *n == "run") else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let Some(file) = ttp::config::path(sub) else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let subcmd = cmd.find_subcommand(name).expect("subcommand exists");
+    let extra = ttp::config::args_from_file(subcmd, sub, &file)?;
+    // argv[0], the subcommand, the file's options, then the command line's own.
+    let at = argv.iter().position(|a| a == name).expect("subcommand in argv");
+    let mut all: Vec<std::ffi::OsString> = argv[..=at].to_vec();
+    all.extend(extra);
+    all.extend(argv[at + 1..].iter().cloned());
+    let matches = cmd.try_get_matches_from(all).map_err(one_line).with_context(|| format!("in {}", file.display()))?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Clap's error as one line that says what to do (help and version are printed and exit).
+fn one_line(e: clap::Error) -> anyhow::Error {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    anyhow::anyhow!("{first} (see `ttp --help` or `ttp COMMAND --help`)")
+}
+
+/// Logs go to standard error, or for the daemon and the watchdog to their log files
+/// (rotated; `ttp logs` shows them).
+fn init_tracing(cmd: &Cmd) {
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let file = match cmd {
+        Cmd::Run { opts } => opts.log_file.clone(),
+        Cmd::Watchdog { cmd: WatchdogCmd::Run { paths, .. } } => {
+            let _ = std::fs::create_dir_all(&paths.runtime_dir);
+            Some(cli::watchdog::log_path(&paths.runtime_dir))
+        }
+        _ => None,
+    };
+    if let Some(log) = file.and_then(|f| ttp::logfile::RotatingLog::open(&f).ok()) {
+        tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(false).with_writer(move || log.clone()).init();
+        // A panic is logged like any other error, not lost on a closed stderr.
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            tracing::error!("panic: {info}");
+            default(info);
+        }));
+    } else {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+/// The arguments after the subcommand (what `start` hands to `run`).
+fn args_after(sub: &str) -> Vec<String> {
+    std::env::args().skip(1).skip_while(|a| a != sub).skip(1).collect()
+}
+
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Start { opts } => start(&opts),
+        Cmd::Start { opts } => cli::start::start(&opts, &args_after("start")),
+        Cmd::Restart { paths } => cli::start::restart(&paths.runtime_dir, &paths.pin_dir),
+        Cmd::Logs { paths, lines, no_follow, watchdog } => {
+            let path =
+                if watchdog { cli::watchdog::log_path(&paths.runtime_dir) } else { paths.runtime_dir.join("ttp.log") };
+            cli::logs::logs(&path, lines, !no_follow)
+        }
+        Cmd::Watchdog { cmd } => match cmd {
+            WatchdogCmd::Start { paths } => {
+                let pid = cli::watchdog::spawn(&paths.runtime_dir, &paths.pin_dir)?;
+                println!("watchdog started (pid {pid}); `ttp logs --watchdog` shows what it does");
+                Ok(())
+            }
+            WatchdogCmd::Stop { paths } => {
+                match cli::watchdog::stop(&paths.runtime_dir) {
+                    Some(pid) => println!("watchdog (pid {pid}) stopped"),
+                    None => println!("no watchdog was running"),
+                }
+                Ok(())
+            }
+            WatchdogCmd::Status { paths, json } => cli::watchdog::status(&paths.runtime_dir, json),
+            WatchdogCmd::Run { paths, interval } => {
+                cli::watchdog::run(&paths.runtime_dir, &paths.pin_dir, std::time::Duration::from_secs(interval.max(1)))
+            }
+        },
+        Cmd::Exec { paths, tor, direct: _, user, command } => {
+            let route = if tor { cli::exec::Route::Tor } else { cli::exec::Route::Direct };
+            let code = cli::exec::exec(&paths.runtime_dir, route, user.as_deref(), &command)?;
+            std::process::exit(code);
+        }
+        Cmd::CheckLeak { paths, verbose, json } => cli::check_leak::run(&paths.runtime_dir, verbose, json),
+        Cmd::Install { prefix } => cli::install::install(&prefix),
+        Cmd::Uninstall { paths, prefix, keep_state } => {
+            cli::install::uninstall(&prefix, &paths.runtime_dir, &paths.pin_dir, keep_state)
+        }
         Cmd::Check { paths, urls, json } => {
             let Reply::Checked { check, .. } = control::request(&paths.runtime_dir, &Request::Check { urls })? else {
                 anyhow::bail!("unexpected reply from the daemon");
@@ -159,30 +377,21 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Run { opts } => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(ttp::daemon::run(&opts, |_| {
+            // The start protocol on stdout (for `ttp start`), systemd's on its socket.
+            // Write errors are ignored: `ttp start` stops listening once the daemon is ready.
+            rt.block_on(ttp::daemon::run(&opts, |e| {
                 use std::io::Write;
-                println!("READY");
-                let _ = std::io::stdout().flush();
-                ttp::daemon::notify_systemd_ready();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", e.line()).and_then(|_| out.flush());
+                if matches!(e, ttp::daemon::Event::Ready(_)) {
+                    ttp::daemon::notify_systemd_ready();
+                }
             }))
         }
         Cmd::Stop { paths } => {
-            // A live daemon stops itself (services down, then the same teardown); whatever
-            // is left (a crashed daemon's pins) is torn down here. Idempotent.
-            if control::request(&paths.runtime_dir, &control::Request::Stop).is_ok() {
-                let t0 = std::time::Instant::now();
-                while paths.runtime_dir.join(control::SOCKET).exists() && t0.elapsed().as_secs() < 10 {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-            }
-            let r = teardown(&PinLayout::new(&paths.pin_dir))?;
-            let _ = std::fs::remove_file(paths.runtime_dir.join("ttp.lock"));
-            if r.links_detached == 0 && r.maps_unpinned == 0 {
-                println!("ttp was not running (nothing pinned under {})", paths.pin_dir.display());
-            } else {
-                println!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned);
-            }
-            Ok(())
+            // A stopped ttp is not to be revived: the watchdog goes first.
+            cli::watchdog::stop(&paths.runtime_dir);
+            cli::start::stop(&paths.runtime_dir, &paths.pin_dir)
         }
         Cmd::Streams { paths, recent, json } => {
             let Reply::Streams { streams, .. } = control::request(&paths.runtime_dir, &Request::Streams { recent })?
@@ -280,68 +489,6 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-/// `ttp start`: the same arguments, as a detached `ttp run`, watched until ready.
-fn start(opts: &ttp::options::StartOptions) -> Result<()> {
-    use std::{io::Write, os::unix::process::CommandExt};
-    if let Ok(Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &Request::Status) {
-        anyhow::bail!("ttp is already running (pid {}); `ttp stop` first", status.pid);
-    }
-    std::fs::create_dir_all(&opts.runtime_dir).with_context(|| format!("creating {}", opts.runtime_dir.display()))?;
-    let log_path = opts.runtime_dir.join("ttp.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    // Our own command line with `start` turned into `run`: every option carries over.
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(sub) = args.iter_mut().find(|a| *a == "start") {
-        *sub = "run".into();
-    }
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    // SAFETY: setsid is async-signal-safe: the daemon leaves our session and terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting the daemon")?;
-    let t0 = std::time::Instant::now();
-    let mut shown = 0;
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        for line in text.lines().skip(shown) {
-            if line.contains("kill-switch active") || line.contains("bootstrap") || line.contains("ready after") {
-                println!("{}", line.split("ttp::daemon: ").nth(1).unwrap_or(line).trim());
-                let _ = std::io::stdout().flush();
-            }
-        }
-        shown = text.lines().count();
-        if text.lines().any(|l| l == "READY") {
-            let lock = serde_json::json!({
-                "pid": child.id(),
-                "started_unix": control::unix_now(),
-                "args": args,
-            });
-            std::fs::write(opts.runtime_dir.join("ttp.lock"), serde_json::to_string_pretty(&lock)?)?;
-            println!(
-                "ttp is running (pid {}) after {:.1?}: the host's traffic goes through Tor",
-                child.id(),
-                t0.elapsed()
-            );
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow::bail!(
-                "the daemon exited ({status}) before it was ready; the host is as it was. Last lines of {}:\n{}",
-                log_path.display(),
-                tail.join("\n")
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

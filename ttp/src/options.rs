@@ -13,6 +13,10 @@ pub const DEFAULT_SOCKS_PORT: u16 = 9055;
 
 #[derive(Args, Debug, Clone)]
 pub struct StartOptions {
+    /// Config file (TOML): every option here is a key; the command line overrides it
+    /// (default: /etc/ttp/ttp.toml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The cgroup2 directory to govern (default: the cgroup2 root, i.e. the whole host).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
@@ -72,12 +76,54 @@ pub struct StartOptions {
     /// address); repeatable, tried in order.
     #[arg(long = "check-url", value_name = "URL")]
     pub check_urls: Vec<String>,
+    /// Connect to Tor through bridges (from --bridge and --bridges-file).
+    #[arg(long)]
+    pub use_bridges: bool,
+    /// A bridge line (`obfs4 192.0.2.1:443 FINGERPRINT cert=... iat-mode=0`, or
+    /// `192.0.2.1:443 FINGERPRINT`); repeatable.
+    #[arg(long = "bridge", value_name = "LINE")]
+    pub bridges: Vec<String>,
+    /// A file of bridge lines, one per line (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub bridges_file: Option<PathBuf>,
+    /// The obfs4 pluggable transport program.
+    #[arg(long, default_value = "/usr/bin/obfs4proxy", value_name = "PATH")]
+    pub obfs4proxy: PathBuf,
+    /// Also start the watchdog (`ttp watchdog run`) with the daemon.
+    #[arg(long)]
+    pub watchdog: bool,
+    /// Write the log here, rotated at 1 MB (`ttp start`: <runtime-dir>/ttp.log; `ttp run`:
+    /// standard error).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// The DNSPort's virtual range for .onion names.
     #[arg(long, default_value = "10.192.0.0/10")]
     pub virtual_net: ipnet::Ipv4Net,
 }
 
 impl StartOptions {
+    /// The bridges to use, if `--use-bridges` (or bridge lines) say so.
+    pub fn bridges(&self) -> anyhow::Result<Option<crate::tor::Bridges>> {
+        use anyhow::Context;
+        let mut lines = self.bridges.clone();
+        if let Some(f) = &self.bridges_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("reading the bridges file {}", f.display()))?;
+            lines.extend(
+                t.lines()
+                    .map(|l| l.trim().trim_start_matches("Bridge ").trim())
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if !self.use_bridges && lines.is_empty() {
+            return Ok(None);
+        }
+        if !self.use_bridges {
+            anyhow::bail!("bridge lines are given but bridges are off: add --use-bridges");
+        }
+        Ok(Some(crate::tor::Bridges { lines, obfs4proxy: self.obfs4proxy.clone() }))
+    }
+
     pub fn ipv6(&self) -> Ipv6Policy {
         if self.no_ipv6 {
             Ipv6Policy::Drop

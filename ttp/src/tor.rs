@@ -12,7 +12,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use arti_client::{config::TorClientConfig, IsolationToken, TorClient};
+pub use arti_client::config::TorClientConfig;
+use arti_client::{IsolationToken, TorClient};
 use futures::StreamExt;
 use tor_config::{
     load::{resolve_return_results, ConfigResolveOptions},
@@ -28,8 +29,63 @@ pub type Tor = Arc<TorClient<Runtime>>;
 const ARTI_PROGRAM_SECTIONS: &[&str] =
     &["application", "proxy", "logging", "metrics", "rpc", "onion_services", "system"];
 
-/// Builds Arti's configuration: ttp's defaults, then each file in order.
-pub fn load_config(state_dir: &Path, files: &[PathBuf]) -> Result<TorClientConfig> {
+/// Bridges to use instead of connecting to the network directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bridges {
+    /// Bridge lines, as Tor Browser and torrc write them (without `Bridge`).
+    pub lines: Vec<String>,
+    /// The obfs4 pluggable transport, for `obfs4` lines.
+    pub obfs4proxy: PathBuf,
+}
+
+impl Bridges {
+    /// Arti's configuration for these bridges; each line is checked first, so a typo is
+    /// an error that names the line, not a bootstrap that never ends.
+    fn to_toml(&self) -> Result<String> {
+        if self.lines.is_empty() {
+            bail!("bridges are on but no bridge is given: add --bridge LINE or --bridges-file FILE");
+        }
+        let mut transports = std::collections::BTreeSet::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            let b: arti_client::config::BridgeConfigBuilder =
+                l.parse().with_context(|| format!("bridge {} does not parse: {l:?}", i + 1))?;
+            b.build().with_context(|| format!("bridge {} is not usable: {l:?}", i + 1))?;
+            // A line starts with its transport's name, or with the address of a plain bridge.
+            let first = l.split_whitespace().next().unwrap_or_default();
+            if first.parse::<std::net::SocketAddr>().is_err() {
+                transports.insert(first.to_string());
+            }
+        }
+        let mut bridges = toml::Table::new();
+        bridges.insert("enabled".into(), true.into());
+        bridges.insert("bridges".into(), self.lines.clone().into());
+        let mut pts = Vec::new();
+        for t in transports {
+            if t != "obfs4" {
+                bail!("bridges of transport `{t}` are not supported: ttp knows obfs4 (and plain bridges)");
+            }
+            if !self.obfs4proxy.exists() {
+                bail!(
+                    "obfs4 bridges need obfs4proxy, which is not at {} (apt install obfs4proxy, or --obfs4proxy PATH)",
+                    self.obfs4proxy.display()
+                );
+            }
+            let pt = toml::toml! {
+                protocols = [(t)]
+                path = (self.obfs4proxy.display().to_string())
+            };
+            pts.push(toml::Value::Table(pt));
+        }
+        bridges.insert("transports".into(), pts.into());
+        let mut root = toml::Table::new();
+        root.insert("bridges".into(), bridges.into());
+        Ok(root.to_string())
+    }
+}
+
+/// Builds Arti's configuration: ttp's defaults, then each file in order, then the bridges
+/// of the command line.
+pub fn load_config(state_dir: &Path, files: &[PathBuf], bridges: Option<&Bridges>) -> Result<TorClientConfig> {
     let mut sources = ConfigurationSources::new_empty();
     let storage = toml::toml! {
         [storage]
@@ -42,6 +98,9 @@ pub fn load_config(state_dir: &Path, files: &[PathBuf]) -> Result<TorClientConfi
             bail!("Arti configuration file {} does not exist", f.display());
         }
         sources.push_source(ConfigurationSource::from_path(f), MustRead::MustRead);
+    }
+    if let Some(b) = bridges {
+        sources.push_source(ConfigurationSource::from_verbatim(b.to_toml()?), MustRead::MustRead);
     }
     let tree = sources.load().context("reading the Arti configuration")?;
     let opts = ConfigResolveOptions::default(); // reports unrecognized and deprecated keys
@@ -185,11 +244,36 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
         std::fs::write(&good, "[path_rules]\nipv4_subnet_family_prefix = 33\n[proxy]\nsocks_listen = 9150\n").unwrap();
-        load_config(&dir, std::slice::from_ref(&good)).unwrap();
+        load_config(&dir, std::slice::from_ref(&good), None).unwrap();
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[path_rules]\nipv4_subnet_family_prefix = \"many\"\n").unwrap();
-        assert!(load_config(&dir, &[bad]).is_err());
-        assert!(load_config(&dir, &[dir.join("missing.toml")]).unwrap_err().to_string().contains("does not exist"));
+        assert!(load_config(&dir, &[bad], None).is_err());
+        assert!(load_config(&dir, &[dir.join("missing.toml")], None)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bridge_lines_are_checked_before_bootstrap() {
+        let dir = std::env::temp_dir().join(format!("ttp-tor-bridges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fp = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let b = |lines: &[&str], pt: &str| Bridges {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            obfs4proxy: PathBuf::from(pt),
+        };
+        let plain = format!("192.0.2.1:443 {fp}");
+        // Plain bridges need no transport program.
+        load_config(&dir, &[], Some(&b(&[&plain], "/nonexistent"))).unwrap();
+        let obfs4 = format!("obfs4 192.0.2.2:443 {fp} cert=AAAA iat-mode=0");
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[&obfs4], "/nonexistent"))).unwrap_err());
+        assert!(e.contains("apt install obfs4proxy"), "{e}");
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&["not a bridge"], "/bin/true"))).unwrap_err());
+        assert!(e.contains("bridge 1 does not parse"), "{e}");
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[], "/bin/true"))).unwrap_err());
+        assert!(e.contains("no bridge is given"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -71,26 +71,39 @@ fn apt() -> Result<()> {
     Ok(())
 }
 
+/// The eBPF crate's pinned nightly, from ttp-ebpf/rust-toolchain.toml.
+pub fn nightly_channel() -> Result<String> {
+    let pin = crate::root().join("ttp-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {}", pin.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.split('"').nth(1))
+        .map(str::to_owned)
+        .with_context(|| format!("{} names no channel", pin.display()))
+}
+
 fn nightly() -> Result<()> {
+    let channel = nightly_channel()?;
     let have = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", &channel])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
         .unwrap_or(false);
     if have {
-        eprintln!("==> nightly rust-src: present");
+        eprintln!("==> {channel} with rust-src: present");
         return Ok(());
     }
+    // A dated nightly, never plain `nightly`: a newer one's LLVM does not match bpf-linker's.
     sh(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        &channel,
         "--profile",
         "minimal",
         "--component",
         "rust-src",
     ]))
-    .context("installing the nightly toolchain with rust-src (the eBPF crate builds core with it)")
+    .with_context(|| format!("installing the {channel} toolchain with rust-src (the eBPF crate builds core with it)"))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -1,0 +1,304 @@
+//! The `ttp` command's lifecycle on the private Tor network, through the real CLI (`ttp
+//! start` detaches a daemon): SIGKILL and recovery, the watchdog, a stop under load, exec,
+//! check-leak, the config file.
+
+use std::{path::Path, process::Output};
+
+use nix::sys::signal::{kill, Signal};
+use ttp_tests::{now_epoch, time_of, Capture};
+
+use super::*;
+
+/// A session started with `ttp start`; stopped, and its state removed, on drop (also when
+/// the test fails). The world's cgroup guard kills whatever is left.
+struct Session {
+    w: World,
+    state: PathBuf,
+}
+
+impl Session {
+    fn start(extra: &[&str]) -> Session {
+        let net = net();
+        let w = World::with_testnet(net).expect("test world on the Tor network");
+        let state =
+            std::env::temp_dir().join(format!("ttpt-life-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+        let s = Session { w, state };
+        let out = s.start_again(extra);
+        assert!(out.status.success(), "ttp start: {}{}", text(&out.stdout), text(&out.stderr));
+        s.warm_up();
+        s
+    }
+
+    /// `ttp start` with the network's configuration plus `extra` (a config file, if
+    /// `extra` names one, supplies the rest).
+    fn start_again(&self, extra: &[&str]) -> Output {
+        let mut c = self.w.ttp_start(&self.state, extra);
+        if !extra.contains(&"--config") {
+            c.arg("--arti-config").arg(net().arti_toml()).args(["--check-url", ttp_tests::testnet::CHECK_URL]);
+        }
+        c.output().unwrap()
+    }
+
+    fn warm_up(&self) {
+        let t0 = Instant::now();
+        while curl(&self.w, &format!("http://{WEB}/index.txt")) != PAGE {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no stream through Tor within 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.w.ttp_ctl(args, &self.state).output().unwrap()
+    }
+
+    /// `ttp ARGS` that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "ttp {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    fn lock(&self) -> Option<serde_json::Value> {
+        let t = std::fs::read_to_string(self.state.join("run/ttp.lock")).ok()?;
+        serde_json::from_str(&t).ok()
+    }
+
+    fn pid(&self) -> i32 {
+        self.lock().expect("session lock")["pid"].as_i64().unwrap() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("run/ttp.log")).unwrap_or_default()
+    }
+
+    /// Where curl's request to the check endpoint came from: the exit, or the host.
+    fn seen_as(&self, cgroup: &ttp_tests::Cgroup, prefix: &[&str]) -> String {
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend(["curl", "-s", "-m", "20", ttp_tests::testnet::CHECK_URL]);
+        let out = self.w.run_in(cgroup, 0, 0, &argv);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["IP"].as_str().unwrap_or("no answer").to_string()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn wait_dead(pid: i32) {
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "process {pid} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn exits() -> Vec<String> {
+    net().relays.iter().filter(|x| x.role == ttp_tests::testnet::Role::Exit).map(|x| x.addr.clone()).collect()
+}
+
+#[test]
+fn sigkill_leaves_the_host_closed_and_the_next_start_recovers() {
+    // Options from a config file this time (every option is a key; `ttp start` reads it,
+    // and so does the daemon it runs).
+    let dir = std::env::temp_dir().join(format!("ttpt-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("ttp.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "arti-config = [\"{}\"]\ncheck-url = [\"{}\"]\nbootstrap_timeout = 90\n",
+            net().arti_toml().display(),
+            ttp_tests::testnet::CHECK_URL
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let s = Session::start(&["--config", &conf_s]);
+    let lock = s.lock().unwrap();
+    assert!(lock["args"].as_array().unwrap().iter().any(|a| a == "--config"), "{lock}");
+    let pid = s.pid();
+
+    let cap = Capture::start(&s.w.inet, &s.w.inet_if).unwrap();
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    wait_dead(pid);
+    // Closed: TCP, DNS and UDP of a governed application get nowhere.
+    assert_ne!(curl(&s.w, &format!("http://{WEB}/index.txt")), PAGE, "a governed curl worked with the daemon dead");
+    let dns = dig(&s.w, &["@9.9.9.9", "www.example.test", "A"]);
+    assert!(!dns.starts_with("203."), "DNS answered with the daemon dead: {dns}");
+    let closed_until = now_epoch();
+    // Positive control: an exempt application goes direct, and the capture sees it.
+    let direct =
+        s.w.run_in(&s.w.bypass, GOVERNED, GOVERNED, &["curl", "-s", "-m", "5", &format!("http://{WEB}/index.txt")]);
+    assert_eq!(text(&direct.stdout).trim(), PAGE);
+    let packets = cap.stop().unwrap();
+    let to_web = matching(&packets, &format!("> {WEB}.80:"));
+    assert!(!to_web.is_empty(), "the capture missed the exempt control");
+    let leaked: Vec<&&String> = to_web.iter().filter(|p| time_of(p) < closed_until).collect();
+    assert!(leaked.is_empty(), "traffic left while the daemon was dead: {leaked:#?}");
+    let to_dns = matching(&packets, ".53:");
+    assert!(to_dns.is_empty(), "DNS left while the daemon was dead: {to_dns:#?}");
+
+    // status says so, from the pins.
+    let status: serde_json::Value = serde_json::from_str(&s.ok(&["status", "--json"])).unwrap();
+    assert!(status["pid"].is_null() && status["links"].as_u64().unwrap() > 0, "{status}");
+
+    // The next start takes the stale pins over and serves again.
+    let out = s.start_again(&["--config", &conf_s]);
+    assert!(out.status.success(), "second start: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_ne!(s.pid(), pid);
+    s.warm_up();
+    // A start while one runs is refused, and changes nothing.
+    let again = s.start_again(&["--config", &conf_s]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+    assert_eq!(curl(&s.w, &format!("http://{WEB}/index.txt")), PAGE);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_watchdog_replaces_a_killed_daemon() {
+    let s = Session::start(&["--watchdog"]);
+    assert!(s.ok(&["watchdog", "status"]).contains("running"));
+    let pid = s.pid();
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    wait_dead(pid);
+    let t0 = Instant::now();
+    loop {
+        let new = s.lock().and_then(|l| l["pid"].as_i64()).unwrap_or(0) as i32;
+        if new != 0 && new != pid && Path::new(&format!("/proc/{new}")).exists() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the watchdog did not restart the daemon:\n{}",
+            std::fs::read_to_string(s.state.join("run/watchdog.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.warm_up();
+    let log = s.ok(&["logs", "--watchdog", "--no-follow"]);
+    assert!(
+        log.contains(&format!("daemon (pid {pid}) is dead")) && log.contains("repaired: daemon restarted"),
+        "{log}"
+    );
+    // `ttp stop` stops the watchdog first: nothing revives the daemon afterwards.
+    let wd: i32 = std::fs::read_to_string(s.state.join("run/watchdog.pid")).unwrap().trim().parse().unwrap();
+    s.ok(&["stop"]);
+    wait_dead(wd);
+    assert!(!s.w.pin_dir.exists(), "pins left after stop");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.lock().is_none(), "something restarted ttp after stop");
+}
+
+#[test]
+fn an_application_hammering_connections_during_stop_leaks_nothing() {
+    let s = Session::start(&[]);
+    // One long transfer through Tor (SOCK_DESTROY must end it at stop), and a loop of
+    // short connections.
+    let big =
+        s.w.spawn_in(
+            &s.w.governed,
+            GOVERNED,
+            GOVERNED,
+            &["curl", "-s", "-o", "/dev/null", "--limit-rate", "20k", &format!("http://{WEB}/50M.bin")],
+        )
+        .unwrap();
+    let url = format!("http://{WEB}/index.txt");
+    let _hammer =
+        s.w.spawn_in(
+            &s.w.governed,
+            GOVERNED,
+            GOVERNED,
+            &["bash", "-c", &format!("while :; do curl -s -m 2 -o /dev/null {url}; done")],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let cap = Capture::start(&s.w.inet, &s.w.inet_if).unwrap();
+    // The last moment every link of the kill-switch was still pinned.
+    let links = s.w.pin_dir.join("links");
+    let count = move || std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+    let full = count();
+    assert!(full > 0);
+    let watcher = std::thread::spawn(move || {
+        let mut last_full = now_epoch();
+        while count() == full {
+            last_full = now_epoch();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        last_full
+    });
+    let t0 = Instant::now();
+    s.ok(&["stop"]);
+    let stop_took = t0.elapsed();
+    let last_full = watcher.join().unwrap();
+    // The long transfer was aborted by the stop, not left hanging.
+    let mut big = big;
+    let status = loop {
+        if let Some(st) = big.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the transfer through Tor outlived the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the transfer finished normally?");
+    // After the stop the host is direct again: the hammer's connections now show up (the
+    // positive control for the capture).
+    std::thread::sleep(Duration::from_secs(1));
+    let packets = cap.stop().unwrap();
+    let syns: Vec<&String> = matching(&packets, &format!("> {WEB}.80: Flags [S]"));
+    assert!(!syns.is_empty(), "no direct connection after the stop: the hammer or the capture did not work");
+    let early: Vec<&&String> = syns.iter().filter(|p| time_of(p) <= last_full).collect();
+    assert!(early.is_empty(), "direct connections while the kill-switch was in place: {early:#?}");
+    let log = s.log();
+    assert!(log.contains("application sockets through ttp destroyed"), "{log}");
+    eprintln!("stop took {stop_took:.1?} under load");
+}
+
+#[test]
+fn exec_runs_one_command_through_tor_or_around_it() {
+    let s = Session::start(&[]);
+    let outside = s.w.cgroups.child("outside").unwrap();
+    let host_addr = s.seen_as(&outside, &[]);
+    assert!(host_addr.starts_with("198.19."), "an ungoverned curl is seen as {host_addr}");
+    let ttp = ttp_tests::bin("ttp");
+    let ttp = ttp.to_str().unwrap();
+    let rt = s.state.join("run");
+    let rt = rt.to_str().unwrap();
+    let via_tor = s.seen_as(&outside, &[ttp, "exec", "--tor", "--runtime-dir", rt, "--"]);
+    assert!(exits().contains(&via_tor), "`ttp exec --tor` is seen as {via_tor}, not an exit");
+    // Inside the governed cgroup, --direct goes around Tor.
+    assert!(exits().contains(&s.seen_as(&s.w.governed, &[])));
+    let direct = s.seen_as(&s.w.governed, &[ttp, "exec", "--direct", "--runtime-dir", rt, "--"]);
+    assert_eq!(direct, host_addr, "`ttp exec --direct` is not direct");
+    // The per-command cgroups are gone with their commands.
+    let left: Vec<_> =
+        std::fs::read_dir(s.w.governed.path.join("ttp.tor")).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(outside);
+}
+
+#[test]
+fn check_leak_passes_every_probe_and_restart_keeps_the_options() {
+    let s = Session::start(&[]);
+    let out = s.ok(&["check-leak", "-v"]);
+    for probe in ["dns", "tcp", "udp", "ipv6", "icmp"] {
+        assert!(out.lines().any(|l| l.starts_with("PASS") && l.contains(&format!(" {probe} "))), "{probe}:\n{out}");
+    }
+    assert!(out.contains("dns_udp_redirected +1") && out.contains("udp_refused +1"), "{out}");
+    let before = s.lock().unwrap();
+    s.ok(&["restart"]);
+    let after = s.lock().unwrap();
+    assert_ne!(before["pid"], after["pid"]);
+    assert_eq!(before["args"], after["args"]);
+    s.warm_up();
+    let logs = s.ok(&["logs", "--no-follow", "-n", "500"]);
+    assert!(logs.contains("ready after"), "{logs}");
+}

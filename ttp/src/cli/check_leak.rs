@@ -1,0 +1,283 @@
+//! `ttp check-leak`: active probes from a governed context.
+//!
+//! Each probe does what a leaky application would do, towards documentation addresses
+//! (198.51.100.1, 2001:db8::1) that nobody on the internet answers, so any answer can only
+//! come from ttp. The evidence is the application's view (an answer, an errno) and the
+//! kernel's own counters before and after the probe (when the control socket is reachable:
+//! root or the `ttp` group).
+//!
+//! Run as root outside the governed cgroup, the probes run in a child process placed in
+//! `<governed>/ttp.tor`; run as a user, they run where the user is, and say so if that is
+//! not governed.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use ttp::{
+    control::{self, Reply, Request},
+    lock::SessionLock,
+};
+
+const V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const WAIT: Duration = Duration::from_secs(3);
+
+/// A probe's finding: pass (`Some(true)`), fail, or cannot tell (`None`); and why.
+type Outcome = (Option<bool>, String);
+type Probe = fn() -> Outcome;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    /// One line: why this verdict.
+    pub evidence: String,
+    /// Raw detail for `-v`: errno, timing, counter changes.
+    pub detail: String,
+}
+
+pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
+    let Some(lock) = SessionLock::read(runtime_dir)? else {
+        bail!("ttp is not running (no session lock in {}): nothing to check", runtime_dir.display());
+    };
+    let own = ttp::cgroup::cgroup_of(std::process::id())?;
+    let governed = own.starts_with(&lock.cgroup) && !own.starts_with(lock.cgroup.join("ttp.direct"));
+    if !governed && std::env::var_os("TTP_CHECK_LEAK_CHILD").is_none() {
+        if nix::unistd::geteuid().is_root() {
+            return in_governed_child(&lock, runtime_dir, verbose, json);
+        }
+        bail!(
+            "this process (cgroup {}) is not governed by ttp (which governs {}): the probes would prove nothing; \
+             run `sudo ttp check-leak`, or `sudo ttp exec --tor -- ttp check-leak`",
+            own.display(),
+            lock.cgroup.display()
+        );
+    }
+    let counters = || match control::request_within(runtime_dir, &Request::Status, Duration::from_secs(5)) {
+        Ok(Reply::Status { status, .. }) => Some(status.counters),
+        _ => None,
+    };
+    let probes: [(&'static str, Probe); 5] = [("dns", dns), ("tcp", tcp), ("udp", udp), ("ipv6", ipv6), ("icmp", icmp)];
+    let mut results = Vec::new();
+    for (name, probe) in probes {
+        let before = counters();
+        let t0 = Instant::now();
+        let (ok, what) = probe();
+        let took = t0.elapsed();
+        // The kernel counts per CPU and the daemon reads on request: give it a moment.
+        std::thread::sleep(Duration::from_millis(50));
+        let delta = before.zip(counters()).map(|(b, a)| changed(&b, &a)).unwrap_or_default();
+        let evidence = if delta.is_empty() { what.clone() } else { format!("{what} ({delta})") };
+        let mut verdict = match ok {
+            Some(true) => Verdict::Pass,
+            Some(false) => Verdict::Fail,
+            None => Verdict::Skip,
+        };
+        // A packet the socket accepted may still have been dropped on its way out: the
+        // kill-switch's own counter says so.
+        if verdict == Verdict::Fail && name == "icmp" && delta.contains("skb_dropped_icmp") {
+            verdict = Verdict::Pass;
+        }
+        let detail = format!(
+            "took {took:.0?}; counters {}",
+            if delta.is_empty() { "unavailable or unchanged".into() } else { delta }
+        );
+        results.push(Finding { name, verdict, evidence, detail });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for p in &results {
+            let v = match p.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "SKIP",
+            };
+            println!("{v}  {:<5} {}", p.name, p.evidence);
+            if verbose {
+                println!("            {}", p.detail);
+            }
+        }
+    }
+    if results.iter().any(|p| p.verdict == Verdict::Fail) {
+        bail!("a probe found a leak: `ttp diagnose` shows the datapath; `ttp stop` and `ttp start` rebuild it");
+    }
+    Ok(())
+}
+
+/// Runs the probes again in a child placed in `<governed>/ttp.tor/check-leak-PID`.
+fn in_governed_child(lock: &SessionLock, runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let cg = lock.cgroup.join("ttp.tor").join(format!("check-leak-{}", std::process::id()));
+    ttp::cgroup::create(&cg)?;
+    let procs = cg.join("cgroup.procs");
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("check-leak").arg("--runtime-dir").arg(runtime_dir).env("TTP_CHECK_LEAK_CHILD", "1");
+    if verbose {
+        cmd.arg("-v");
+    }
+    if json {
+        cmd.arg("--json");
+    }
+    // SAFETY: only a write to the cgroup file between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    let status = cmd.status();
+    let _ = std::fs::remove_dir(&cg);
+    if !status?.success() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Counters that changed, as `name +n, ...`.
+fn changed(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let d = a.saturating_sub(*before.get(k).unwrap_or(&0));
+            (d > 0).then(|| format!("{k} +{d}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A DNS query to a resolver that does not exist: only ttp's DNSPort can answer it.
+fn dns() -> Outcome {
+    let run = || -> std::io::Result<usize> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(WAIT))?;
+        // use-application-dns.net A: the DoH canary, which the DNSPort answers itself.
+        let mut q = vec![0x6c, 0x6b, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["use-application-dns", "net"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        s.send_to(&q, (V4, 53))?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf)?;
+        if from != SocketAddr::from((V4, 53)) || buf[..2] != [0x6c, 0x6b] {
+            return Err(std::io::Error::other(format!("an unexpected reply from {from}")));
+        }
+        Ok(n)
+    };
+    match run() {
+        Ok(n) => (Some(true), format!("query to {V4}:53 answered ({n} bytes) by ttp's DNSPort, not the network")),
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+            (Some(false), format!("query to {V4}:53 not answered within {WAIT:?}: DNS is not redirected"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("query to {V4}:53 refused at the socket ({e}): nothing left"))
+        }
+        Err(e) => (Some(false), format!("query to {V4}:53: {e}")),
+    }
+}
+
+/// A TCP connect to an address nobody answers: it only completes if ttp took it.
+fn tcp() -> Outcome {
+    connect_probe(SocketAddr::from((V4, 80)))
+}
+
+fn ipv6() -> Outcome {
+    connect_probe(SocketAddr::from((V6, 80)))
+}
+
+fn connect_probe(to: SocketAddr) -> Outcome {
+    match TcpStream::connect_timeout(&to, WAIT) {
+        Ok(s) => {
+            // Our getpeername hook shows the original destination; the local end says where
+            // the connection really went.
+            let local = s.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+            if local {
+                (Some(true), format!("connect to {to} was taken by ttp's TransPort (local end on loopback)"))
+            } else {
+                (Some(false), format!("connect to {to} reached something on the network"))
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("connect to {to} refused at the socket ({e}): nothing left"))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENETUNREACH) | Some(libc::EADDRNOTAVAIL)) => {
+            (Some(true), format!("connect to {to}: {e} (no route: nothing can leave)"))
+        }
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => (
+            Some(false),
+            format!("connect to {to} timed out: it was not redirected (the kill-switch may still drop it)"),
+        ),
+        Err(e) => (Some(false), format!("connect to {to}: {e}")),
+    }
+}
+
+/// Non-DNS UDP (like QUIC): must be refused at the socket.
+fn udp() -> Outcome {
+    let to = SocketAddr::from((V4, 443));
+    let r = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(b"ttp leak probe", to));
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("datagram to {to} refused at the socket ({e})"))
+        }
+        Err(e) => (Some(false), format!("datagram to {to}: unexpected error {e}")),
+        Ok(_) => (Some(false), format!("a datagram to {to} was accepted for sending")),
+    }
+}
+
+/// An ICMP echo (ping socket, or raw as root): must be dropped before the uplink.
+fn icmp() -> Outcome {
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let mut fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP);
+        if fd < 0 {
+            fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        }
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return (None, format!("cannot open an ICMP socket here ({e}); run as root to probe ICMP"));
+        }
+        // Echo request: type 8, code 0, checksum, id, seq.
+        let mut pkt = [8u8, 0, 0, 0, 0x74, 0x74, 0, 1];
+        let mut sum = pkt.chunks(2).fold(0u32, |a, c| a + u32::from(u16::from_be_bytes([c[0], c[1]])));
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum += sum >> 16;
+        pkt[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from(V4).to_be() },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 && e.raw_os_error() == Some(libc::EPERM) {
+            (Some(true), format!("echo to {V4} dropped by the kill-switch ({e})"))
+        } else if n < 0 {
+            (Some(true), format!("echo to {V4} not sent ({e})"))
+        } else {
+            (Some(false), format!("an echo to {V4} was sent"))
+        }
+    }
+}

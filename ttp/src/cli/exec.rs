@@ -1,0 +1,79 @@
+//! `ttp exec --tor|--direct -- CMD`: one command in a torified or a bypass cgroup.
+//!
+//! The daemon keeps two cgroups inside the subtree it governs: `ttp.tor` (governed like
+//! everything else there) and `ttp.direct` (a bypass cgroup). Each `exec` gets its own
+//! child of one of them, removed when the command ends. With a daemon that governs only a
+//! subtree (`--cgroup`), `exec --tor` is how single applications use Tor; with a
+//! system-wide one, `exec --direct` is how they skip it.
+
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use ttp::{cgroup, lock::SessionLock};
+
+/// Which side of ttp the command runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Tor,
+    Direct,
+}
+
+impl Route {
+    /// The cgroup (under the governed one) that the daemon set up for this route.
+    pub fn cgroup(self, governed: &std::path::Path) -> PathBuf {
+        governed.join(match self {
+            Route::Tor => "ttp.tor",
+            Route::Direct => "ttp.direct",
+        })
+    }
+}
+
+/// Runs `argv` on `route` as `user` (default: the user who ran sudo) and returns its exit code.
+pub fn exec(runtime_dir: &std::path::Path, route: Route, user: Option<&str>, argv: &[String]) -> Result<i32> {
+    let Some(lock) = SessionLock::read(runtime_dir)? else {
+        bail!("ttp is not running (no session lock in {}): `sudo ttp start` first", runtime_dir.display());
+    };
+    let Some((program, args)) = argv.split_first() else { bail!("no command given: ttp exec --tor -- CMD [ARGS]") };
+    let base = route.cgroup(&lock.cgroup);
+    if !base.exists() {
+        bail!("{} does not exist: the running daemon is older than `ttp exec`; `ttp restart` it", base.display());
+    }
+    let own = base.join(format!("exec-{}", std::process::id()));
+    cgroup::create(&own)?;
+    let (uid, gid) = target_user(user)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let procs = own.join("cgroup.procs");
+    // SAFETY: between fork and exec only async-signal-safe calls: open/write/close on the
+    // cgroup file, then setgroups/setgid/setuid.
+    unsafe {
+        cmd.pre_exec(move || {
+            std::fs::write(&procs, b"0")?;
+            if let Some((uid, gid)) = uid.zip(gid) {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().with_context(|| format!("running {program}"));
+    // Gone with its command (a child it left running keeps it, harmlessly).
+    let _ = std::fs::remove_dir(&own);
+    let status = status?;
+    Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
+/// The uid and gid to run as: `--user NAME|UID`, else the sudo caller, else unchanged.
+fn target_user(user: Option<&str>) -> Result<(Option<u32>, Option<u32>)> {
+    if let Some(u) = user {
+        let found = match u.parse::<u32>() {
+            Ok(n) => nix::unistd::User::from_uid(n.into())?,
+            Err(_) => nix::unistd::User::from_name(u)?,
+        };
+        let found = found.with_context(|| format!("no such user: {u}"))?;
+        return Ok((Some(found.uid.as_raw()), Some(found.gid.as_raw())));
+    }
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+    Ok((env("SUDO_UID"), env("SUDO_GID")))
+}

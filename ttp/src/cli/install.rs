@@ -1,0 +1,143 @@
+//! `ttp install` and `ttp uninstall`: what ttp puts on a host, and taking it away again.
+//!
+//! Everything an install writes is listed in [`FILES`]; uninstall removes exactly that,
+//! plus the state ttp made while running (Tor's state and cache), so the two can never
+//! drift apart. `--prefix` puts the tree under another root (packaging, tests); the
+//! system-wide steps (the `ttp` group, systemd, stopping a running ttp) only happen for `/`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+
+/// What an install writes, relative to the prefix.
+const FILES: &[&str] = &[
+    "usr/local/bin/ttp",
+    "etc/systemd/system/ttp.service",
+    "usr/share/bash-completion/completions/ttp",
+    "usr/share/zsh/vendor-completions/_ttp",
+    "usr/share/fish/vendor_completions.d/ttp.fish",
+    "usr/local/share/man/man1/ttp.1",
+];
+/// Directories ttp owns: the config and the persistent Tor state.
+const CONFIG_DIR: &str = "etc/ttp";
+const STATE_DIR: &str = "var/lib/ttp";
+
+const UNIT: &str = include_str!("../../../dist/ttp.service");
+const EXAMPLE_CONFIG: &str =
+    "# ttp's configuration: every option of `ttp start` is a key; the command line overrides.\n\
+# See `ttp start --help`. Examples:\n\
+# uplink = [\"eth0\"]\n\
+# bypass-uid = [1000]\n\
+# no-lan-bypass = true\n\
+# use-bridges = true\n\
+# bridge = [\"obfs4 192.0.2.1:443 FINGERPRINT cert=... iat-mode=0\"]\n\
+# watchdog = true\n";
+
+fn under(prefix: &Path, rel: &str) -> PathBuf {
+    prefix.join(rel)
+}
+
+pub fn install(prefix: &Path) -> Result<()> {
+    let write = |rel: &str, data: &[u8], mode: u32| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = under(prefix, rel);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Replace, never write into: the running binary may be this very file.
+        let tmp = p.with_extension("ttp-new");
+        std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("installing {}", p.display()))?;
+        println!("installed {}", p.display());
+        Ok(())
+    };
+    let exe = std::fs::read(std::env::current_exe()?).context("reading the ttp binary")?;
+    write(FILES[0], &exe, 0o755)?;
+    write(FILES[1], UNIT.as_bytes(), 0o644)?;
+    for (rel, shell) in [
+        (FILES[2], clap_complete::Shell::Bash),
+        (FILES[3], clap_complete::Shell::Zsh),
+        (FILES[4], clap_complete::Shell::Fish),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut crate::Cli::command(), "ttp", &mut out);
+        write(rel, &out, 0o644)?;
+    }
+    let mut man = Vec::new();
+    clap_mangen::Man::new(crate::Cli::command()).render(&mut man)?;
+    write(FILES[5], &man, 0o644)?;
+    let config = under(prefix, CONFIG_DIR).join("ttp.toml");
+    if !config.exists() {
+        write(&format!("{CONFIG_DIR}/ttp.toml"), EXAMPLE_CONFIG.as_bytes(), 0o644)?;
+    }
+    if prefix == Path::new("/") {
+        if nix::unistd::Group::from_name("ttp")?.is_none() {
+            run(Command::new("groupadd").args(["--system", "ttp"]))?;
+            println!("created the group ttp: its members may use `ttp status`, `streams`, `check`");
+        }
+        if Path::new("/run/systemd/system").exists() {
+            run(Command::new("systemctl").arg("daemon-reload"))?;
+            println!("systemd unit installed: `systemctl enable --now ttp` starts ttp at boot");
+        }
+    }
+    Ok(())
+}
+
+pub fn uninstall(prefix: &Path, runtime_dir: &Path, pin_dir: &Path, keep_state: bool) -> Result<()> {
+    let system = prefix == Path::new("/");
+    if system {
+        crate::cli::watchdog::stop(runtime_dir);
+        crate::cli::start::stop(runtime_dir, pin_dir)?;
+        if Path::new("/run/systemd/system").exists() && under(prefix, FILES[1]).exists() {
+            let _ = run(Command::new("systemctl").args(["disable", "--now", "ttp"]));
+        }
+    }
+    let mut removed = 0;
+    for rel in FILES {
+        let p = under(prefix, rel);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {
+                println!("removed {}", p.display());
+                removed += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    if !keep_state {
+        for rel in [CONFIG_DIR, STATE_DIR] {
+            let p = under(prefix, rel);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                println!("removed {}", p.display());
+                removed += 1;
+            }
+        }
+    }
+    if system {
+        if nix::unistd::Group::from_name("ttp")?.is_some() {
+            run(Command::new("groupdel").arg("ttp"))?;
+            println!("removed the group ttp");
+        }
+        if Path::new("/run/systemd/system").exists() {
+            let _ = run(Command::new("systemctl").arg("daemon-reload"));
+        }
+    }
+    if removed == 0 {
+        println!("nothing of ttp was installed under {}", prefix.display());
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        anyhow::bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The command line's own work: what runs in the `ttp` process, not in the daemon.
+//! One module per command family.
+
+pub mod check_leak;
+pub mod exec;
+pub mod install;
+pub mod logs;
+pub mod start;
+pub mod watchdog;

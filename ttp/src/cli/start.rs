@@ -1,0 +1,204 @@
+//! `ttp start`, `ttp stop` and `ttp restart`.
+//!
+//! `start` runs `ttp run` with the same arguments as a detached daemon (its own session,
+//! its log in the runtime dir) and reads the daemon's start protocol from its stdout
+//! ([`ttp::daemon::Event`]): a progress bar on a terminal, plain lines otherwise.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use ttp::{
+    control::{self, Reply, Request},
+    daemon::Event,
+    datapath::{teardown, PinLayout},
+    lock::SessionLock,
+    logfile,
+    options::StartOptions,
+};
+
+/// The daemon's log file for these options.
+pub fn log_path(opts: &StartOptions) -> std::path::PathBuf {
+    opts.log_file.clone().unwrap_or_else(|| opts.runtime_dir.join("ttp.log"))
+}
+
+/// `ttp start ARGS`: `args` are the arguments after `start`, passed on to `ttp run`.
+pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
+    if let Ok(Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &Request::Status) {
+        bail!("ttp is already running (pid {}); `ttp stop` first, or `ttp restart`", status.pid);
+    }
+    std::fs::create_dir_all(&opts.runtime_dir).with_context(|| format!("creating {}", opts.runtime_dir.display()))?;
+    let log = log_path(opts);
+    let mut run_args = vec!["run".to_string()];
+    run_args.extend_from_slice(args);
+    if opts.log_file.is_none() {
+        run_args.extend(["--log-file".to_string(), log.display().to_string()]);
+    }
+    // What the daemon prints before its log is set up (or if it aborts) lands in the log.
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(&run_args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    // SAFETY: setsid is async-signal-safe: the daemon leaves our session and terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut show = Progress::new();
+    let t0 = Instant::now();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        match Event::parse(&line) {
+            Some(Event::Ready(_)) => {
+                show.finish();
+                println!(
+                    "ttp is running (pid {}) after {:.1?}: the host's traffic goes through Tor",
+                    child.id(),
+                    t0.elapsed()
+                );
+                if opts.watchdog {
+                    crate::cli::watchdog::spawn(&opts.runtime_dir, &opts.pin_dir)?;
+                    println!("watchdog started");
+                }
+                return Ok(());
+            }
+            Some(e) => show.event(&e),
+            None => {}
+        }
+    }
+    show.finish();
+    let status = child.wait()?;
+    let tail = logfile::tail(&log, 8).unwrap_or_default();
+    let lines: Vec<String> =
+        tail.iter().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("ttp:")).cloned().collect();
+    bail!(
+        "the daemon exited ({status}) before it was ready; the host is as it was.\n{}\n(the whole log: {}, or `ttp logs`)",
+        if lines.is_empty() { tail.join("\n") } else { lines.join("\n") },
+        log.display()
+    )
+}
+
+/// Start progress: a bar on a terminal, one line per step otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last: Option<(u8, String)>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(100);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} Tor [{bar:30}] {pos:>3}% {wide_msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b.set_message("kill-switch first");
+            b
+        });
+        Self { bar, last: None }
+    }
+
+    fn event(&mut self, e: &Event) {
+        match (e, &self.bar) {
+            (Event::KillSwitch(d), Some(b)) => b.println(format!("kill-switch active after {d:.0?}")),
+            (Event::KillSwitch(d), None) => println!("kill-switch active after {d:.0?} (lockdown until Tor is ready)"),
+            (Event::Bootstrap(p, s), Some(b)) => {
+                b.set_position(u64::from(*p));
+                b.set_message(s.clone());
+            }
+            (Event::Bootstrap(p, s), None) => {
+                if self.last.as_ref() != Some(&(*p, s.clone())) {
+                    println!("bootstrap {p:>3}%: {s}");
+                    self.last = Some((*p, s.clone()));
+                }
+            }
+            (Event::Ready(_), _) => {}
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `ttp stop`: a live daemon stops itself (services down, then the same teardown); whatever
+/// is left (a crashed daemon's pins) is torn down here. Idempotent.
+pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let lock = SessionLock::read(runtime_dir).ok().flatten();
+    let gone = || match &lock {
+        Some(l) => !pid_alive(l.pid),
+        None => !runtime_dir.join(control::SOCKET).exists(),
+    };
+    if control::request(runtime_dir, &Request::Stop).is_ok() {
+        while !gone() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // A daemon that is alive but does not stop (hung) is stopped the hard way: the
+    // kill-switch holds the host closed meanwhile, and the teardown below opens it.
+    if let Some(l) = lock.as_ref().filter(|l| pid_alive(l.pid) && is_ttp(l.pid)) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(l.pid as i32), nix::sys::signal::SIGKILL);
+        while pid_alive(l.pid) && t0.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let r = teardown(&PinLayout::new(pin_dir))?;
+    SessionLock::remove(runtime_dir);
+    let _ = std::fs::remove_file(runtime_dir.join(control::SOCKET));
+    if r.links_detached == 0 && r.maps_unpinned == 0 && lock.is_none() {
+        println!("ttp was not running (nothing pinned under {})", pin_dir.display());
+    } else if r.links_detached == 0 && r.maps_unpinned == 0 {
+        println!("stopped after {:.1?}", t0.elapsed());
+    } else {
+        println!(
+            "stopped after {:.1?}: {} links detached, {} maps unpinned",
+            t0.elapsed(),
+            r.links_detached,
+            r.maps_unpinned
+        );
+    }
+    Ok(())
+}
+
+/// `ttp restart`: stop, then start with the options of the running session.
+pub fn restart(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
+    let Some(lock) = SessionLock::read(runtime_dir)? else {
+        bail!("nothing to restart: no session lock in {} (start ttp with `ttp start`)", runtime_dir.display());
+    };
+    stop(runtime_dir, pin_dir)?;
+    // The exact same command line as the first start (its --config is read again).
+    let status =
+        Command::new(std::env::current_exe()?).arg("start").args(&lock.args).status().context("running ttp start")?;
+    if !status.success() {
+        bail!("ttp start failed after the stop (see above); the host is not governed by ttp now");
+    }
+    Ok(())
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `pid` runs the ttp binary (a stale lock's pid may have been reused).
+fn is_ttp(pid: u32) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    exe.is_some() && exe == std::env::current_exe().ok()
+}

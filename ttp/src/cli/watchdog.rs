@@ -1,0 +1,273 @@
+//! `ttp watchdog`: an integrity loop beside the daemon.
+//!
+//! Every few seconds it checks that the programs are attached (pins present), the daemon is
+//! alive and answers, Tor is bootstrapped, and the DNSPort answers. On a fault it locks the
+//! host down first (the pinned lockdown flag), then repairs what it can: a dead or hung
+//! daemon is replaced by a new `ttp start` with the session's own options (which takes the
+//! stale pins over without a gap). Every fault and repair is logged with its reason in
+//! `<runtime-dir>/watchdog.log`, and the last round is in `watchdog.json` for `status`.
+//!
+//! The watchdog ends by itself when the session ends normally (`ttp stop` removes the lock
+//! and the pins, and stops the watchdog first).
+
+use std::{
+    net::UdpSocket,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use ttp::{
+    control::{self, Reply, Request},
+    datapath::{Maps, PinLayout},
+    lock::SessionLock,
+};
+
+const PID_FILE: &str = "watchdog.pid";
+const STATE_FILE: &str = "watchdog.json";
+/// The watchdog's own log, beside the daemon's.
+pub fn log_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("watchdog.log")
+}
+
+/// The outcome of the last round, for `ttp watchdog status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
+    pub at_unix: u64,
+    pub faults: Vec<String>,
+    pub repairs: u64,
+}
+
+/// Starts `ttp watchdog run` detached, unless one runs already.
+pub fn spawn(runtime_dir: &Path, pin_dir: &Path) -> Result<u32> {
+    if let Some(pid) = running(runtime_dir) {
+        bail!("a watchdog already runs (pid {pid})");
+    }
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["watchdog", "run", "--runtime-dir"])
+        .arg(runtime_dir)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the watchdog")?;
+    Ok(child.id())
+}
+
+/// The running watchdog's pid, if any.
+pub fn running(runtime_dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(runtime_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_watchdog = cmdline.split(|b| *b == 0).any(|a| a == b"watchdog");
+    is_watchdog.then_some(pid)
+}
+
+/// Stops the watchdog, if one runs; returns its pid.
+pub fn stop(runtime_dir: &Path) -> Option<u32> {
+    let pid = running(runtime_dir)?;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(runtime_dir.join(PID_FILE));
+    Some(pid)
+}
+
+pub fn status(runtime_dir: &Path, json: bool) -> Result<()> {
+    let pid = running(runtime_dir);
+    let round: Option<Round> =
+        std::fs::read_to_string(runtime_dir.join(STATE_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "running": pid.is_some(), "pid": pid, "last": round }))?
+        );
+        return Ok(());
+    }
+    match pid {
+        Some(pid) => println!("watchdog: running (pid {pid})"),
+        None => println!("watchdog: not running (`sudo ttp watchdog start`)"),
+    }
+    if let Some(r) = round {
+        let age = control::unix_now().saturating_sub(r.at_unix);
+        if r.faults.is_empty() {
+            println!("last check {age}s ago: all good; {} repairs so far", r.repairs);
+        } else {
+            println!("last check {age}s ago: {}; {} repairs so far", r.faults.join("; "), r.repairs);
+        }
+    }
+    Ok(())
+}
+
+/// The loop itself (`ttp watchdog run`).
+pub fn run(runtime_dir: &Path, pin_dir: &Path, interval: Duration) -> Result<()> {
+    std::fs::create_dir_all(runtime_dir).with_context(|| format!("creating {}", runtime_dir.display()))?;
+    if let Some(pid) = running(runtime_dir).filter(|p| *p != std::process::id()) {
+        bail!("a watchdog already runs (pid {pid})");
+    }
+    std::fs::write(runtime_dir.join(PID_FILE), std::process::id().to_string())?;
+    tracing::info!("watchdog started (pid {}), checking every {interval:?}", std::process::id());
+    let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook_flag(sig, term.clone())?;
+    }
+    let layout = PinLayout::new(pin_dir);
+    let mut repairs = 0u64;
+    let mut last_faults: Vec<String> = Vec::new();
+    while !term.load(std::sync::atomic::Ordering::Relaxed) {
+        let lock = SessionLock::read(runtime_dir).ok().flatten();
+        if lock.is_none() && !layout.exists() {
+            tracing::info!("the session ended (no lock, no pins): watchdog exits");
+            break;
+        }
+        let faults = check(runtime_dir, &layout, lock.as_ref());
+        if faults != last_faults {
+            if faults.is_empty() {
+                tracing::info!("all checks pass");
+            } else {
+                tracing::warn!("FAULT: {}", faults.join("; "));
+            }
+        }
+        if !faults.is_empty() {
+            repairs += 1;
+            match repair(runtime_dir, &layout, lock.as_ref(), &faults) {
+                Ok(what) => tracing::info!("repaired: {what}"),
+                Err(e) => tracing::error!("repair failed: {e:#}; the host stays locked down"),
+            }
+        }
+        let round = Round { at_unix: control::unix_now(), faults: faults.clone(), repairs };
+        let _ = std::fs::write(runtime_dir.join(STATE_FILE), serde_json::to_string(&round)?);
+        last_faults = faults;
+        let mut slept = Duration::ZERO;
+        while slept < interval && !term.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            slept += Duration::from_millis(100);
+        }
+    }
+    let _ = std::fs::remove_file(runtime_dir.join(PID_FILE));
+    let _ = std::fs::remove_file(runtime_dir.join(STATE_FILE));
+    Ok(())
+}
+
+/// One round of checks; the faults found, in words.
+fn check(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>) -> Vec<String> {
+    let mut faults = Vec::new();
+    if !layout.exists() || layout.link_pins().map(|l| l.is_empty()).unwrap_or(true) {
+        faults.push(format!(
+            "programs not attached (no pins under {})",
+            layout.maps().parent().unwrap_or(Path::new("")).display()
+        ));
+    }
+    let Some(lock) = lock else {
+        faults.push("no session lock: the daemon is gone".into());
+        return faults;
+    };
+    if !Path::new(&format!("/proc/{}", lock.pid)).exists() {
+        faults.push(format!("daemon (pid {}) is dead", lock.pid));
+        return faults;
+    }
+    match control::request_within(runtime_dir, &Request::Status, Duration::from_secs(5)) {
+        Ok(Reply::Status { status, .. }) => {
+            if !status.bootstrap.contains("100%") && !status.bootstrap.contains("usable") {
+                faults.push(format!("Tor is not bootstrapped ({})", status.bootstrap));
+            }
+        }
+        Ok(_) => faults.push("daemon gave an unexpected answer".into()),
+        Err(e) => faults.push(format!("daemon does not answer on its control socket ({e:#})")),
+    }
+    if let Err(e) = dns_answers(lock.ports.dns) {
+        faults.push(format!("DNSPort does not answer ({e:#})"));
+    }
+    faults
+}
+
+/// Asks the DNSPort for the DoH canary, which it answers itself (no Tor round trip).
+fn dns_answers(port: u16) -> Result<()> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    // A query for use-application-dns.net, type A, id 0x7474.
+    let mut q = vec![0x74, 0x74, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["use-application-dns", "net"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    s.send_to(&q, ("127.0.0.1", port))?;
+    let mut buf = [0u8; 512];
+    let (n, _) = s.recv_from(&mut buf).context("no answer within 3 s")?;
+    if n < 12 || buf[..2] != [0x74, 0x74] {
+        bail!("a malformed answer");
+    }
+    Ok(())
+}
+
+/// Locks the host down, then replaces a dead, hung or detached daemon by a new start with
+/// the session's options.
+fn repair(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>, faults: &[String]) -> Result<String> {
+    if layout.exists() {
+        Maps::open_pinned(&layout.maps())
+            .and_then(|mut m| m.set_lockdown(true))
+            .context("setting the lockdown flag")?;
+    }
+    let only_tor = faults.iter().all(|f| f.starts_with("Tor is not bootstrapped"));
+    if only_tor {
+        // Not a fault of ours: the daemon keeps trying, and fails closed meanwhile.
+        if layout.exists() {
+            Maps::open_pinned(&layout.maps())?.set_lockdown(false)?;
+        }
+        return Ok("nothing to do while Tor bootstraps (traffic waits for it; nothing leaks)".into());
+    }
+    let Some(lock) = lock else {
+        bail!("no session lock to restart from: run `ttp start`");
+    };
+    if Path::new(&format!("/proc/{}", lock.pid)).exists() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lock.pid as i32), nix::sys::signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The old control socket would make the new start think a daemon runs.
+    let _ = std::fs::remove_file(runtime_dir.join(control::SOCKET));
+    let out = Command::new(std::env::current_exe()?)
+        .arg("start")
+        .args(lock.args.iter().filter(|a| *a != "--watchdog"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running ttp start")?;
+    if !out.status.success() {
+        bail!("ttp start failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let new = SessionLock::read(runtime_dir)?.map(|l| l.pid).unwrap_or_default();
+    Ok(format!("daemon restarted (pid {new})"))
+}
+
+/// Sets `flag` when `sig` arrives. Written by hand: one atomic store in a handler.
+fn signal_hook_flag(sig: libc::c_int, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+    let _ = FLAG.set(flag);
+    extern "C" fn handler(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(handler),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only does an atomic store.
+    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::try_from(sig)?, &action) }?;
+    Ok(())
+}

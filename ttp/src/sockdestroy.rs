@@ -1,0 +1,240 @@
+//! Destroying the sockets of governed applications that went through ttp, on stop.
+//!
+//! An application's TCP connection through the TransPort (or to the DNSPort) is, on the
+//! application's side, a loopback socket connected to our port. On stop, ttp finds them
+//! with NETLINK_SOCK_DIAG and destroys each with SOCK_DESTROY (what `ss -K` does): the
+//! application sees ECONNABORTED at once instead of a socket that lingers, and reconnects
+//! to whatever the host does next (direct after a stop, through a new ttp after restart).
+//!
+//! Written by hand: the sock-diag crates parse dumps but do not send SOCK_DESTROY, and the
+//! two messages involved are small fixed structs (linux/inet_diag.h).
+
+use std::{io, net::IpAddr};
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const ALL_STATES: u32 = !0;
+const NLMSG_HDRLEN: usize = 16;
+
+/// `struct inet_diag_sockid`: ports and addresses in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct SockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Req {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: SockId,
+}
+
+/// `struct inet_diag_msg` (its head, up to the fields used).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Msg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: SockId,
+}
+
+/// One netlink socket for the dump and the destroys.
+struct Diag(libc::c_int);
+
+impl Drop for Diag {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+impl Diag {
+    fn open() -> io::Result<Diag> {
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let d = Diag(fd);
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        // SAFETY: a valid timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        Ok(d)
+    }
+
+    fn send(&self, kind: u16, flags: u16, seq: u32, req: &Req) -> io::Result<()> {
+        let len = NLMSG_HDRLEN + std::mem::size_of::<Req>();
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&(len as u32).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        // SAFETY: Req is repr(C) plain data; viewing it as bytes is sound.
+        buf.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((req as *const Req).cast::<u8>(), std::mem::size_of::<Req>())
+        });
+        // SAFETY: the buffer is valid for its length; the kernel is the destination (pid 0).
+        let n = unsafe {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::sendto(
+                self.0,
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives messages until DONE (a dump) or one ERROR/ACK; calls `each` per payload.
+    fn recv(&self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut at = 0usize;
+            let n = n as usize;
+            while at + NLMSG_HDRLEN <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let mseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                if len < NLMSG_HDRLEN || at + len > n {
+                    return Err(io::Error::other("truncated netlink message"));
+                }
+                let payload = &buf[at + NLMSG_HDRLEN..at + len];
+                if mseq == seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            let code = i32::from_ne_bytes(payload.get(..4).unwrap_or(&[0; 4]).try_into().expect("4"));
+                            return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
+                        }
+                        _ => each(payload),
+                    }
+                }
+                at += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// Destroys every TCP socket, IPv4 and IPv6, connected to one of `ports` on a loopback
+/// address (the applications' ends of connections to our listeners). Returns how many.
+pub fn destroy_connected_to(ports: &[u16]) -> io::Result<usize> {
+    let diag = Diag::open()?;
+    let mut found: Vec<Req> = Vec::new();
+    for (i, family) in [libc::AF_INET as u8, libc::AF_INET6 as u8].into_iter().enumerate() {
+        let seq = 1 + i as u32;
+        let req = Req { family, protocol: libc::IPPROTO_TCP as u8, states: ALL_STATES, ..Req::default() };
+        diag.send(SOCK_DIAG_BY_FAMILY, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16, seq, &req)?;
+        diag.recv(seq, |payload| {
+            if payload.len() < std::mem::size_of::<Msg>() {
+                return;
+            }
+            // SAFETY: length checked; Msg is plain data and read unaligned.
+            let m: Msg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+            let dport = u16::from_be_bytes(m.id.dport);
+            if ports.contains(&dport) && is_loopback(m.family, &m.id.dst) && m.state != TCP_LISTEN {
+                found.push(Req {
+                    family: m.family,
+                    protocol: libc::IPPROTO_TCP as u8,
+                    states: ALL_STATES,
+                    id: m.id,
+                    ..req
+                });
+            }
+        })?;
+    }
+    let mut destroyed = 0;
+    for (i, req) in found.iter().enumerate() {
+        let seq = 100 + i as u32;
+        diag.send(SOCK_DESTROY, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, seq, req)?;
+        match diag.recv(seq, |_| {}) {
+            Ok(()) => destroyed += 1,
+            // Closed meanwhile: nothing to do.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(destroyed)
+}
+
+const TCP_LISTEN: u8 = 10;
+
+fn is_loopback(family: u8, addr: &[u8; 16]) -> bool {
+    let ip: IpAddr = if family == libc::AF_INET as u8 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    };
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structs_match_the_kernel_abi() {
+        assert_eq!(std::mem::size_of::<SockId>(), 48);
+        assert_eq!(std::mem::size_of::<Req>(), 56);
+    }
+
+    /// Needs CAP_NET_ADMIN (SOCK_DESTROY); skipped otherwise. Touches only sockets it made
+    /// on loopback, on a port nothing else uses.
+    #[test]
+    fn destroys_only_client_sockets_connected_to_the_port() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        assert_eq!(destroy_connected_to(&[port]).unwrap(), 1);
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        let e = (&client).read(&mut b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+        // The listener and the server's end are untouched.
+        assert!(listener.local_addr().is_ok());
+        drop(served);
+    }
+}
