@@ -260,15 +260,26 @@ fn start_after_a_crash_takes_over_the_stale_pins() {
 fn a_daemon_that_fails_to_start_leaves_the_host_as_it_was() {
     let w = world();
     let state = std::env::temp_dir().join(format!("ttpt-fail-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let mut c = w.ttp_cmd("run", &state);
-    c.args(["--arti-config", "/nonexistent/arti.toml"]);
-    let out = c.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let run = |extra: &[&str]| {
+        let mut c = w.daemon_cmd("ttp", &["run"]);
+        c.arg("--state-dir").arg(&state).arg("--runtime-dir").arg(state.join("run")).args(extra);
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Bad configuration is refused before anything on the host changes.
+    let (code, stderr) = run(&["--arti-config", "/nonexistent/arti.toml"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/arti.toml") && stderr.contains("does not exist"), "{stderr}");
-    // It had attached (kill-switch first) and tore everything down again.
-    assert!(stderr.contains("kill-switch active"), "{stderr}");
+    assert!(!stderr.contains("kill-switch active"), "{stderr}");
     assert!(!w.pin_dir.exists(), "pins left behind");
+    // A failure after the kill-switch is up (Tor cannot bootstrap: the namespace reaches no
+    // Tor network) tears everything down again.
+    let (code, stderr) = run(&["--bootstrap-timeout", "2"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("kill-switch active") && stderr.contains("bootstrap"), "{stderr}");
+    assert!(stderr.contains("links detached"), "{stderr}");
+    assert!(!w.pin_dir.exists(), "pins left behind");
+    assert!(!w.governed.path.join("ttp.tor").exists(), "exec cgroups left behind");
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -92,7 +92,11 @@ pub struct Config {
     /// byte order. It lies in 10/8, so it must be redirected even with LAN bypass on.
     pub virt4_net: u32,
     pub virt4_mask: u32,
-    pub _pad: u32,
+    /// Depth of `governed_cgroup` below the cgroup2 root.
+    pub governed_level: u32,
+    /// When ttp governs a subtree rather than the whole host: that subtree's cgroup id, so
+    /// the uplink kill-switch leaves the rest of the host alone. 0 for the whole host.
+    pub governed_cgroup: u64,
 }
 
 impl Config {
@@ -218,10 +222,13 @@ pub enum Counter {
     TcPassedLinkControl,
     /// Exempt-socket table full: the socket stays governed (fail closed).
     ExemptTableFull,
+    /// Packets the TC kill-switch let through because their socket is outside the
+    /// governed subtree (only when ttp governs a subtree, not the whole host).
+    TcPassedUngoverned,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::ExemptTableFull as u32 + 1;
+    pub const COUNT: u32 = Counter::TcPassedUngoverned as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
@@ -244,6 +251,7 @@ impl Counter {
         Counter::TcPassedExempt,
         Counter::TcPassedLinkControl,
         Counter::ExemptTableFull,
+        Counter::TcPassedUngoverned,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -269,6 +277,7 @@ impl Counter {
             Counter::TcPassedExempt => "tc_passed_exempt",
             Counter::TcPassedLinkControl => "tc_passed_link_control",
             Counter::ExemptTableFull => "exempt_table_full",
+            Counter::TcPassedUngoverned => "tc_passed_ungoverned",
         }
     }
 }

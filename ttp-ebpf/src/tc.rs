@@ -4,8 +4,13 @@
 //! This one sees every frame leaving an uplink and lets through only the daemon's own
 //! traffic, exempt sockets, link control (ARP and other non-IP frames, DHCP, NDP) and,
 //! with LAN bypass, LAN destinations. A dead daemon leaves it attached: the host is closed.
+//! When ttp governs a subtree (per-application use), packets of sockets outside it pass.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    macros::classifier,
+    programs::TcContext,
+};
 use ttp_common::{flags, Counter, Exempt};
 
 use crate::{
@@ -36,6 +41,10 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
         }
         _ => {}
     }
+    if cfg.governed_cgroup != 0 && !governed(&cfg, skb.skb) {
+        count(Counter::TcPassedUngoverned);
+        return TC_ACT_UNSPEC;
+    }
     // SAFETY: skb is the program's context.
     let ifindex = unsafe { (*skb.skb).ifindex };
     // SAFETY: u32 copied out at once.
@@ -55,6 +64,15 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     }
     count(Counter::TcDropped);
     TC_ACT_SHOT
+}
+
+/// With ttp governing a subtree: was this packet sent by a socket inside it? Packets
+/// without a full socket (kernel replies, time-wait) belong to no application: not governed.
+fn governed(cfg: &ttp_common::Config, skb: *mut aya_ebpf::bindings::__sk_buff) -> bool {
+    // SAFETY: skb is the program's context, valid for these helpers.
+    unsafe {
+        bpf_skb_cgroup_id(skb) != 0 && bpf_skb_ancestor_cgroup_id(skb, cfg.governed_level as i32) == cfg.governed_cgroup
+    }
 }
 
 /// DHCP and DHCPv6 client requests and ICMPv6 neighbour discovery / MLD to link-scope

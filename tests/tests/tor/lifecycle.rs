@@ -134,9 +134,11 @@ fn sigkill_leaves_the_host_closed_and_the_next_start_recovers() {
     let dns = dig(&s.w, &["@9.9.9.9", "www.example.test", "A"]);
     assert!(!dns.starts_with("203."), "DNS answered with the daemon dead: {dns}");
     let closed_until = now_epoch();
-    // Positive control: an exempt application goes direct, and the capture sees it.
+    // Positive control: an application outside the governed cgroup goes direct (ttp
+    // governs a subtree here), and the capture sees it.
+    let outside = s.w.cgroups.child("outside").unwrap();
     let direct =
-        s.w.run_in(&s.w.bypass, GOVERNED, GOVERNED, &["curl", "-s", "-m", "5", &format!("http://{WEB}/index.txt")]);
+        s.w.run_in(&outside, GOVERNED, GOVERNED, &["curl", "-s", "-m", "5", &format!("http://{WEB}/index.txt")]);
     assert_eq!(text(&direct.stdout).trim(), PAGE);
     let packets = cap.stop().unwrap();
     let to_web = matching(&packets, &format!("> {WEB}.80:"));
@@ -220,7 +222,18 @@ fn an_application_hammering_connections_during_stop_leaks_nothing() {
             &["bash", "-c", &format!("while :; do curl -s -m 2 -o /dev/null {url}; done")],
         )
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Stop only once the long transfer is flowing through Tor.
+    let t0 = Instant::now();
+    loop {
+        let streams: serde_json::Value = serde_json::from_str(&s.ok(&["streams", "--json"])).unwrap();
+        // Only the long transfer moves this much: the hammer fetches a 32-byte page.
+        let flowing = streams.as_array().unwrap().iter().any(|st| st["bytes_down"].as_u64().unwrap_or(0) > 100_000);
+        if flowing {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the long transfer never flowed through Tor: {streams}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let cap = Capture::start(&s.w.inet, &s.w.inet_if).unwrap();
     // The last moment every link of the kill-switch was still pinned.
     let links = s.w.pin_dir.join("links");
@@ -245,7 +258,7 @@ fn an_application_hammering_connections_during_stop_leaks_nothing() {
         if let Some(st) = big.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the transfer through Tor outlived the stop");
+        assert!(t0.elapsed() < Duration::from_secs(10), "the transfer through Tor outlived the stop:\n{}", s.log());
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "the transfer finished normally?");

@@ -194,7 +194,9 @@ impl Datapath {
             daemon_uid: opts.daemon_uid.unwrap_or(ANY_UID),
             virt4_net: opts.virtual_v4.map_or(0, |n| n.network().into()),
             virt4_mask: opts.virtual_v4.map_or(0, |n| n.netmask().into()),
-            _pad: 0,
+            // A subtree: the uplink kill-switch must not close the rest of the host.
+            governed_level: governed_level(&cgroup_root, &opts.cgroup),
+            governed_cgroup: if opts.cgroup == cgroup_root { 0 } else { cgroup::cgroup_id(&opts.cgroup)? },
         };
         write_policy(&mut maps, &cgroup_root, base, &opts.policy)?;
         if opts.start_locked {
@@ -286,6 +288,11 @@ pub fn resolve_cgroup(root: &Path, p: &Path) -> PathBuf {
     } else {
         root.join(p.strip_prefix("/").unwrap_or(p))
     }
+}
+
+/// How many levels below the cgroup2 root a cgroup is (the root is level 0).
+fn governed_level(root: &Path, cgroup: &Path) -> u32 {
+    cgroup.strip_prefix(root).map(|rel| rel.components().count() as u32).unwrap_or(0)
 }
 
 /// Fills the policy maps, then CONFIG with READY (keeping lockdown as it is).
