@@ -1,6 +1,7 @@
 //! A private Tor network made of Debian's `tor`: 3 directory authorities, a middle relay
-//! that also serves an onion service, and 2 exits, in a network namespace of its own (the
-//! "internet"), with a DNS server for the exits and a web server to reach.
+//! that also serves an onion service, 2 exits, and an unpublished bridge behind Debian's
+//! obfs4proxy, in a network namespace of its own (the "internet"), with a DNS server for
+//! the exits and a web server to reach.
 //!
 //! Relays listen on their own addresses in 192.0.2.0/24 (not private, so nothing in ttp
 //! treats them as LAN). The namespace is held by a `sleep` process and every process of
@@ -47,6 +48,8 @@ pub enum Role {
     Authority,
     Middle,
     Exit,
+    /// Not in the consensus: reached only through its bridge line (obfs4).
+    Bridge,
 }
 
 /// One relay of the network.
@@ -71,11 +74,20 @@ pub struct Testnet {
     pub onion: String,
     /// Seconds from the first relay's start to a usable consensus.
     pub consensus_after: f64,
+    /// When the network was started.
+    pub since: Instant,
+    /// `obfs4 ADDR:PORT FINGERPRINT cert=... iat-mode=0` for the bridge, when obfs4proxy is
+    /// installed.
+    pub bridge_line: Option<String>,
     _keeper: mpsc::Sender<()>,
 }
 
 /// The layout: which relays, which roles.
-const LAYOUT: [Role; 6] = [Role::Authority, Role::Authority, Role::Authority, Role::Middle, Role::Exit, Role::Exit];
+const LAYOUT: [Role; 7] =
+    [Role::Authority, Role::Authority, Role::Authority, Role::Middle, Role::Exit, Role::Exit, Role::Bridge];
+/// The bridge's obfs4 port.
+pub const OBFS4_PORT: u16 = 9443;
+const OBFS4PROXY: &str = "/usr/bin/obfs4proxy";
 
 impl Testnet {
     /// Builds and starts the network in `dir` (wiped first) and waits for a consensus with
@@ -83,7 +95,7 @@ impl Testnet {
     pub fn start(dir: &Path) -> Result<Testnet> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (tx_ready, rx_ready) = mpsc::channel::<Result<(String, Vec<Relay>, String, f64)>>();
+        let (tx_ready, rx_ready) = mpsc::channel::<Result<BroughtUp>>();
         let (keeper, keep_rx) = mpsc::channel::<()>();
         let d = dir.to_path_buf();
         // Every process is spawned from this thread, with PDEATHSIG: they die with it, and it
@@ -101,9 +113,19 @@ impl Testnet {
                 let _ = c.wait();
             }
         })?;
-        let (netns, relays, onion, consensus_after) =
+        let since = Instant::now();
+        let (netns, relays, onion, consensus_after, bridge_line) =
             rx_ready.recv().context("testnet thread died")?.context("starting the private Tor network")?;
-        Ok(Testnet { dir: dir.to_path_buf(), netns, relays, onion, consensus_after, _keeper: keeper })
+        Ok(Testnet {
+            dir: dir.to_path_buf(),
+            netns,
+            relays,
+            onion,
+            consensus_after,
+            since,
+            bridge_line,
+            _keeper: keeper,
+        })
     }
 
     /// A command run inside the network's namespace.
@@ -115,6 +137,21 @@ impl Testnet {
 
     pub fn arti_toml(&self) -> PathBuf {
         self.dir.join("arti.toml")
+    }
+
+    /// Waits until the onion service has uploaded a descriptor (its log says so), so a
+    /// client's first lookup can succeed.
+    pub fn wait_onion_published(&self, timeout: Duration) -> Result<()> {
+        let mid = self.relays.iter().find(|r| r.role == Role::Middle).context("layout has a middle")?;
+        let log = self.dir.join(&mid.nick).join("onion.log");
+        let deadline = Instant::now() + timeout;
+        while !fs::read_to_string(&log).unwrap_or_default().contains("Uploaded hidden service descriptor (status 200") {
+            if Instant::now() > deadline {
+                bail!("the onion service uploaded no descriptor within {timeout:?} (see {})", log.display());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
     }
 
     /// Addresses (ip:port) of every relay's ORPort.
@@ -139,7 +176,10 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
     cmd.spawn().with_context(|| format!("spawning {cmd:?}"))
 }
 
-fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<(String, Vec<Relay>, String, f64)> {
+/// netns, relays, onion address, seconds to a consensus, bridge line.
+type BroughtUp = (String, Vec<Relay>, String, f64, Option<String>);
+
+fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     // 1. The namespace, held by a sleeping process.
     let mut holder = Command::new("unshare");
     holder.args(["--net", "--", "sleep", "infinity"]);
@@ -177,6 +217,7 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<(String, Vec<Relay>
                 Role::Authority => "auth",
                 Role::Middle => "mid",
                 Role::Exit => "exit",
+                Role::Bridge => "bridge",
             }
         );
         let d = dir.join(&nick);
@@ -261,13 +302,17 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<(String, Vec<Relay>
                 addr = r.addr,
                 nick = r.nick
             )?,
-            Role::Middle => write!(
-                t,
-                "ExitRelay 0\nHiddenServiceDir {d}/onion\nHiddenServicePort 80 {WEB_V4}:80\nLog [rend]info file {d}/onion.log\n",
-                d = d.display()
-            )?,
+            // Its onion service is added later (see `add_onion_service`).
+            Role::Middle => t.push_str("ExitRelay 0\n"),
             // The last line matters: without it the microdescriptor summary says "reject all".
             Role::Exit => t.push_str("ExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicy accept *:*\n"),
+            // obfs4proxy writes the bridge line's cert to pt_state/obfs4_bridgeline.txt.
+            Role::Bridge => write!(
+                t,
+                "BridgeRelay 1\nPublishServerDescriptor 0\nExitRelay 0\nExtORPort auto\n\
+                 ServerTransportPlugin obfs4 exec {OBFS4PROXY}\nServerTransportListenAddr obfs4 {addr}:{OBFS4_PORT}\n",
+                addr = r.addr
+            )?,
         }
         fs::write(d.join("torrc"), t)?;
     }
@@ -293,10 +338,16 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<(String, Vec<Relay>
 
     // 5. The relays.
     let t0 = Instant::now();
-    for r in &relays {
+    let has_obfs4 = Path::new(OBFS4PROXY).exists();
+    let mut mid_pid = 0;
+    for r in relays.iter().filter(|r| r.role != Role::Bridge || has_obfs4) {
         let mut tor = in_ns("tor");
         tor.arg("-f").arg(dir.join(&r.nick).join("torrc"));
-        children.push(spawn(&mut tor, &dir.join(&r.nick).join("stdout.log"))?);
+        let child = spawn(&mut tor, &dir.join(&r.nick).join("stdout.log"))?;
+        if r.role == Role::Middle {
+            mid_pid = child.id();
+        }
+        children.push(child);
     }
     write_arti_toml(dir, &relays)?;
 
@@ -314,16 +365,92 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<(String, Vec<Relay>
         let n = c.lines().filter(|l| l.starts_with("r ")).count();
         let flags = |f: &str| c.lines().filter(|l| l.starts_with("s ") && l.split(' ').any(|w| w == f)).count();
         let accepting = c.lines().filter(|l| l.starts_with("p accept")).count();
-        if n >= relays.len() && flags("Exit") >= 2 && flags("Guard") >= 3 && flags("HSDir") >= 3 && accepting >= 2 {
+        let published = relays.iter().filter(|r| r.role != Role::Bridge).count();
+        if n >= published && flags("Exit") >= 2 && flags("Guard") >= 3 && flags("HSDir") >= 3 && accepting >= 2 {
             break t0.elapsed().as_secs_f64();
         }
         thread::sleep(Duration::from_millis(250));
     };
     let mid = relays.iter().find(|r| r.role == Role::Middle).expect("layout has a middle");
-    let hostname = dir.join(&mid.nick).join("onion/hostname");
-    // The descriptor's upload is not logged at notice level; clients retry while it spreads.
-    let onion = fs::read_to_string(&hostname).with_context(|| format!("reading {}", hostname.display()))?;
-    Ok((netns, relays, onion.trim().to_string(), consensus_after))
+    let onion = add_onion_service(&dir.join(&mid.nick), mid_pid)?;
+    let bridge_line = if has_obfs4 { Some(bridge_line(dir, &relays)?) } else { None };
+    Ok((netns, relays, onion.trim().to_string(), consensus_after, bridge_line))
+}
+
+/// Adds the onion service to the middle relay once the relay holds a consensus of the
+/// network's final voting interval, and returns its address.
+///
+/// Why not from the start: the first consensuses come from the authorities' initial 5 s
+/// schedule, and C tor derives the onion time period from the voting interval on a test
+/// network (24 intervals). A service born under a 5 s consensus builds its descriptors for
+/// 2-minute periods and keeps them until its next rotation (up to 12 minutes later), while
+/// clients (Arti follows `hsdir_interval`) look for the 12-minute period's descriptor: the
+/// service is unreachable until then. Adding it by SIGHUP once the relay's consensus has
+/// the final interval makes service and clients agree from its first upload.
+fn add_onion_service(mid_dir: &Path, pid: u32) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if consensus_interval(&mid_dir.join("cached-microdesc-consensus")) == Some(VOTING_INTERVAL) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the middle relay got no {VOTING_INTERVAL} s consensus within 90 s (see {})", mid_dir.display());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let torrc = mid_dir.join("torrc");
+    let mut t = fs::read_to_string(&torrc)?;
+    write!(
+        t,
+        "HiddenServiceDir {d}/onion\nHiddenServicePort 80 {WEB_V4}:80\nLog [rend]info file {d}/onion.log\n",
+        d = mid_dir.display()
+    )?;
+    fs::write(&torrc, t)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGHUP)
+        .context("SIGHUP to the middle relay")?;
+    let hostname = mid_dir.join("onion/hostname");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(h) = fs::read_to_string(&hostname) {
+            if h.trim().ends_with(".onion") {
+                return Ok(h.trim().to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the onion service did not start: no {}", hostname.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Seconds between a cached consensus's valid-after and fresh-until.
+fn consensus_interval(file: &Path) -> Option<u32> {
+    let text = fs::read_to_string(file).ok()?;
+    let secs = |key: &str| -> Option<i64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let hms = line.split_whitespace().nth(2)?;
+        let mut it = hms.split(':').map(|x| x.parse::<i64>().ok());
+        Some(it.next()?? * 3600 + it.next()?? * 60 + it.next()??)
+    };
+    let d = (secs("fresh-until ")? - secs("valid-after ")?).rem_euclid(86_400);
+    u32::try_from(d).ok()
+}
+
+/// The bridge's line, once obfs4proxy has written its cert.
+fn bridge_line(dir: &Path, relays: &[Relay]) -> Result<String> {
+    let b = relays.iter().find(|r| r.role == Role::Bridge).context("layout has a bridge")?;
+    let file = dir.join(&b.nick).join("pt_state/obfs4_bridgeline.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        if let Some(cert) = text.split_whitespace().find(|w| w.starts_with("cert=")) {
+            return Ok(format!("obfs4 {}:{OBFS4_PORT} {} {cert} iat-mode=0", b.addr, b.rsa_id));
+        }
+        if Instant::now() > deadline {
+            bail!("obfs4proxy never wrote {} (see {}/{}/notice.log)", file.display(), dir.display(), b.nick);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn wait_for_line(file: &Path, want: &str) -> Result<()> {
@@ -346,7 +473,7 @@ fn write_arti_toml(dir: &Path, relays: &[Relay]) -> Result<()> {
          # Six relays cannot give onion circuits distinct vanguards; the real network can.\n\
          [vanguards]\nmode = \"disabled\"\n\n[tor_network]\nfallback_caches = [\n",
     );
-    for r in relays {
+    for r in relays.iter().filter(|r| r.role != Role::Bridge) {
         writeln!(
             t,
             "  {{ rsa_identity = \"{}\", ed_identity = \"{}\", orports = [\"{}:{OR_PORT}\"] }},",

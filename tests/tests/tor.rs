@@ -125,6 +125,7 @@ fn dns_through_the_dnsport_a_and_ptr() {
 fn an_onion_site_is_reached_transparently_by_name() {
     let r = start(&[]);
     let onion = &net().onion;
+    net().wait_onion_published(Duration::from_secs(120)).unwrap();
     // curl resolves through the libc resolver (the machine's resolv.conf: redirected to the
     // DNSPort, which answers a virtual address), connects to it (redirected to the
     // TransPort, which maps it back to the name) and Arti opens an onion-service stream.
@@ -137,6 +138,7 @@ fn an_onion_site_is_reached_transparently_by_name() {
         }
         std::thread::sleep(Duration::from_secs(2));
     };
+    eprintln!("onion took {:.1?} (network up {:.0?} ago)", t0.elapsed(), net().since.elapsed());
     let log = r.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
     assert_eq!(page, PAGE, "daemon log:\n{log}");
 }
@@ -158,6 +160,45 @@ fn stop_restores_the_host_and_leaves_nothing() {
     let log = r.daemon.take().unwrap().stop().unwrap();
     assert!(log.contains("links detached"), "{log}");
     assert!(!r.w.pin_dir.exists(), "pins left behind");
+}
+
+#[test]
+fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
+    let net = net();
+    let line = net.bridge_line.as_deref().expect("the private network has no obfs4 bridge: is obfs4proxy installed?");
+    let bridge = line.split_whitespace().nth(1).unwrap().replace(':', ".");
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-bridge-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let arti = net.arti_toml().display().to_string();
+    let daemon = w
+        .start_ttp(
+            &state,
+            &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", line],
+        )
+        .expect("ttp with bridges");
+    let r = Running { daemon: Some(daemon), w, state };
+    let t0 = Instant::now();
+    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the bridge:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let packets = cap.stop().unwrap();
+    // Everything the host sent beyond its link went to the bridge's obfs4 port: no
+    // authority, no relay, no web server directly.
+    let out: Vec<&String> = packets
+        .iter()
+        .filter(|l| {
+            l.contains(" IP ")
+                && l.contains(" 198.19.")
+                && l.split(" > ").next().unwrap_or_default().contains(" 198.19.")
+        })
+        .filter(|l| !l.split(" > ").nth(1).unwrap_or_default().starts_with("198.19."))
+        .collect();
+    assert!(!out.is_empty(), "the capture saw nothing leave");
+    let elsewhere: Vec<&&String> =
+        out.iter().filter(|l| !l.split(" > ").nth(1).unwrap().starts_with(&format!("{bridge}:"))).collect();
+    assert!(elsewhere.is_empty(), "traffic to other than the bridge {bridge}: {elsewhere:#?}");
 }
 
 /// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.

@@ -34,8 +34,17 @@ pub fn path(matches: &clap::ArgMatches) -> Option<PathBuf> {
 /// for the subcommand `cmd`. Put them before the command line's own arguments.
 pub fn args_from_file(cmd: &clap::Command, matches: &clap::ArgMatches, file: &Path) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading the config file {}", file.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("{} is not valid TOML (fix it or pass another --config)", file.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        // One line: where, and what (toml's own rendering spans several).
+        let at = e.span().map(|r| r.start).unwrap_or(0).min(text.len());
+        let line = text[..at].matches('\n').count() + 1;
+        let col = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+        anyhow::anyhow!(
+            "{} is not valid TOML: line {line}, column {col}: {} (fix it or pass another --config)",
+            file.display(),
+            e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+        )
+    })?;
     let mut out = Vec::new();
     for (key, value) in &table {
         let long = key.replace('_', "-");

@@ -93,6 +93,13 @@ pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<(
     let root = cgroup::cgroup2_root()?;
     let governed = opts.cgroup.clone().unwrap_or_else(|| root.clone());
     let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
+    // Both must be cgroup2 directories: nothing is created outside the hierarchy.
+    for (what, p) in [("--cgroup", &governed), ("--daemon-cgroup", &daemon_cgroup)] {
+        if !p.starts_with(&root) {
+            anyhow::bail!("{what} {} is not under the cgroup2 mount {}", p.display(), root.display());
+        }
+    }
+    cgroup::cgroup_id(&governed).context("the cgroup to govern (--cgroup)")?;
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };

@@ -14,6 +14,9 @@ pub enum Which {
     /// ttp's TransPort/DNSPort (Arti) against C tor's behind nftables, on the private Tor
     /// network: first byte, 50 MB throughput, DNS answers/s, memory with 1,000 streams.
     Tor,
+    /// `ttp start` to kill-switch and to ready (cold and warm Tor state) and `ttp stop`,
+    /// against C tor's bootstrap and an nftables ruleset load.
+    Lifecycle,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -21,6 +24,7 @@ pub fn run(which: Which) -> Result<()> {
     let bin = match which {
         Which::Datapath => "bench-datapath",
         Which::Tor => "bench-tor",
+        Which::Lifecycle => "bench-lifecycle",
     };
     // The release daemon too: the benchmarks run the binaries next to themselves.
     sh(cargo().args(["build", "--release", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;

@@ -13,7 +13,9 @@ use ttp_tests::{bin, testnet::Testnet, Capture, World};
 fn main() -> Result<()> {
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(format!("ttp-demo-net-{}", std::process::id()));
-    println!("Starting a private Tor network (3 authorities, a middle with an onion service, 2 exits)...");
+    println!(
+        "Starting a private Tor network (3 authorities, a middle with an onion service, 2 exits, an obfs4 bridge)..."
+    );
     let net = Testnet::start(&dir)?;
     println!("  consensus after {:.1} s; onion service {}\n", net.consensus_after, net.onion);
     let w = World::with_testnet(&net)?;
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
     show("dig +short www.example.test (any resolver)", run(&["dig", "+short", "@9.9.9.9", "www.example.test"]));
     let onion_url = format!("http://{}/index.txt", net.onion);
     let mut onion = String::new();
+    net.wait_onion_published(std::time::Duration::from_secs(120))?;
     for _ in 0..20 {
         onion = run(&["curl", "-sS", "--max-time", "30", &onion_url]);
         if onion.contains("hello") {

@@ -1,0 +1,123 @@
+//! The `ttp` command's behaviour on bad input and with nothing running, and install /
+//! uninstall under a throwaway prefix. Anything that could touch the host runs in a test
+//! world (its own namespaces, cgroups and pin directory) and never gets far.
+
+use std::process::{Command, Output};
+
+use ttp_tests::{bin, World};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// One line on stderr, starting with `ttp: `, exit code 1.
+fn one_line_error(out: &Output, want: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stdout: {} stderr: {err}", text(&out.stdout));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(lines[0].starts_with("ttp: ") && lines[0].contains(want), "{err}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_changes_nothing() {
+    let w = World::new().expect("test world");
+    let state = std::env::temp_dir().join(format!("ttpt-cli-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let start = |extra: &[&str]| -> Output {
+        let mut c = w.ttp_cmd("start", &state);
+        c.args(extra);
+        c.output().unwrap()
+    };
+    one_line_error(&start(&["--no-such-option"]), "--no-such-option");
+    one_line_error(&start(&["--trans-port", "70000"]), "70000");
+    one_line_error(&start(&["--config", "/nonexistent/ttp.toml"]), "reading the config file");
+    std::fs::create_dir_all(&state).unwrap();
+    let conf = state.join("bad.toml");
+    std::fs::write(&conf, "no-such-key = 1\n").unwrap();
+    one_line_error(&start(&["--config", conf.to_str().unwrap()]), "unknown key `no-such-key`");
+    std::fs::write(&conf, "trans-port = [\n").unwrap();
+    one_line_error(&start(&["--config", conf.to_str().unwrap()]), "not valid TOML");
+    // These reach the daemon, which refuses them before anything changes.
+    let out = start(&["--use-bridges", "--bridge", "not a bridge line"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("bridge 1 does not parse"), "{}", text(&out.stderr));
+    let mut c = w.host.cmd(bin("ttp"));
+    c.args(["start", "--cgroup", "/nonexistent-cgroup", "--uplink", ttp_tests::UPLINK])
+        .arg("--daemon-cgroup")
+        .arg(&w.daemon.path)
+        .arg("--pin-dir")
+        .arg(&w.pin_dir)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.join("run"));
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent-cgroup"), "{}", text(&out.stderr));
+    assert!(!w.pin_dir.exists(), "something was pinned");
+
+    // Nothing running: stop is a no-op that says so; status says how to start.
+    let stop = w.ttp_ctl(&["stop"], &state).output().unwrap();
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    assert!(text(&stop.stdout).contains("was not running"), "{}", text(&stop.stdout));
+    one_line_error(&w.ttp_ctl(&["status"], &state).output().unwrap(), "not running");
+    one_line_error(&w.ttp_ctl(&["restart"], &state).output().unwrap(), "nothing to restart");
+    one_line_error(&w.ttp_ctl(&["exec", "--tor", "--", "true"], &state).output().unwrap(), "not running");
+
+    // Without root: exit code 2.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin("ttp"))
+        .args(["stop", "--runtime-dir"])
+        .arg(state.join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("needs root"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn install_then_uninstall_under_a_prefix_leaves_nothing() {
+    let prefix = std::env::temp_dir().join(format!("ttpt-prefix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    std::fs::create_dir_all(&prefix).unwrap();
+    let ttp = |args: &[&str]| -> String {
+        let out = Command::new(bin("ttp")).args(args).arg("--prefix").arg(&prefix).output().unwrap();
+        assert!(out.status.success(), "ttp {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ttp(&["install"]);
+    for f in [
+        "usr/local/bin/ttp",
+        "etc/systemd/system/ttp.service",
+        "usr/share/bash-completion/completions/ttp",
+        "usr/local/share/man/man1/ttp.1",
+        "etc/ttp/ttp.toml",
+    ] {
+        assert!(prefix.join(f).exists(), "{f} not installed");
+    }
+    let unit = std::fs::read_to_string(prefix.join("etc/systemd/system/ttp.service")).unwrap();
+    assert!(unit.contains("Type=notify"));
+    // Tor's state, as a running ttp leaves it.
+    std::fs::create_dir_all(prefix.join("var/lib/ttp/arti")).unwrap();
+    let out = ttp(&["uninstall"]);
+    assert!(out.contains("removed"), "{out}");
+    let left: Vec<_> = walk(&prefix).into_iter().filter(|p| p.is_file()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!prefix.join("var/lib/ttp").exists() && !prefix.join("etc/ttp").exists());
+    assert!(ttp(&["uninstall"]).contains("nothing of ttp was installed"));
+    std::fs::remove_dir_all(&prefix).unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
