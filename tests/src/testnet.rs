@@ -30,6 +30,8 @@ pub const WEB_V4: &str = "203.0.113.10";
 /// A check endpoint like the Tor Project's (`{"IsTor":true,"IP":"<the exit>"}`).
 pub const CHECK_URL: &str = "http://203.0.113.10:8080/api/ip";
 pub const DNS_V4: &str = "192.0.2.53";
+/// What the network's resolver answers for AAAA queries (no host has it: DNS only).
+pub const WEB_V6: &str = "2001:db8:113::10";
 const OR_PORT: u16 = 9001;
 /// Seconds between consensuses once the network runs (the first comes after 5 s). It
 /// also sets the onion time period (below): a longer one makes it rarer that a test run
@@ -305,7 +307,8 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
             // Its onion service is added later (see `add_onion_service`).
             Role::Middle => t.push_str("ExitRelay 0\n"),
             // The last line matters: without it the microdescriptor summary says "reject all".
-            Role::Exit => t.push_str("ExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicy accept *:*\n"),
+            // IPv6Exit: so that exits resolve AAAA too.
+            Role::Exit => t.push_str("ExitRelay 1\nIPv6Exit 1\nExitPolicyRejectPrivate 0\nExitPolicy accept *:*\n"),
             // obfs4proxy writes the bridge line's cert to pt_state/obfs4_bridgeline.txt.
             Role::Bridge => write!(
                 t,
@@ -324,7 +327,7 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     // 50 MB for throughput benchmarks (sparse: costs no disk).
     fs::File::create(www.join("50M.bin"))?.set_len(50 * 1024 * 1024)?;
     let mut dns = in_ns(crate::bin("testkit").to_str().context("path")?);
-    dns.args(["serve-dns", &format!("{DNS_V4}:53"), WEB_V4]);
+    dns.args(["serve-dns", &format!("{DNS_V4}:53"), WEB_V4, WEB_V6]);
     children.push(spawn(&mut dns, &dir.join("dns.log"))?);
     // An exit that cannot reach its resolver at start judges its DNS broken and publishes
     // a reject-all policy: the resolver must answer before any relay starts.

@@ -107,12 +107,14 @@ fn a_governed_curl_reaches_the_internet_through_tor_and_only_relay_traffic_leave
 }
 
 #[test]
-fn dns_through_the_dnsport_a_and_ptr() {
+fn dns_through_the_dnsport_a_aaaa_and_ptr() {
     let r = start(&[]);
     // The exits' resolver answers every name with the web server's address.
     assert_eq!(dig(&r.w, &["@9.9.9.9", "www.example.test", "A"]), WEB);
     // Same through TCP and through the machine's configured resolver (redirected too).
     assert_eq!(dig(&r.w, &["+tcp", "@9.9.9.9", "other.example.test", "A"]), WEB);
+    // AAAA, resolved by the exit like A.
+    assert_eq!(dig(&r.w, &["@9.9.9.9", "www.example.test", "AAAA"]), ttp_tests::testnet::WEB_V6);
     let onion = &net().onion;
     let virt = dig(&r.w, &["@9.9.9.9", onion, "A"]);
     assert!(virt.starts_with("10."), "{onion} -> {virt}");

@@ -4,7 +4,8 @@
 //! 2. Datapath attached and pinned in lockdown: from here on nothing governed leaks.
 //! 3. Arti bootstraps.
 //! 4. TransPort and DNSPort listen.
-//! 5. Lockdown off: governed traffic now flows through Tor.
+//! 5. Privileges dropped (only CAP_BPF and CAP_NET_ADMIN remain, in every thread).
+//! 6. Lockdown off: governed traffic now flows through Tor.
 //!
 //! On SIGTERM/SIGINT: lockdown on, services stop, datapath detached and unpinned.
 
@@ -269,7 +270,10 @@ async fn serve(
         }
     });
 
+    // Set up: from here on the daemon needs only map access and SOCK_DESTROY.
+    crate::privs::drop_privileges().context("giving up privileges after setup")?;
     maps.lock().expect("maps lock").set_lockdown(false)?;
+    tracing::info!("privileges dropped to CAP_BPF and CAP_NET_ADMIN");
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
     events(Event::Ready(t0.elapsed()));
 

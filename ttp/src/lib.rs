@@ -19,6 +19,7 @@ pub mod dns;
 pub mod lock;
 pub mod logfile;
 pub mod options;
+pub mod privs;
 pub mod sockdestroy;
 pub mod socks;
 pub mod tor;

@@ -3,7 +3,8 @@
 //!
 //! testkit serve-tcp ADDR...      accept forever, answer "DIRECT <local addr>"
 //! testkit serve-udp ADDR...      answer each datagram with "DIRECT <local addr>"
-//! testkit serve-dns ADDR IPV4     answer every A query with IPV4 (a resolver for exits)
+//! testkit serve-dns ADDR IPV4 [IPV6]  answer every A query with IPV4 (and AAAA with IPV6):
+//!                                a resolver for exits
 //! testkit connect ADDR           TCP connect, print the first line received
 //! testkit udp ADDR               send one datagram, print the reply or SENT
 //! testkit icmp ADDR              one ICMP echo from a raw socket
@@ -42,7 +43,11 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "serve-tcp" => serve_tcp(rest),
         "serve-udp" => serve_udp(rest),
-        "serve-dns" => serve_dns(&rest[0], rest[1].parse().expect("IPv4 answer")),
+        "serve-dns" => serve_dns(
+            &rest[0],
+            rest[1].parse().expect("IPv4 answer"),
+            rest.get(2).map(|a| a.parse().expect("IPv6 answer")),
+        ),
         "connect" | "peername" => connect(addr(), cmd == "peername"),
         "udp" => udp(addr()),
         "icmp" => raw(addr(), libc::IPPROTO_ICMP),
@@ -100,13 +105,13 @@ fn serve_udp(addrs: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn serve_dns(addr: &str, answer: std::net::Ipv4Addr) -> std::io::Result<()> {
+fn serve_dns(addr: &str, answer: std::net::Ipv4Addr, answer6: Option<std::net::Ipv6Addr>) -> std::io::Result<()> {
     let s = UdpSocket::bind(addr)?;
     println!("LISTENING");
     let mut buf = [0u8; 4096];
     loop {
         let (n, peer) = s.recv_from(&mut buf)?;
-        if let Some(r) = ttp_tests::dns_answer(&buf[..n], answer, None) {
+        if let Some(r) = ttp_tests::dns_answer(&buf[..n], answer, answer6) {
             let _ = s.send_to(&r, peer);
         }
     }

@@ -312,6 +312,15 @@ fn check_leak_passes_every_probe_and_restart_keeps_the_options() {
     assert_ne!(before["pid"], after["pid"]);
     assert_eq!(before["args"], after["args"]);
     s.warm_up();
+    // Once set up, every thread of the daemon keeps only CAP_BPF and CAP_NET_ADMIN.
+    let pid = s.pid();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().trim().to_string();
+        assert_eq!(field("CapEff:"), "0000008000001000", "thread {:?}: {status}", t.file_name());
+        assert_eq!(field("CapBnd:"), "0000008000001000", "thread {:?}", t.file_name());
+        assert_eq!(field("NoNewPrivs:"), "1", "thread {:?}", t.file_name());
+    }
     let logs = s.ok(&["logs", "--no-follow", "-n", "500"]);
     assert!(logs.contains("ready after"), "{logs}");
 }

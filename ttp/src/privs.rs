@@ -1,0 +1,172 @@
+//! Giving up privileges once the daemon is set up.
+//!
+//! Setting up needs most of root: loading and attaching BPF programs, pinning, mounting
+//! bpffs, creating cgroups, binding. Running needs little: BPF map access (lockdown, stream
+//! origins, counters: `CAP_BPF`) and destroying sockets at stop (`CAP_NET_ADMIN`).
+//! Everything else is dropped from the effective, permitted, inheritable, ambient and
+//! bounding sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
+//! obfs4proxy) from regaining root's capabilities. A compromised Arti, or a bug in code
+//! parsing network input, then cannot load modules, ptrace, mount, change uids, override
+//! file permissions, open raw sockets, or signal other users' processes.
+//!
+//! The uid stays 0: the pins, state and runtime files the daemon still writes (and removes
+//! at stop) are root's, and no capability reaches them more narrowly.
+//!
+//! Capabilities belong to threads, not processes, and the async runtime's threads already
+//! run: the drop is applied in every thread, each in its own context, by a real-time signal
+//! whose handler makes the raw system calls (what libcap's "psx" does). Written by hand
+//! because the capability crates act on the calling thread only and allocate, which a
+//! signal handler must not.
+
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Capability numbers (linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_BPF: u32 = 39;
+/// What the running daemon keeps.
+pub const KEEP: u64 = (1 << CAP_NET_ADMIN) | (1 << CAP_BPF);
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+/// SECBIT_NOROOT, its lock, SECBIT_NO_SETUID_FIXUP, its lock.
+const SECBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08;
+
+static KEEP_MASK: AtomicU64 = AtomicU64::new(KEEP);
+static LAST_CAP: AtomicU64 = AtomicU64::new(40);
+static DONE: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicI32 = AtomicI32::new(0);
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops every capability but [`KEEP`] in every thread of the process, for good.
+pub fn drop_privileges() -> Result<()> {
+    let last: u64 =
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    LAST_CAP.store(last, Ordering::SeqCst);
+    KEEP_MASK.store(KEEP, Ordering::SeqCst);
+    let sig = libc::SIGRTMIN() + 4;
+    // SAFETY: installs a handler that only makes raw system calls and touches atomics.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("installing the privilege-drop handler");
+        }
+    }
+    let errno = apply_here();
+    if errno != 0 {
+        return Err(std::io::Error::from_raw_os_error(errno)).context("dropping capabilities");
+    }
+    // SAFETY: plain system calls.
+    let (pid, me) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as i32) };
+    let mut done: HashSet<i32> = HashSet::from([me]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Threads may start meanwhile (they inherit whatever their creator had): scan until a
+    // pass finds none left.
+    loop {
+        let pending: Vec<i32> = threads()?.into_iter().filter(|t| !done.contains(t)).collect();
+        if pending.is_empty() {
+            break;
+        }
+        let before = DONE.load(Ordering::SeqCst);
+        let mut sent = 0;
+        for tid in &pending {
+            // SAFETY: signals a thread of this process.
+            if unsafe { libc::syscall(libc::SYS_tgkill, pid, *tid, sig) } == 0 {
+                sent += 1;
+            }
+            done.insert(*tid); // gone threads (ESRCH) need nothing
+        }
+        while DONE.load(Ordering::SeqCst) < before + sent {
+            if Instant::now() > deadline {
+                bail!("threads did not drop their capabilities within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let errno = FAILED.load(Ordering::SeqCst);
+        if errno != 0 {
+            return Err(std::io::Error::from_raw_os_error(errno)).context("dropping capabilities in a thread");
+        }
+    }
+    // Proof, from the kernel's point of view.
+    for tid in threads()? {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+        let eff =
+            status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        if eff.is_some_and(|e| e & !KEEP != 0) {
+            bail!("thread {tid} still has capabilities {:x}", eff.unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn threads() -> Result<Vec<i32>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").context("listing threads")?.flatten() {
+        if let Some(t) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+            v.push(t);
+        }
+    }
+    Ok(v)
+}
+
+extern "C" fn handler(_: libc::c_int) {
+    let errno = apply_here();
+    if errno != 0 {
+        FAILED.store(errno, Ordering::SeqCst);
+    }
+    DONE.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The drop, in the calling thread: raw system calls only (it runs in a signal handler).
+/// Returns 0 or an errno.
+fn apply_here() -> i32 {
+    let keep = KEEP_MASK.load(Ordering::SeqCst);
+    let last = LAST_CAP.load(Ordering::SeqCst);
+    // SAFETY: prctl and capset with valid arguments; no memory is shared beyond the stack.
+    unsafe {
+        let errno = || *libc::__errno_location();
+        // Needs CAP_SETPCAP, which goes below: first. Harmless if refused.
+        libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0);
+        for cap in 0..=last {
+            if keep & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                // EINVAL: a capability this kernel does not know.
+                if errno() != libc::EINVAL {
+                    return errno();
+                }
+            }
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let data = [
+            CapData { effective: keep as u32, permitted: keep as u32, inheritable: 0 },
+            CapData { effective: (keep >> 32) as u32, permitted: (keep >> 32) as u32, inheritable: 0 },
+        ];
+        if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) != 0 {
+            return errno();
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return errno();
+        }
+    }
+    0
+}
