@@ -242,15 +242,39 @@ impl Capture {
     }
 
     /// Stops the capture and returns one line per packet (`tcpdump -nn -r`).
-    pub fn stop(self) -> Result<Vec<String>> {
+    pub fn stop(mut self) -> Result<Vec<String>> {
         thread::sleep(Duration::from_millis(300));
         self.proc.signal(nix::sys::signal::Signal::SIGINT);
-        let Capture { mut proc, file } = self;
-        let _ = proc.child.wait();
+        let _ = self.proc.child.wait();
+        let file = &self.file;
         // -tt: epoch timestamps, comparable with the test's own clock (see [`time_of`]).
-        let out = run(Command::new("tcpdump").args(["-tt", "-nn", "-r"]).arg(&file))?;
-        let _ = fs::remove_file(&file);
+        let out = run(Command::new("tcpdump").args(["-tt", "-nn", "-r"]).arg(file))?;
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    }
+}
+
+impl Drop for Capture {
+    /// Also when a test fails before `stop`: no capture file is left behind.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.file);
+    }
+}
+
+/// A directory removed on drop, also when the test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ttpt-{name}-{}", unique()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("creating a temporary directory");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

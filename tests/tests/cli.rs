@@ -22,7 +22,8 @@ fn one_line_error(out: &Output, want: &str) {
 #[test]
 fn bad_input_is_one_clear_line_and_changes_nothing() {
     let w = World::new().expect("test world");
-    let state = std::env::temp_dir().join(format!("ttpt-cli-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let tmp = ttp_tests::TempDir::new("cli");
+    let state = tmp.0.clone();
     let start = |extra: &[&str]| -> Output {
         let mut c = w.ttp_cmd("start", &state);
         c.args(extra);
@@ -74,7 +75,6 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("needs root"), "{}", text(&out.stderr));
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 #[test]

@@ -21,11 +21,26 @@ fn net() -> &'static Testnet {
     NET.get_or_init(|| {
         assert!(nix::unistd::geteuid().is_root(), "the Tor tests need root (namespaces, eBPF)");
         let dir = std::env::temp_dir().join(format!("ttpt-testnet-{}", std::process::id()));
+        // Statics are never dropped: the network's directory goes at exit (keep it for a
+        // post-mortem with TTP_KEEP_TESTNET=1).
+        if std::env::var_os("TTP_KEEP_TESTNET").is_none() {
+            let _ = TESTNET_DIR.set(dir.clone());
+            // SAFETY: registers a plain extern "C" function.
+            unsafe { libc::atexit(remove_testnet_dir) };
+        }
         let t0 = Instant::now();
         let net = Testnet::start(&dir).expect("starting the private Tor network");
         eprintln!("private Tor network up in {:.1?} (consensus after {:.1} s)", t0.elapsed(), net.consensus_after);
         net
     })
+}
+
+static TESTNET_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_testnet_dir() {
+    if let Some(d) = TESTNET_DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// A world on the Tor network, with the real daemon running, and its state dir.

@@ -4,7 +4,8 @@
 //! - [`cgroup`]: cgroup v2 plumbing.
 //! - [`tor`]: the embedded Arti client: configuration, bootstrap, isolation.
 //! - [`transport`]: the TransPort. [`dns`]: the DNSPort. [`socks`]: the SOCKS port.
-//! - [`control`]: the control socket.
+//! - [`control`]: the control socket. [`tunnel`]: the encrypted tunnel for remote peers
+//!   (being built).
 //! - [`daemon`]: wires them together; [`options`]: what it is told; [`lock`]: the session
 //!   lock; [`logfile`]: the volatile, rotated log.
 
@@ -24,3 +25,4 @@ pub mod sockdestroy;
 pub mod socks;
 pub mod tor;
 pub mod transport;
+pub mod tunnel;

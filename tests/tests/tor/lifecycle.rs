@@ -108,9 +108,8 @@ fn exits() -> Vec<String> {
 fn sigkill_leaves_the_host_closed_and_the_next_start_recovers() {
     // Options from a config file this time (every option is a key; `ttp start` reads it,
     // and so does the daemon it runs).
-    let dir = std::env::temp_dir().join(format!("ttpt-conf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("ttp.toml");
+    let dir = ttp_tests::TempDir::new("conf");
+    let conf = dir.0.join("ttp.toml");
     std::fs::write(
         &conf,
         format!(
@@ -162,7 +161,6 @@ fn sigkill_leaves_the_host_closed_and_the_next_start_recovers() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
     assert_eq!(curl(&s.w, &format!("http://{WEB}/index.txt")), PAGE);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
