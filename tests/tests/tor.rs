@@ -384,6 +384,8 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     assert!(exits.contains(&exit), "{exit} is not one of the exits {exits:?}");
     let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
     assert_eq!(status["exit_address"], exit.as_str());
+    // The warm-up fetch went through the TransPort: its bytes are counted.
+    assert!(status["bytes_down"].as_u64().unwrap() > 0 && status["bytes_up"].as_u64().unwrap() > 0, "{status}");
     // diagnose gathers the same picture, plus the kernel side.
     let diag = ttp(&r, &["diagnose"]);
     for want in

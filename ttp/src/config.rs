@@ -109,12 +109,12 @@ mod tests {
     #[test]
     fn every_key_is_an_option_and_the_command_line_wins() {
         let o = merged(
-            "uplink = [\"eth0\", \"wlan0\"]\nbypass_uid = [1000]\nno-lan-bypass = true\nbootstrap-timeout = 120\ntrans-port = 1\n",
+            "uplink = [\"eth0\", \"wlan0\"]\nbypass_uid = [1000, \"root\"]\nno-lan-bypass = true\nbootstrap-timeout = 120\ntrans-port = 1\n",
             &["--trans-port", "9999", "--uplink", "veth1"],
         )
         .unwrap();
         assert_eq!(o.uplinks, ["veth1"]);
-        assert_eq!(o.bypass_uids, [1000]);
+        assert_eq!(o.bypass_uids, [1000, 0]);
         assert!(o.no_lan_bypass);
         assert_eq!(o.bootstrap_timeout, 120);
         assert_eq!(o.trans_port, 9999);

@@ -69,6 +69,11 @@ pub struct Status {
     pub tor_ready: bool,
     pub streams_open: usize,
     pub streams_refused: u64,
+    /// Bytes through every stream since start (up: to Tor, down: to applications).
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default)]
+    pub bytes_down: u64,
     pub exit_address: Option<String>,
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -144,6 +149,8 @@ impl Control {
                         tor_ready: s.tor.bootstrap_status().ready_for_traffic(),
                         streams_open: s.streams.open_count(),
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
+                        bytes_up: s.streams.totals().0,
+                        bytes_down: s.streams.totals().1,
                         exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
                         counters,
                     }),

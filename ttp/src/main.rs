@@ -442,8 +442,12 @@ fn run(cmd: Cmd) -> Result<()> {
                         status.ports.trans, status.ports.dns, status.ports.socks
                     );
                     println!(
-                        "streams:    {} open, {} refused at the limit",
-                        status.streams_open, status.streams_refused
+                        "streams:    {} open, {} refused at the limit; {} bytes up, {} down",
+                        status.streams_open, status.streams_refused, status.bytes_up, status.bytes_down
+                    );
+                    println!(
+                        "exit:       {}",
+                        status.exit_address.as_deref().unwrap_or("not verified yet (`ttp check`)")
                     );
                     for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
                         println!("  {name:<24} {n}");

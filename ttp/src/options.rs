@@ -60,11 +60,11 @@ pub struct StartOptions {
     /// Refuse all IPv6 instead of sending it through Tor.
     #[arg(long)]
     pub no_ipv6: bool,
-    /// A uid whose traffic goes direct; repeatable.
-    #[arg(long = "bypass-uid", value_name = "UID")]
+    /// A user (name or uid) whose traffic goes direct; repeatable.
+    #[arg(long = "bypass-uid", visible_alias = "bypass-user", value_name = "USER", value_parser = parse_uid)]
     pub bypass_uids: Vec<u32>,
-    /// A gid whose traffic goes direct; repeatable.
-    #[arg(long = "bypass-gid", value_name = "GID")]
+    /// A group (name or gid) whose traffic goes direct; repeatable.
+    #[arg(long = "bypass-gid", visible_alias = "bypass-group", value_name = "GROUP", value_parser = parse_gid)]
     pub bypass_gids: Vec<u32>,
     /// A cgroup (relative to the cgroup2 root, or absolute) whose traffic goes direct.
     #[arg(long = "bypass-cgroup", value_name = "PATH")]
@@ -130,5 +130,41 @@ impl StartOptions {
         } else {
             Ipv6Policy::Tor
         }
+    }
+}
+
+/// A uid, or a user name looked up in the system's user database.
+fn parse_uid(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(format!("no user named {s:?} (give a name from /etc/passwd or a number)")),
+    }
+}
+
+/// A gid, or a group name looked up in the system's group database.
+fn parse_gid(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(format!("no group named {s:?} (give a name from /etc/group or a number)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_groups_by_name_or_number() {
+        assert_eq!(parse_uid("root"), Ok(0));
+        assert_eq!(parse_uid("1000"), Ok(1000));
+        assert!(parse_uid("no-such-user-here").unwrap_err().contains("no user named"));
+        assert_eq!(parse_gid("root"), Ok(0));
+        assert!(parse_gid("no-such-group-here").is_err());
     }
 }

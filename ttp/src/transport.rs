@@ -77,6 +77,9 @@ pub struct Streams {
     recent: Mutex<std::collections::VecDeque<StreamSnapshot>>,
     /// Connections refused because the stream limit was reached.
     pub refused: AtomicU64,
+    /// Bytes of the streams already closed (up: to Tor, down: to applications).
+    closed_up: AtomicU64,
+    closed_down: AtomicU64,
 }
 
 impl Streams {
@@ -89,6 +92,8 @@ impl Streams {
 
     pub(crate) fn remove(&self, id: u64) {
         let Some(s) = self.live.lock().expect("streams lock").remove(&id) else { return };
+        self.closed_up.fetch_add(s.bytes_up.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.closed_down.fetch_add(s.bytes_down.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut recent = self.recent.lock().expect("streams lock");
         if recent.len() == RECENT {
             recent.pop_front();
@@ -109,6 +114,15 @@ impl Streams {
 
     pub fn open_count(&self) -> usize {
         self.live.lock().expect("streams lock").len()
+    }
+
+    /// Bytes through every stream since start, open and closed: (up, down).
+    pub fn totals(&self) -> (u64, u64) {
+        let live = self.live.lock().expect("streams lock");
+        let (up, down) = live.values().fold((0, 0), |(u, d), s| {
+            (u + s.bytes_up.load(Ordering::Relaxed), d + s.bytes_down.load(Ordering::Relaxed))
+        });
+        (up + self.closed_up.load(Ordering::Relaxed), down + self.closed_down.load(Ordering::Relaxed))
     }
 }
 
