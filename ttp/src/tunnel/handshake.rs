@@ -1,0 +1,160 @@
+//! The handshake: Noise IKpsk2 over X25519, ChaCha20-Poly1305 and BLAKE2s (snow, with
+//! ring's ChaCha20-Poly1305), as WireGuard does. The initiator knows the responder's static
+//! key (IK) and proves its own; an optional pre-shared key is mixed in last (psk2). Both
+//! sides use fresh ephemeral keys, so a session's keys die with it (forward secrecy).
+//!
+//! The initiation carries a timestamp (TAI64N-like: seconds and nanoseconds, big-endian)
+//! encrypted under the handshake: the responder accepts only a newer one per peer, so a
+//! replayed initiation cannot reset a session.
+//!
+//! No I/O: functions take and return bytes.
+
+use snow::{params::NoiseParams, resolvers::FallbackResolver, Builder, HandshakeState};
+
+use super::{
+    messages::{self, Initiation, Response, INITIATION, NOISE_INIT_LEN, NOISE_RESP_LEN, RESPONSE},
+    session::Session,
+};
+
+pub const PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
+/// Binds every handshake to this protocol: a WireGuard peer cannot be confused with ours.
+const PROLOGUE: &[u8] = b"ttp tunnel v1";
+const TIMESTAMP_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("mac1 does not match: not for us")]
+    Mac1,
+    #[error("unknown peer")]
+    UnknownPeer,
+    #[error("replayed or old initiation")]
+    OldTimestamp,
+    #[error("malformed handshake payload")]
+    Payload,
+    #[error("noise: {0}")]
+    Noise(#[from] snow::Error),
+}
+
+/// A static X25519 key pair: a peer's identity.
+#[derive(Clone)]
+pub struct Identity {
+    pub private: [u8; 32],
+    pub public: [u8; 32],
+}
+
+impl Identity {
+    pub fn generate() -> Result<Identity, HandshakeError> {
+        let kp = builder().generate_keypair()?;
+        let mut id = Identity { private: [0; 32], public: [0; 32] };
+        id.private.copy_from_slice(&kp.private);
+        id.public.copy_from_slice(&kp.public);
+        Ok(id)
+    }
+}
+
+/// What the responder knows of a peer.
+#[derive(Clone, Debug)]
+pub struct PeerKeys {
+    pub public: [u8; 32],
+    pub psk: Option<[u8; 32]>,
+}
+
+/// A timestamp that only grows: seconds and nanoseconds since the epoch, big-endian.
+pub fn timestamp(now: std::time::SystemTime) -> [u8; TIMESTAMP_LEN] {
+    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut t = [0u8; TIMESTAMP_LEN];
+    t[..8].copy_from_slice(&(d.as_secs() + (1 << 62)).to_be_bytes());
+    t[8..].copy_from_slice(&d.subsec_nanos().to_be_bytes());
+    t
+}
+
+fn builder() -> Builder<'static> {
+    let params: NoiseParams = PARAMS.parse().expect("valid pattern");
+    let resolver =
+        FallbackResolver::new(Box::new(snow::resolvers::RingResolver), Box::new(snow::resolvers::DefaultResolver));
+    Builder::with_resolver(params, Box::new(resolver))
+}
+
+/// An initiation in flight.
+pub struct Initiator {
+    state: HandshakeState,
+    pub sender: u32,
+}
+
+/// Starts a handshake with `peer`; returns the state and the initiation to send.
+pub fn initiate(
+    me: &Identity,
+    peer: &PeerKeys,
+    sender: u32,
+    now: std::time::SystemTime,
+) -> Result<(Initiator, Vec<u8>), HandshakeError> {
+    let zero = [0u8; 32];
+    let mut state = builder()
+        .local_private_key(&me.private)
+        .remote_public_key(&peer.public)
+        .prologue(PROLOGUE)
+        .psk(2, peer.psk.as_ref().unwrap_or(&zero))
+        .build_initiator()?;
+    let mut noise = [0u8; NOISE_INIT_LEN];
+    let n = state.write_message(&timestamp(now), &mut noise)?;
+    debug_assert_eq!(n, NOISE_INIT_LEN);
+    let msg = messages::handshake_message(INITIATION, &[sender], &noise, &peer.public);
+    Ok((Initiator { state, sender }, msg))
+}
+
+impl Initiator {
+    /// Completes the handshake with the responder's answer.
+    pub fn finish(mut self, me: &Identity, r: &Response<'_>) -> Result<Session, HandshakeError> {
+        if !messages::mac1_ok(&messages::mac1_key(&me.public), r.macced, r.mac1) {
+            return Err(HandshakeError::Mac1);
+        }
+        let mut payload = [0u8; NOISE_RESP_LEN];
+        let n = self.state.read_message(r.noise, &mut payload)?;
+        if n != 0 {
+            return Err(HandshakeError::Payload);
+        }
+        Ok(Session::new(self.sender, r.sender, self.state.into_stateless_transport_mode()?, true))
+    }
+}
+
+/// What the responder learned from an initiation it accepted.
+pub struct Accepted {
+    pub session: Session,
+    pub response: Vec<u8>,
+    pub peer_public: [u8; 32],
+    pub timestamp: [u8; TIMESTAMP_LEN],
+}
+
+/// Answers an initiation. `peer_of` finds the peer by its static key and returns its
+/// keys and the newest timestamp accepted from it so far.
+pub fn respond(
+    me: &Identity,
+    init: &Initiation<'_>,
+    sender: u32,
+    peer_of: impl FnOnce(&[u8; 32]) -> Option<(PeerKeys, Option<[u8; TIMESTAMP_LEN]>)>,
+) -> Result<Accepted, HandshakeError> {
+    // Cheap first: a message not keyed to us costs no Diffie-Hellman.
+    if !messages::mac1_ok(&messages::mac1_key(&me.public), init.macced, init.mac1) {
+        return Err(HandshakeError::Mac1);
+    }
+    let mut state = builder().local_private_key(&me.private).prologue(PROLOGUE).build_responder()?;
+    let mut payload = [0u8; NOISE_INIT_LEN];
+    let n = state.read_message(init.noise, &mut payload)?;
+    if n != TIMESTAMP_LEN {
+        return Err(HandshakeError::Payload);
+    }
+    let mut ts = [0u8; TIMESTAMP_LEN];
+    ts.copy_from_slice(&payload[..TIMESTAMP_LEN]);
+    let mut peer_public = [0u8; 32];
+    peer_public.copy_from_slice(state.get_remote_static().ok_or(HandshakeError::Payload)?);
+    let (keys, newest) = peer_of(&peer_public).ok_or(HandshakeError::UnknownPeer)?;
+    if newest.is_some_and(|n| ts <= n) {
+        return Err(HandshakeError::OldTimestamp);
+    }
+    state.set_psk(2, keys.psk.as_ref().unwrap_or(&[0u8; 32]))?;
+    let mut noise = [0u8; NOISE_RESP_LEN];
+    state.write_message(&[], &mut noise)?;
+    let response = messages::handshake_message(RESPONSE, &[sender, init.sender], &noise, &peer_public);
+    let session = Session::new(sender, init.sender, state.into_stateless_transport_mode()?, false);
+    Ok(Accepted { session, response, peer_public, timestamp: ts })
+}
