@@ -4,6 +4,7 @@
 //! ```text
 //! initiation  1 | 0 0 0 | sender u32 | noise (e, s, timestamp) 108 | mac1 16 | mac2 16   = 148
 //! response    2 | 0 0 0 | sender u32 | receiver u32 | noise (e, empty) 48 | mac1 | mac2 = 92
+//! cookie      3 | 0 0 0 | receiver u32 | nonce 24 | encrypted cookie 32                 = 64
 //! data        4 | 0 0 0 | receiver u32 | counter u64 | ciphertext (packet + 16)        >= 32
 //! ```
 //!
@@ -18,6 +19,7 @@ use blake2::{
 
 pub const INITIATION: u8 = 1;
 pub const RESPONSE: u8 = 2;
+pub const COOKIE_REPLY: u8 = 3;
 pub const DATA: u8 = 4;
 
 /// Noise IK message 1: ephemeral (32), encrypted static (32 + 16), encrypted timestamp (12 + 16).
@@ -26,6 +28,7 @@ pub const NOISE_INIT_LEN: usize = 108;
 pub const NOISE_RESP_LEN: usize = 48;
 pub const INITIATION_LEN: usize = 8 + NOISE_INIT_LEN + 32;
 pub const RESPONSE_LEN: usize = 12 + NOISE_RESP_LEN + 32;
+pub const COOKIE_REPLY_LEN: usize = 64;
 pub const DATA_HEADER_LEN: usize = 16;
 pub const TAG_LEN: usize = 16;
 
@@ -48,6 +51,9 @@ pub struct Initiation<'a> {
     /// The bytes mac1 covers, and mac1 itself.
     pub macced: &'a [u8],
     pub mac1: &'a [u8],
+    /// The bytes mac2 covers (everything before it), and mac2 (zero without a cookie).
+    pub before_mac2: &'a [u8],
+    pub mac2: &'a [u8],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +63,15 @@ pub struct Response<'a> {
     pub noise: &'a [u8],
     pub macced: &'a [u8],
     pub mac1: &'a [u8],
+    pub before_mac2: &'a [u8],
+    pub mac2: &'a [u8],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct CookieReply<'a> {
+    pub receiver: u32,
+    pub nonce: &'a [u8],
+    pub sealed: &'a [u8],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +85,7 @@ pub struct Data<'a> {
 pub enum Message<'a> {
     Initiation(Initiation<'a>),
     Response(Response<'a>),
+    CookieReply(CookieReply<'a>),
     Data(Data<'a>),
 }
 
@@ -90,6 +106,7 @@ pub fn parse(b: &[u8]) -> Result<Message<'_>, ParseError> {
     match kind {
         INITIATION => exact(INITIATION_LEN, "148")?,
         RESPONSE => exact(RESPONSE_LEN, "92")?,
+        COOKIE_REPLY => exact(COOKIE_REPLY_LEN, "64")?,
         DATA if b.len() >= DATA_HEADER_LEN + TAG_LEN => {}
         DATA => return Err(ParseError::BadLength { kind, len: b.len(), want: "at least 32" }),
         k => return Err(ParseError::UnknownType(k)),
@@ -104,6 +121,8 @@ pub fn parse(b: &[u8]) -> Result<Message<'_>, ParseError> {
             noise: &b[8..8 + NOISE_INIT_LEN],
             macced: &b[..mac_at],
             mac1: &b[mac_at..mac_at + 16],
+            before_mac2: &b[..mac_at + 16],
+            mac2: &b[mac_at + 16..],
         }),
         RESPONSE => Message::Response(Response {
             sender: u32_at(b, 4),
@@ -111,7 +130,12 @@ pub fn parse(b: &[u8]) -> Result<Message<'_>, ParseError> {
             noise: &b[12..12 + NOISE_RESP_LEN],
             macced: &b[..mac_at],
             mac1: &b[mac_at..mac_at + 16],
+            before_mac2: &b[..mac_at + 16],
+            mac2: &b[mac_at + 16..],
         }),
+        COOKIE_REPLY => {
+            Message::CookieReply(CookieReply { receiver: u32_at(b, 4), nonce: &b[8..32], sealed: &b[32..64] })
+        }
         _ => Message::Data(Data {
             receiver: u32_at(b, 4),
             counter: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
@@ -128,14 +152,15 @@ pub fn mac1_key(receiver_public: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-pub fn mac1(key: &[u8; 32], macced: &[u8]) -> [u8; 16] {
+/// A keyed BLAKE2s-128 MAC (mac1 with the receiver's key, mac2 with a cookie).
+pub fn mac(key: &[u8; 32], macced: &[u8]) -> [u8; 16] {
     let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("32-byte key");
     m.update(macced);
     m.finalize().into_bytes().into()
 }
 
-/// Constant-time check of a message's mac1.
-pub fn mac1_ok(key: &[u8; 32], macced: &[u8], got: &[u8]) -> bool {
+/// Constant-time check of a MAC (mac1 or mac2).
+pub fn mac_ok(key: &[u8; 32], macced: &[u8], got: &[u8]) -> bool {
     let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("32-byte key");
     m.update(macced);
     m.verify_slice(got).is_ok()
@@ -150,10 +175,24 @@ pub fn handshake_message(kind: u8, indices: &[u32], noise: &[u8], receiver_publi
         v.extend_from_slice(&i.to_le_bytes());
     }
     v.extend_from_slice(noise);
-    let m = mac1(&mac1_key(receiver_public), &v);
+    let m = mac(&mac1_key(receiver_public), &v);
     v.extend_from_slice(&m);
     v.extend_from_slice(&[0; 16]);
     v
+}
+
+/// Writes mac2 (keyed by a cookie from the receiver) into a finished handshake message.
+pub fn set_mac2(msg: &mut [u8], cookie: &[u8; 16]) {
+    let at = msg.len() - 16;
+    let m = mac(&pad_key(cookie), &msg[..at]);
+    msg[at..].copy_from_slice(&m);
+}
+
+/// A 16-byte cookie as a 32-byte MAC key (zero-padded: BLAKE2s keys up to 32 bytes).
+pub fn pad_key(cookie: &[u8; 16]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(cookie);
+    k
 }
 
 pub fn data_header(receiver: u32, counter: u64) -> [u8; DATA_HEADER_LEN] {
@@ -196,7 +235,7 @@ mod tests {
                 *x = seed as u8;
             }
             if let Some(first) = b.first_mut() {
-                *first = [INITIATION, RESPONSE, DATA, 3][len % 4];
+                *first = [INITIATION, RESPONSE, DATA, COOKIE_REPLY, 9][len % 5];
             }
             let _ = parse(&b);
         }
@@ -208,11 +247,11 @@ mod tests {
         let b = [2u8; 32];
         let msg = handshake_message(INITIATION, &[5], &[0; NOISE_INIT_LEN], &a);
         let Ok(Message::Initiation(i)) = parse(&msg) else { panic!("parses") };
-        assert!(mac1_ok(&mac1_key(&a), i.macced, i.mac1));
-        assert!(!mac1_ok(&mac1_key(&b), i.macced, i.mac1));
+        assert!(mac_ok(&mac1_key(&a), i.macced, i.mac1));
+        assert!(!mac_ok(&mac1_key(&b), i.macced, i.mac1));
         let mut tampered = msg.clone();
         tampered[20] ^= 1;
         let Ok(Message::Initiation(t)) = parse(&tampered) else { panic!("parses") };
-        assert!(!mac1_ok(&mac1_key(&a), t.macced, t.mac1));
+        assert!(!mac_ok(&mac1_key(&a), t.macced, t.mac1));
     }
 }

@@ -4,13 +4,16 @@
 //! TUN"), so that it is tested and fuzzed without sockets, and a device around it that does
 //! the batched I/O.
 //!
-//! So far, the core's pieces: [`messages`] (wire format, mac1), [`handshake`] (Noise
-//! IKpsk2 via snow), [`session`] (transport with explicit counters), [`replay`] (the
-//! window). To come: cookies and rate limiting, timers (rekey, keepalive), the peer table
-//! and roaming, the TUN device and gateway mode.
+//! So far, the core's pieces: [`messages`] (wire format, mac1 and mac2), [`handshake`]
+//! (Noise IKpsk2 via snow), [`session`] (transport with explicit counters), [`replay`]
+//! (the window), [`cookie`] (stateless cookies under load), [`ratelimit`] (per-source
+//! buckets and the load signal). To come: timers (rekey, keepalive), the peer table and
+//! roaming, the TUN device and gateway mode.
 
+pub mod cookie;
 pub mod handshake;
 pub mod messages;
+pub mod ratelimit;
 pub mod replay;
 pub mod session;
 
