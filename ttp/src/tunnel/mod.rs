@@ -7,8 +7,8 @@
 //! So far, the core's pieces: [`messages`] (wire format, mac1 and mac2), [`handshake`]
 //! (Noise IKpsk2 via snow), [`session`] (transport with explicit counters), [`replay`]
 //! (the window), [`cookie`] (stateless cookies under load), [`ratelimit`] (per-source
-//! buckets and the load signal). To come: timers (rekey, keepalive), the peer table and
-//! roaming, the TUN device and gateway mode.
+//! buckets and the load signal), [`timers`] (rekey, expiry, retries, keepalives). To
+//! come: the peer table and roaming, the TUN device and gateway mode.
 
 pub mod cookie;
 pub mod handshake;
@@ -16,6 +16,7 @@ pub mod messages;
 pub mod ratelimit;
 pub mod replay;
 pub mod session;
+pub mod timers;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,139 @@
+//! Session timers: when to rekey, when to give up on a session, when to send a keepalive.
+//! WireGuard's schedule (the whitepaper's section 6), as a pure state machine: the device
+//! reports events and asks [`Timers::due`] what to do at `now`.
+//!
+//! - The initiator of a session starts a new handshake once it is [`REKEY_AFTER_TIME`]
+//!   old or has sent [`REKEY_AFTER_MESSAGES`], so keys are short-lived.
+//! - A session older than [`REJECT_AFTER_TIME`] is never used again, in either
+//!   direction: an old session cannot be revived.
+//! - A handshake without an answer is retried every [`REKEY_TIMEOUT`], for at most
+//!   [`REKEY_ATTEMPT_TIME`].
+//! - Having received data and sent nothing for [`KEEPALIVE_TIMEOUT`], a side sends an
+//!   empty data packet, so the peer knows the session (and its NAT mapping) is alive.
+
+use std::time::{Duration, Instant};
+
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the device should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Send a (new) handshake initiation.
+    Initiate,
+    /// Send an empty data packet.
+    Keepalive,
+    /// Drop the current session: too old to use.
+    Expire,
+    /// Stop trying: the peer did not answer for REKEY_ATTEMPT_TIME.
+    GiveUp,
+}
+
+#[derive(Debug, Default)]
+pub struct Timers {
+    /// When the current session was made, and whether we initiated it.
+    session: Option<(Instant, bool)>,
+    /// When the first unanswered initiation of this attempt was sent, and the last one.
+    attempt: Option<(Instant, Instant)>,
+    last_sent: Option<Instant>,
+    last_received: Option<Instant>,
+    /// Received data since our last send (a keepalive is owed).
+    owe_keepalive: bool,
+}
+
+impl Timers {
+    pub fn initiation_sent(&mut self, now: Instant) {
+        let first = self.attempt.map_or(now, |(first, _)| first);
+        self.attempt = Some((first, now));
+        self.last_sent = Some(now);
+    }
+
+    pub fn session_started(&mut self, now: Instant, we_initiated: bool) {
+        self.session = Some((now, we_initiated));
+        self.attempt = None;
+    }
+
+    pub fn data_sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+        self.owe_keepalive = false;
+    }
+
+    pub fn data_received(&mut self, now: Instant) {
+        self.last_received = Some(now);
+        self.owe_keepalive = true;
+    }
+
+    /// What is due at `now`, given how many packets the session has sent.
+    pub fn due(&mut self, now: Instant, sent: u64) -> Option<Due> {
+        if let Some((first, last)) = self.attempt {
+            if now.duration_since(first) >= REKEY_ATTEMPT_TIME {
+                self.attempt = None;
+                return Some(Due::GiveUp);
+            }
+            return (now.duration_since(last) >= REKEY_TIMEOUT).then_some(Due::Initiate);
+        }
+        let (born, ours) = self.session?;
+        let age = now.duration_since(born);
+        if age >= REJECT_AFTER_TIME {
+            self.session = None;
+            return Some(Due::Expire);
+        }
+        if ours && (age >= REKEY_AFTER_TIME || sent >= REKEY_AFTER_MESSAGES) {
+            return Some(Due::Initiate);
+        }
+        let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT);
+        if self.owe_keepalive && quiet && self.last_received.is_some() {
+            self.owe_keepalive = false;
+            return Some(Due::Keepalive);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rekey_expiry_retries_and_keepalives_follow_the_schedule() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut t = Timers::default();
+        assert_eq!(t.due(t0, 0), None, "nothing to do without a session");
+
+        // An unanswered initiation is retried every 5 s, then abandoned after 90 s.
+        t.initiation_sent(t0);
+        assert_eq!(t.due(s(4), 0), None);
+        assert_eq!(t.due(s(5), 0), Some(Due::Initiate));
+        t.initiation_sent(s(5));
+        assert_eq!(t.due(s(90), 0), Some(Due::GiveUp));
+
+        // Our session: rekey at 120 s (or at the message limit), dead at 180 s.
+        t.session_started(s(100), true);
+        assert_eq!(t.due(s(150), 0), None);
+        assert_eq!(t.due(s(150), REKEY_AFTER_MESSAGES), Some(Due::Initiate));
+        assert_eq!(t.due(s(220), 0), Some(Due::Initiate));
+        assert_eq!(t.due(s(280), 0), Some(Due::Expire));
+        assert_eq!(t.due(s(281), 0), None, "expired once");
+
+        // The peer's session: we never rekey it, but still drop it when too old.
+        t.session_started(s(300), false);
+        assert_eq!(t.due(s(430), 0), None);
+        assert_eq!(t.due(s(480), 0), Some(Due::Expire));
+
+        // A keepalive is owed only after receiving, and only once the line is quiet.
+        t.session_started(s(500), false);
+        t.data_sent(s(500));
+        t.data_received(s(501));
+        assert_eq!(t.due(s(505), 0), None);
+        assert_eq!(t.due(s(510), 0), Some(Due::Keepalive));
+        assert_eq!(t.due(s(511), 0), None, "owed once");
+        t.data_received(s(512));
+        t.data_sent(s(513));
+        assert_eq!(t.due(s(530), 0), None, "our data answered it");
+    }
+}
