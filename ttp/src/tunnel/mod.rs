@@ -7,12 +7,14 @@
 //! So far, the core's pieces: [`messages`] (wire format, mac1 and mac2), [`handshake`]
 //! (Noise IKpsk2 via snow), [`session`] (transport with explicit counters), [`replay`]
 //! (the window), [`cookie`] (stateless cookies under load), [`ratelimit`] (per-source
-//! buckets and the load signal), [`timers`] (rekey, expiry, retries, keepalives). To
-//! come: the peer table and roaming, the TUN device and gateway mode.
+//! buckets and the load signal), [`timers`] (rekey, expiry, retries, keepalives), and
+//! [`protocol`], which ties them into peers (allowed inner addresses, roaming) driven by
+//! datagrams, packets and time. To come: the TUN device, commands and config, gateway mode.
 
 pub mod cookie;
 pub mod handshake;
 pub mod messages;
+pub mod protocol;
 pub mod ratelimit;
 pub mod replay;
 pub mod session;
