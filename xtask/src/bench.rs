@@ -17,6 +17,9 @@ pub enum Which {
     /// `ttp start` to kill-switch and to ready (cold and warm Tor state) and `ttp stop`,
     /// against C tor's bootstrap and an nftables ruleset load.
     Lifecycle,
+    /// The tunnel's protocol core against boringtun's, CPU only: handshakes/s and
+    /// seal+open throughput of 1400-byte packets.
+    TunnelCore,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -25,6 +28,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Datapath => "bench-datapath",
         Which::Tor => "bench-tor",
         Which::Lifecycle => "bench-lifecycle",
+        Which::TunnelCore => "bench-tunnel-core",
     };
     // The release daemon too: the benchmarks run the binaries next to themselves.
     sh(cargo().args(["build", "--release", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;
