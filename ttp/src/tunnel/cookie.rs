@@ -19,7 +19,7 @@ use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
 };
 
-use super::messages::{self, CookieReply, COOKIE_REPLY, COOKIE_REPLY_LEN};
+use super::messages::{self, CookieReply, Macs, COOKIE_REPLY, COOKIE_REPLY_LEN};
 
 /// How long a secret (and so a cookie) lives.
 pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
@@ -66,10 +66,10 @@ impl CookieChecker {
         messages::mac(&self.secret, &addr_bytes(src))
     }
 
-    /// Does `before_mac2`/`mac2` carry a valid cookie for `src`?
-    pub fn mac2_ok(&mut self, before_mac2: &[u8], mac2: &[u8], src: &SocketAddr, now: Instant) -> bool {
+    /// Does the message's mac2 carry a valid cookie for `src`?
+    pub fn mac2_ok(&mut self, macs: &Macs<'_>, src: &SocketAddr, now: Instant) -> bool {
         let cookie = self.cookie(src, now);
-        messages::mac_ok(&messages::pad_key(&cookie), before_mac2, mac2)
+        messages::mac_ok(&messages::pad_key(&cookie), macs.before_mac2, macs.mac2)
     }
 
     /// A cookie reply to the message whose sender index is `receiver` and mac1 `mac1`.
@@ -139,9 +139,9 @@ mod tests {
 
         let mut msg = handshake_message(INITIATION, &[1], &[0; NOISE_INIT_LEN], &responder);
         let Ok(Message::Initiation(i)) = parse(&msg) else { panic!() };
-        assert!(!checker.mac2_ok(i.before_mac2, i.mac2, &me, t0), "no cookie yet");
-        let reply = checker.reply(i.sender, i.mac1, &me, t0);
-        let mac1 = i.mac1.to_vec();
+        assert!(!checker.mac2_ok(&i.macs, &me, t0), "no cookie yet");
+        let reply = checker.reply(i.sender, i.macs.mac1, &me, t0);
+        let mac1 = i.macs.mac1.to_vec();
         let Ok(Message::CookieReply(r)) = parse(&reply) else { panic!("cookie reply parses") };
         // Bound to the message it answers.
         assert_eq!(jar.accept(&r, &[0; 16], t0), Err(BadCookie));
@@ -149,11 +149,8 @@ mod tests {
 
         jar.stamp(&mut msg, t0);
         let Ok(Message::Initiation(i)) = parse(&msg) else { panic!() };
-        assert!(checker.mac2_ok(i.before_mac2, i.mac2, &me, t0 + Duration::from_secs(1)));
-        assert!(!checker.mac2_ok(i.before_mac2, i.mac2, &spoofed, t0), "another address");
-        assert!(
-            !checker.mac2_ok(i.before_mac2, i.mac2, &me, t0 + COOKIE_LIFETIME + Duration::from_secs(1)),
-            "the secret rotated"
-        );
+        assert!(checker.mac2_ok(&i.macs, &me, t0 + Duration::from_secs(1)));
+        assert!(!checker.mac2_ok(&i.macs, &spoofed, t0), "another address");
+        assert!(!checker.mac2_ok(&i.macs, &me, t0 + COOKIE_LIFETIME + Duration::from_secs(1)), "the secret rotated");
     }
 }

@@ -105,7 +105,7 @@ pub fn initiate(
 impl Initiator {
     /// Completes the handshake with the responder's answer.
     pub fn finish(mut self, me: &Identity, r: &Response<'_>) -> Result<Session, HandshakeError> {
-        if !messages::mac_ok(&messages::mac1_key(&me.public), r.macced, r.mac1) {
+        if !r.macs.mac1_ok(&me.public) {
             return Err(HandshakeError::Mac1);
         }
         let mut payload = [0u8; NOISE_RESP_LEN];
@@ -134,7 +134,7 @@ pub fn respond(
     peer_of: impl FnOnce(&[u8; 32]) -> Option<(PeerKeys, Option<[u8; TIMESTAMP_LEN]>)>,
 ) -> Result<Accepted, HandshakeError> {
     // Cheap first: a message not keyed to us costs no Diffie-Hellman.
-    if !messages::mac_ok(&messages::mac1_key(&me.public), init.macced, init.mac1) {
+    if !init.macs.mac1_ok(&me.public) {
         return Err(HandshakeError::Mac1);
     }
     let mut state = builder().local_private_key(&me.private).prologue(PROLOGUE).build_responder()?;

@@ -44,10 +44,9 @@ pub enum ParseError {
     Reserved,
 }
 
+/// The two MACs that end every handshake message, and what each covers.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Initiation<'a> {
-    pub sender: u32,
-    pub noise: &'a [u8],
+pub struct Macs<'a> {
     /// The bytes mac1 covers, and mac1 itself.
     pub macced: &'a [u8],
     pub mac1: &'a [u8],
@@ -56,15 +55,31 @@ pub struct Initiation<'a> {
     pub mac2: &'a [u8],
 }
 
+impl<'a> Macs<'a> {
+    fn of(b: &'a [u8]) -> Self {
+        let at = b.len() - 32;
+        Macs { macced: &b[..at], mac1: &b[at..at + 16], before_mac2: &b[..at + 16], mac2: &b[at + 16..] }
+    }
+
+    /// Is this message meant for the holder of `receiver_public`?
+    pub fn mac1_ok(&self, receiver_public: &[u8; 32]) -> bool {
+        mac_ok(&mac1_key(receiver_public), self.macced, self.mac1)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Initiation<'a> {
+    pub sender: u32,
+    pub noise: &'a [u8],
+    pub macs: Macs<'a>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Response<'a> {
     pub sender: u32,
     pub receiver: u32,
     pub noise: &'a [u8],
-    pub macced: &'a [u8],
-    pub mac1: &'a [u8],
-    pub before_mac2: &'a [u8],
-    pub mac2: &'a [u8],
+    pub macs: Macs<'a>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -114,24 +129,17 @@ pub fn parse(b: &[u8]) -> Result<Message<'_>, ParseError> {
     if b[1..4] != [0, 0, 0] {
         return Err(ParseError::Reserved);
     }
-    let mac_at = b.len().saturating_sub(32);
     Ok(match kind {
         INITIATION => Message::Initiation(Initiation {
             sender: u32_at(b, 4),
             noise: &b[8..8 + NOISE_INIT_LEN],
-            macced: &b[..mac_at],
-            mac1: &b[mac_at..mac_at + 16],
-            before_mac2: &b[..mac_at + 16],
-            mac2: &b[mac_at + 16..],
+            macs: Macs::of(b),
         }),
         RESPONSE => Message::Response(Response {
             sender: u32_at(b, 4),
             receiver: u32_at(b, 8),
             noise: &b[12..12 + NOISE_RESP_LEN],
-            macced: &b[..mac_at],
-            mac1: &b[mac_at..mac_at + 16],
-            before_mac2: &b[..mac_at + 16],
-            mac2: &b[mac_at + 16..],
+            macs: Macs::of(b),
         }),
         COOKIE_REPLY => {
             Message::CookieReply(CookieReply { receiver: u32_at(b, 4), nonce: &b[8..32], sealed: &b[32..64] })
@@ -247,11 +255,11 @@ mod tests {
         let b = [2u8; 32];
         let msg = handshake_message(INITIATION, &[5], &[0; NOISE_INIT_LEN], &a);
         let Ok(Message::Initiation(i)) = parse(&msg) else { panic!("parses") };
-        assert!(mac_ok(&mac1_key(&a), i.macced, i.mac1));
-        assert!(!mac_ok(&mac1_key(&b), i.macced, i.mac1));
+        assert!(i.macs.mac1_ok(&a));
+        assert!(!i.macs.mac1_ok(&b));
         let mut tampered = msg.clone();
         tampered[20] ^= 1;
         let Ok(Message::Initiation(t)) = parse(&tampered) else { panic!("parses") };
-        assert!(!mac_ok(&mac1_key(&a), t.macced, t.mac1));
+        assert!(!t.macs.mac1_ok(&a));
     }
 }

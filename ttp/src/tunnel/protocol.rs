@@ -149,12 +149,12 @@ impl Core {
     pub fn from_network(&mut self, src: SocketAddr, datagram: &[u8], now: Instant) -> Action {
         match messages::parse(datagram) {
             Ok(Message::Initiation(i)) => {
-                if !messages::mac_ok(&messages::mac1_key(&self.me.public), i.macced, i.mac1) {
+                if !i.macs.mac1_ok(&self.me.public) {
                     return Action::None;
                 }
                 let loaded = self.limiter.note_handshake(now);
-                if loaded && !self.checker.mac2_ok(i.before_mac2, i.mac2, &src, now) {
-                    return Action::Network(src, self.checker.reply(i.sender, i.mac1, &src, now));
+                if loaded && !self.checker.mac2_ok(&i.macs, &src, now) {
+                    return Action::Network(src, self.checker.reply(i.sender, i.macs.mac1, &src, now));
                 }
                 if !self.limiter.allow(src.ip(), now) {
                     return Action::None;
