@@ -12,8 +12,10 @@ use tokio::{
 use super::DnsService;
 
 /// Queries in flight at once; past this, UDP queries are dropped (the client retries) and
-/// TCP connections wait.
+/// TCP connections wait. Above the service's cap on lookups through Tor, so that slow
+/// lookups can never take every slot from answers that need no Tor.
 const MAX_IN_FLIGHT: usize = 1024;
+const _: () = assert!(MAX_IN_FLIGHT > super::service::MAX_TOR_LOOKUPS);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>) -> Result<()> {

@@ -21,6 +21,10 @@ pub const DOH_CANARY: &str = "use-application-dns.net";
 
 /// TTL of virtual-address answers: short, the table keeps them longer.
 const AUTOMAP_TTL: u32 = 60;
+/// Lookups through Tor at once. Past this, a query that needs Tor gets SERVFAIL at once
+/// (the client retries), so a flood of distinct names cannot keep cached, local and
+/// virtual-address answers waiting behind it.
+pub const MAX_TOR_LOOKUPS: usize = 256;
 
 /// Why a lookup failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +50,17 @@ pub struct DnsService {
     resolver: Arc<dyn Resolver>,
     automap: Arc<Mutex<Automap>>,
     cache: Mutex<Cache>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl DnsService {
     pub fn new(resolver: Arc<dyn Resolver>, automap: Arc<Mutex<Automap>>, cache: Cache) -> Self {
-        DnsService { resolver, automap, cache: Mutex::new(cache) }
+        DnsService {
+            resolver,
+            automap,
+            cache: Mutex::new(cache),
+            lookups: tokio::sync::Semaphore::new(MAX_TOR_LOOKUPS),
+        }
     }
 
     /// Answers one DNS message. `None`: nothing to send (not a query, or too broken to
@@ -102,7 +112,7 @@ impl DnsService {
         let cached = self.cache.lock().expect("cache lock").get(name, now);
         let (addrs, ttl) = match cached {
             Some(hit) => hit,
-            None => match self.resolver.lookup(name.to_owned()).await {
+            None => match self.tor_lookup(self.resolver.lookup(name.to_owned())).await {
                 Ok(addrs) => {
                     let mut cache = self.cache.lock().expect("cache lock");
                     cache.put(name, addrs.clone(), now);
@@ -127,6 +137,14 @@ impl DnsService {
         (ResponseCode::NoError, records)
     }
 
+    /// Runs a lookup through Tor if a slot is free; otherwise fails it at once.
+    async fn tor_lookup<T>(&self, lookup: BoxFuture<'static, Result<T, LookupError>>) -> Result<T, LookupError> {
+        let Ok(_slot) = self.lookups.try_acquire() else {
+            return Err(LookupError::Failed(format!("{MAX_TOR_LOOKUPS} lookups through Tor already in flight")));
+        };
+        lookup.await
+    }
+
     async fn pointer(&self, qname: &Name) -> (ResponseCode, Vec<Record>) {
         let Ok(net) = qname.parse_arpa_name() else {
             return (ResponseCode::NXDomain, Vec::new());
@@ -145,7 +163,7 @@ impl DnsService {
                 };
             }
         }
-        match self.resolver.lookup_ptr(ip).await {
+        match self.tor_lookup(self.resolver.lookup_ptr(ip)).await {
             Ok(names) => (ResponseCode::NoError, names.iter().filter_map(|n| ptr(n.trim_end_matches('.'))).collect()),
             Err(LookupError::NotFound) => (ResponseCode::NXDomain, Vec::new()),
             Err(LookupError::Failed(_)) => (ResponseCode::ServFail, Vec::new()),
@@ -198,6 +216,7 @@ mod tests {
                 match name.as_str() {
                     "example.com" => Ok(vec!["93.184.216.34".parse().unwrap(), "2606:2800::1".parse().unwrap()]),
                     "broken.test" => Err(LookupError::Failed("no exit".into())),
+                    n if n.starts_with("hang") => futures::future::pending().await,
                     _ => Err(LookupError::NotFound),
                 }
             }
@@ -282,6 +301,33 @@ mod tests {
                 })
                 .collect();
             let _ = s.handle(&pkt).await;
+        }
+    }
+
+    /// A flood of names whose resolution never ends holds every Tor slot; then a new
+    /// name gets SERVFAIL at once, and cached and local answers do not wait.
+    #[tokio::test]
+    async fn a_flood_of_slow_lookups_does_not_starve_other_queries() {
+        let s = Arc::new(service());
+        assert_eq!(ask(&s, "example.com.", RecordType::A).await.answers().len(), 1); // cached now
+        let mut flood = Vec::new();
+        for i in 0..MAX_TOR_LOOKUPS {
+            let s = s.clone();
+            flood.push(tokio::spawn(async move { s.handle(&query(&format!("hang{i}.test."), RecordType::A)).await }));
+        }
+        while s.lookups.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let quick = |name: &'static str, t: RecordType| {
+            let s = s.clone();
+            async move { tokio::time::timeout(Duration::from_secs(1), ask(&s, name, t)).await.expect("answered at once") }
+        };
+        assert_eq!(quick("another.test.", RecordType::A).await.response_code(), ResponseCode::ServFail);
+        assert_eq!(quick("example.com.", RecordType::A).await.answers().len(), 1);
+        assert_eq!(quick("use-application-dns.net.", RecordType::A).await.response_code(), ResponseCode::NXDomain);
+        assert_eq!(quick("xyz.onion.", RecordType::A).await.answers().len(), 1);
+        for f in flood {
+            f.abort();
         }
     }
 }
