@@ -35,7 +35,9 @@ pub const WEB_V6: &str = "2001:db8:113::10";
 const OR_PORT: u16 = 9001;
 /// Seconds between consensuses once the network runs (the first comes after 5 s). It
 /// also sets the onion time period (below): a longer one makes it rarer that a test run
-/// straddles a period rotation, when service and client briefly disagree.
+/// straddles a period rotation, when service and client briefly disagree. Each
+/// consensus stays valid for 10 intervals (V3AuthNIntervalsValid), so a vote that comes
+/// late on a loaded machine never leaves clients without a live directory.
 const VOTING_INTERVAL: u32 = 30;
 /// Onion-service time period, in minutes. On a TestingTorNetwork, C tor makes it one
 /// shared-random protocol run (24 voting intervals) and ignores `hsdir-interval`; Arti
@@ -286,7 +288,7 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
              Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\nSocksPort 0\n\
              ORPort {addr}:{OR_PORT}\nAddress {addr}\nOutboundBindAddress {addr}\nAssumeReachable 1\n\
              PathsNeededToBuildCircuits 0.67\nTestingDirAuthVoteExit *\nTestingDirAuthVoteHSDir *\n\
-             TestingDirAuthVoteGuard *\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 2\n\
+             TestingDirAuthVoteGuard *\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 10\n\
              ServerDNSDetectHijacking 0\nServerDNSTestAddresses\nServerDNSResolvConfFile {dir}/resolv.conf\n{authorities}",
             d = d.display(),
             nick = r.nick,
