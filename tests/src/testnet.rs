@@ -376,6 +376,22 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
         }
         thread::sleep(Duration::from_millis(250));
     };
+    // Every relay is also a directory cache for clients: each must hold a consensus that
+    // lists the whole network, or a client that asks it bootstraps from an early one (a
+    // relay or two, no exit) and waits.
+    let published: Vec<&Relay> = relays.iter().filter(|r| r.role != Role::Bridge).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for r in &published {
+        let file = dir.join(&r.nick).join("cached-microdesc-consensus");
+        while fs::read_to_string(&file).unwrap_or_default().lines().filter(|l| l.starts_with("r ")).count()
+            < published.len()
+        {
+            if Instant::now() > deadline {
+                bail!("{} has no complete consensus after 90 s (see {})", r.nick, file.display());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
     let mid = relays.iter().find(|r| r.role == Role::Middle).expect("layout has a middle");
     let onion = add_onion_service(&dir.join(&mid.nick), mid_pid)?;
     let bridge_line = if has_obfs4 { Some(bridge_line(dir, &relays)?) } else { None };
