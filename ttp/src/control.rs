@@ -137,6 +137,9 @@ impl Control {
                     .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
                     .unwrap_or_default();
                 let s = &self.services;
+                // One snapshot each: the figures of one reply agree with each other.
+                let boot = s.tor.bootstrap_status();
+                let (bytes_up, bytes_down) = s.streams.totals();
                 Reply::Status {
                     ok: true,
                     status: Box::new(Status {
@@ -145,12 +148,12 @@ impl Control {
                         uptime_secs: self.started.elapsed().as_secs(),
                         started_unix: self.started_unix,
                         ports: self.ports.clone(),
-                        bootstrap: s.tor.bootstrap_status().to_string(),
-                        tor_ready: s.tor.bootstrap_status().ready_for_traffic(),
+                        bootstrap: boot.to_string(),
+                        tor_ready: boot.ready_for_traffic(),
                         streams_open: s.streams.open_count(),
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
-                        bytes_up: s.streams.totals().0,
-                        bytes_down: s.streams.totals().1,
+                        bytes_up,
+                        bytes_down,
                         exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
                         counters,
                     }),
