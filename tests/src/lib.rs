@@ -260,6 +260,10 @@ impl Drop for Capture {
     }
 }
 
+/// The uid the daemon becomes once set up, in tests: a number with no /etc/passwd entry,
+/// so that no test adds a user to the host.
+pub const SERVICE_UID: u32 = 64123;
+
 /// A directory removed on drop, also when the test fails.
 pub struct TempDir(pub PathBuf);
 
@@ -475,6 +479,7 @@ impl World {
     pub fn ttp_cmd(&self, sub: &str, state_dir: &std::path::Path) -> Command {
         let mut c = self.daemon_cmd("ttp", &[sub]);
         c.args(["--bootstrap-timeout", "90"])
+            .args(["--user", &SERVICE_UID.to_string()])
             .arg("--state-dir")
             .arg(state_dir)
             .arg("--runtime-dir")

@@ -22,7 +22,7 @@ use tokio::{
 use crate::{datapath::Maps, transport::StreamSnapshot};
 
 pub const SOCKET: &str = "control.sock";
-const GROUP: &str = "ttp";
+use crate::user::CONTROL_GROUP as GROUP;
 
 /// A request, e.g. `{"cmd":"streams","recent":true}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -201,10 +201,13 @@ pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
     let path = runtime_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    let group = nix::unistd::Group::from_name(GROUP).ok().flatten();
-    if let Some(g) = &group {
-        nix::unistd::chown(&path, None, Some(g.gid)).with_context(|| format!("chown {}", path.display()))?;
-    }
+    // The service user is a member of the group (see `user::resolve`), so it may hand the
+    // socket over; if it cannot, the socket is root's and the service user's alone.
+    let group = nix::unistd::Group::from_name(GROUP).ok().flatten().filter(|g| {
+        nix::unistd::chown(&path, None, Some(g.gid))
+            .inspect_err(|e| tracing::warn!("control socket not given to the group {GROUP}: {e}"))
+            .is_ok()
+    });
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)

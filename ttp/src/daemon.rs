@@ -1,13 +1,17 @@
 //! The daemon: kill-switch first, then Tor, then the ports, then redirection goes live.
 //!
+//! 0. (Before any thread: the privileged monitor is forked, see [`crate::monitor`].)
 //! 1. Into its own cgroup (the only thing the kill-switch exempts).
 //! 2. Datapath attached and pinned in lockdown: from here on nothing governed leaks.
-//! 3. Arti bootstraps.
-//! 4. TransPort and DNSPort listen.
-//! 5. Privileges dropped (only CAP_BPF and CAP_NET_ADMIN remain, in every thread).
+//! 3. The proxy ports are bound (low ports need root), then root is given up: the daemon
+//!    becomes the service user with `CAP_BPF` alone, in every thread.
+//! 4. Arti bootstraps, unprivileged.
+//! 5. The ports are served, the control socket opens.
 //! 6. Lockdown off: governed traffic now flows through Tor.
 //!
-//! On SIGTERM/SIGINT: lockdown on, services stop, datapath detached and unpinned.
+//! On SIGTERM/SIGINT/`stop`: lockdown on, services stop, and the monitor (root) destroys
+//! the applications' sockets through us, detaches and unpins the datapath, and removes
+//! the runtime files.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -25,10 +29,12 @@ use crate::{
     datapath::{Datapath, DatapathOptions, Maps, Policy},
     dns::{self, Automap, Cache, DnsService},
     lock::SessionLock,
+    monitor::{Cleanup, Monitor},
     options::StartOptions,
     socks::SocksPort,
     tor::{self, Isolation, TorResolver},
     transport::{PortContext, Streams, TransPort},
+    user::{self, ServiceUser},
 };
 
 /// How long the DNS cache and the automap keep entries.
@@ -83,16 +89,43 @@ impl Event {
     }
 }
 
+/// The governed cgroup and the two `ttp exec` cgroups inside it.
+fn exec_cgroups(opts: &StartOptions) -> Result<(PathBuf, [PathBuf; 2])> {
+    let governed = match &opts.cgroup {
+        Some(c) => c.clone(),
+        None => cgroup::cgroup2_root()?,
+    };
+    let exec = [governed.join("ttp.tor"), governed.join("ttp.direct")];
+    Ok((governed, exec))
+}
+
+/// What the monitor removes when this daemon stops.
+pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
+    let (_, exec) = exec_cgroups(opts)?;
+    Ok(Cleanup {
+        pin_dir: opts.pin_dir.clone(),
+        runtime_dir: opts.runtime_dir.clone(),
+        cgroups: exec.to_vec(),
+        ports: vec![opts.trans_port, opts.dns_port, opts.socks_port],
+    })
+}
+
 /// Runs the daemon until SIGTERM, SIGINT or a stop request; `events` hears each milestone.
-pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<()> {
+/// `monitor` finishes the teardown once the daemon has stopped.
+pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnMut(Event)) -> Result<()> {
     if let Ok(control::Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &control::Request::Status) {
         anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
     }
     let t0 = Instant::now();
     // Bad configuration fails here, before anything on the host changes.
-    let config = tor::load_config(&opts.state_dir, &opts.arti_config, opts.bridges()?.as_ref())?;
+    let service_user = user::resolve(&opts.user)?;
+    let config =
+        tor::load_config(&opts.state_dir, &opts.arti_config, opts.bridges()?.as_ref(), Some(service_user.uid))?;
+    for dir in [&opts.state_dir, &opts.runtime_dir] {
+        user::check_reachable(dir, &service_user)?;
+    }
     let root = cgroup::cgroup2_root()?;
-    let governed = opts.cgroup.clone().unwrap_or_else(|| root.clone());
+    let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts)?;
     let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
     // Both must be cgroup2 directories: nothing is created outside the hierarchy.
     for (what, p) in [("--cgroup", &governed), ("--daemon-cgroup", &daemon_cgroup)] {
@@ -105,8 +138,6 @@ pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<(
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
     // `ttp exec --tor` and `ttp exec --direct` run commands in children of these two.
-    let exec_tor = governed.join("ttp.tor");
-    let exec_direct = governed.join("ttp.direct");
     cgroup::create(&exec_tor)?;
     cgroup::create(&exec_direct)?;
     let mut bypass_cgroups = opts.bypass_cgroups.clone();
@@ -119,7 +150,8 @@ pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<(
         trans_port: opts.trans_port,
         dns_port: opts.dns_port,
         daemon_cgroup,
-        daemon_uid: None,
+        // Only the daemon's own sockets, all opened after it became the service user.
+        daemon_uid: Some(service_user.uid),
         virtual_v4: Some(opts.virtual_net),
         policy: Policy {
             lan_bypass: !opts.no_lan_bypass,
@@ -136,34 +168,98 @@ pub async fn run(opts: &StartOptions, mut events: impl FnMut(Event)) -> Result<(
         let _ = std::fs::remove_dir(&exec_tor);
         let _ = std::fs::remove_dir(&exec_direct);
     })?;
+    // From here on a clean stop (or a failure) ends with the monitor's teardown: the host
+    // as it was. A monitor already gone leaves it to us, while we are still root.
+    if let Err(e) = monitor.armed() {
+        let _ = datapath.stop();
+        return Err(e);
+    }
     tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
     events(Event::KillSwitch(t0.elapsed()));
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
-    // From here on, any failure must tear the datapath down again: the host as it was.
-    let result = serve(opts, config, &governed, datapath.layout().maps(), t0, &mut events).await;
+    let result = serve(opts, config, &service_user, &governed, datapath.layout().maps(), t0, &mut events).await;
     SessionLock::remove(&opts.runtime_dir);
-    let report = datapath.stop();
-    // Busy (a command still runs in one) is fine: they are removed next time.
-    let _ = std::fs::remove_dir(&exec_tor);
-    let _ = std::fs::remove_dir(&exec_direct);
-    match (&result, report) {
-        (_, Ok(r)) => tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned),
-        (_, Err(e)) => tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it"),
+    // Our descriptors go first, so that unpinning detaches the links at once.
+    let layout = datapath.layout().clone();
+    drop(datapath);
+    if let Err(e) = monitor.finish() {
+        tracing::error!("{e:#}");
+        // Root is gone by now, unless setup failed before giving it up.
+        if let Err(e) = crate::datapath::teardown(&layout) {
+            tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it");
+        }
     }
     result
+}
+
+/// The directories the service user writes, made its own (the state may be root's from an
+/// older version, or a run with `--user root`).
+fn hand_over_dirs(opts: &StartOptions, user: &ServiceUser) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    private_dir(&opts.state_dir)?;
+    user::chown_tree(&opts.state_dir, user)?;
+    std::fs::create_dir_all(&opts.runtime_dir).with_context(|| format!("creating {}", opts.runtime_dir.display()))?;
+    std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o755))?;
+    user::chown_tree(&opts.runtime_dir, user)?;
+    if let Some(log) = &opts.log_file {
+        // The file only: its directory may be shared (a rotation then truncates instead).
+        let _ = std::os::unix::fs::chown(log, Some(user.uid), Some(user.gid));
+    }
+    Ok(())
+}
+
+/// The proxy ports' sockets, bound while still root (a port below 1024 needs it).
+struct Listeners {
+    trans: Vec<TcpListener>,
+    dns_udp: Vec<UdpSocket>,
+    dns_tcp: Vec<TcpListener>,
+    socks: Vec<TcpListener>,
+}
+
+async fn bind_ports(opts: &StartOptions) -> Result<Listeners> {
+    let mut l = Listeners { trans: vec![], dns_udp: vec![], dns_tcp: vec![], socks: vec![] };
+    for ip in loopbacks() {
+        l.trans.push(
+            TcpListener::bind((ip, opts.trans_port))
+                .await
+                .with_context(|| bind_err("TransPort", ip, opts.trans_port))?,
+        );
+        l.dns_udp
+            .push(UdpSocket::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?);
+        l.dns_tcp.push(
+            TcpListener::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?,
+        );
+    }
+    for ip in loopbacks().into_iter().chain(opts.socks_listen.iter().copied()) {
+        l.socks.push(
+            TcpListener::bind((ip, opts.socks_port))
+                .await
+                .with_context(|| bind_err("SOCKS port", ip, opts.socks_port))?,
+        );
+        if !ip.is_loopback() {
+            tracing::warn!("SOCKS port also on {ip}: anyone who can reach it can use this Tor client");
+        }
+    }
+    Ok(l)
 }
 
 async fn serve(
     opts: &StartOptions,
     config: tor::TorClientConfig,
+    service_user: &ServiceUser,
     governed: &Path,
     maps_dir: PathBuf,
     t0: Instant,
     events: &mut impl FnMut(Event),
 ) -> Result<()> {
-    private_dir(&opts.state_dir)?;
+    hand_over_dirs(opts, service_user)?;
+    let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
+    let listeners = bind_ports(opts).await?;
+    // Set up: from here on the daemon needs only map access, through open descriptors.
+    crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
+    tracing::info!("now uid {} with CAP_BPF only; bootstrapping Tor", service_user.uid);
     let tor = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
@@ -183,7 +279,6 @@ async fn serve(
     } else {
         opts.check_urls.clone()
     };
-    let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
     // One stream limit for both proxy ports.
     let ports = Arc::new(PortContext {
         tor: tor.clone(),
@@ -200,16 +295,14 @@ async fn serve(
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
-    for ip in loopbacks() {
-        let trans = TcpListener::bind((ip, opts.trans_port))
-            .await
-            .with_context(|| bind_err("TransPort", ip, opts.trans_port))?;
-        tasks.spawn(transport.clone().serve(trans));
-        let udp = UdpSocket::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?;
-        tasks.spawn(dns::server::serve_udp(udp, dns.clone()));
-        let tcp =
-            TcpListener::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?;
-        tasks.spawn(dns::server::serve_tcp(tcp, dns.clone()));
+    for l in listeners.trans {
+        tasks.spawn(transport.clone().serve(l));
+    }
+    for l in listeners.dns_udp {
+        tasks.spawn(dns::server::serve_udp(l, dns.clone()));
+    }
+    for l in listeners.dns_tcp {
+        tasks.spawn(dns::server::serve_tcp(l, dns.clone()));
     }
 
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -225,13 +318,7 @@ async fn serve(
     tasks.spawn(control::serve(control::bind(&opts.runtime_dir)?, control));
 
     let socks = Arc::new(SocksPort { ctx: ports.clone() });
-    for ip in loopbacks().into_iter().chain(opts.socks_listen.iter().copied()) {
-        let l = TcpListener::bind((ip, opts.socks_port))
-            .await
-            .with_context(|| bind_err("SOCKS port", ip, opts.socks_port))?;
-        if !ip.is_loopback() {
-            tracing::warn!("SOCKS port also on {ip}: anyone who can reach it can use this Tor client");
-        }
+    for l in listeners.socks {
         tasks.spawn(socks.clone().serve(l));
     }
 
@@ -270,22 +357,17 @@ async fn serve(
         }
     });
 
-    // Set up: from here on the daemon needs only map access and SOCK_DESTROY.
-    crate::privs::drop_privileges().context("giving up privileges after setup")?;
     maps.lock().expect("maps lock").set_lockdown(false)?;
-    tracing::info!("privileges dropped to CAP_BPF and CAP_NET_ADMIN");
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
     events(Event::Ready(t0.elapsed()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = serve_until_stopped(&mut term, &stop, &mut tasks).await;
     maps.lock().expect("maps lock").set_lockdown(true)?;
+    tracing::info!("lockdown on");
+    // Our ends of the applications' connections close here; the monitor destroys theirs.
     tasks.abort_all();
-    // Applications' connections through us end now, not whenever they next write.
-    match crate::sockdestroy::destroy_connected_to(&[opts.trans_port, opts.dns_port, opts.socks_port]) {
-        Ok(n) => tracing::info!("lockdown on; {n} application sockets through ttp destroyed"),
-        Err(e) => tracing::warn!("lockdown on; destroying application sockets failed: {e} (they fail on next use)"),
-    }
+    while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(opts.runtime_dir.join(control::SOCKET));
     result
 }

@@ -6,7 +6,8 @@
 //! - [`transport`]: the TransPort. [`dns`]: the DNSPort. [`socks`]: the SOCKS port.
 //! - [`control`]: the control socket. [`tunnel`]: the encrypted tunnel for remote peers
 //!   (being built).
-//! - [`daemon`]: wires them together; [`options`]: what it is told; [`lock`]: the session
+//! - [`daemon`]: wires them together, as [`user`] once set up, with [`monitor`] (root) to
+//!   finish each stop; [`options`]: what it is told; [`lock`]: the session
 //!   lock; [`logfile`]: the volatile, rotated log.
 
 pub mod cgroup;
@@ -19,6 +20,7 @@ pub mod diagnose;
 pub mod dns;
 pub mod lock;
 pub mod logfile;
+pub mod monitor;
 pub mod options;
 pub mod privs;
 pub mod sockdestroy;
@@ -26,3 +28,4 @@ pub mod socks;
 pub mod tor;
 pub mod transport;
 pub mod tunnel;
+pub mod user;

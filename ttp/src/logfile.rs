@@ -55,8 +55,14 @@ impl Write for RotatingLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut g = self.0.file.lock().unwrap_or_else(|p| p.into_inner());
         if g.1 > 0 && g.1 + buf.len() as u64 > self.0.max {
-            fs::rename(&self.0.path, rotated(&self.0.path))?;
-            *g = (open_append(&self.0.path)?, 0);
+            if fs::rename(&self.0.path, rotated(&self.0.path)).is_ok() {
+                *g = (open_append(&self.0.path)?, 0);
+            } else {
+                // A directory the daemon may not write (a --log-file elsewhere, once it is
+                // no longer root): start the file over rather than grow without bound.
+                g.0.set_len(0)?;
+                g.1 = 0;
+            }
         }
         let n = g.0.write(buf)?;
         g.1 += n as u64;

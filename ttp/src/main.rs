@@ -376,10 +376,12 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Run { opts } => {
+            // Before the first thread: the monitor is forked from a single-threaded process.
+            let monitor = ttp::monitor::Monitor::spawn(ttp::daemon::cleanup_for(&opts)?)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             // The start protocol on stdout (for `ttp start`), systemd's on its socket.
             // Write errors are ignored: `ttp start` stops listening once the daemon is ready.
-            rt.block_on(ttp::daemon::run(&opts, |e| {
+            rt.block_on(ttp::daemon::run(&opts, monitor, |e| {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", e.line()).and_then(|_| out.flush());

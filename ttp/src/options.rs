@@ -96,6 +96,10 @@ pub struct StartOptions {
     /// standard error).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// The user the daemon runs as once set up: a name or a uid, optionally `:GROUP`
+    /// (the default user is created as a system user if missing).
+    #[arg(long, default_value = crate::user::DEFAULT, value_name = "USER")]
+    pub user: String,
     /// The DNSPort's virtual range for .onion names.
     #[arg(long, default_value = "10.192.0.0/10")]
     pub virtual_net: ipnet::Ipv4Net,

@@ -1,16 +1,21 @@
 //! Giving up privileges once the daemon is set up.
 //!
 //! Setting up needs most of root: loading and attaching BPF programs, pinning, mounting
-//! bpffs, creating cgroups, binding. Running needs little: BPF map access (lockdown, stream
-//! origins, counters: `CAP_BPF`) and destroying sockets at stop (`CAP_NET_ADMIN`).
-//! Everything else is dropped from the effective, permitted, inheritable, ambient and
-//! bounding sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
-//! obfs4proxy) from regaining root's capabilities. A compromised Arti, or a bug in code
-//! parsing network input, then cannot load modules, ptrace, mount, change uids, override
-//! file permissions, open raw sockets, or signal other users' processes.
+//! bpffs, creating cgroups. Running needs little: BPF map access through the descriptors
+//! already open (lockdown, stream origins, counters: `CAP_BPF`). What needs root at the
+//! end (destroying sockets, unpinning, removing cgroups) is the monitor's job (see
+//! [`crate::monitor`]).
 //!
-//! The uid stays 0: the pins, state and runtime files the daemon still writes (and removes
-//! at stop) are root's, and no capability reaches them more narrowly.
+//! So the daemon becomes the service user (see [`crate::user`]) and keeps `CAP_BPF` only:
+//! everything else leaves the effective, permitted, inheritable, ambient and bounding
+//! sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
+//! obfs4proxy) from regaining capabilities. A compromised Arti, or a bug in code parsing
+//! network input, then cannot load modules, ptrace, mount, change uids, read or write
+//! root's files, open raw sockets, or signal other users' processes.
+//!
+//! The uid changes with the capabilities still held (`SECBIT_NO_SETUID_FIXUP` stops the
+//! kernel from clearing them at that moment); the capabilities are cut to `CAP_BPF` just
+//! after.
 //!
 //! Capabilities belong to threads, not processes, and the async runtime's threads already
 //! run: the drop is applied in every thread, each in its own context, by a real-time signal
@@ -20,17 +25,18 @@
 
 use std::{
     collections::HashSet,
-    sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
+use crate::user::ServiceUser;
+
 /// Capability numbers (linux/capability.h).
-pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_BPF: u32 = 39;
 /// What the running daemon keeps.
-pub const KEEP: u64 = (1 << CAP_NET_ADMIN) | (1 << CAP_BPF);
+pub const KEEP: u64 = 1 << CAP_BPF;
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// SECBIT_NOROOT, its lock, SECBIT_NO_SETUID_FIXUP, its lock.
@@ -38,6 +44,12 @@ const SECBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08;
 
 static KEEP_MASK: AtomicU64 = AtomicU64::new(KEEP);
 static LAST_CAP: AtomicU64 = AtomicU64::new(40);
+static UID: AtomicU32 = AtomicU32::new(0);
+static GID: AtomicU32 = AtomicU32::new(0);
+/// Supplementary groups: at most [`MAX_GROUPS`], copied into a fixed array for the handler.
+const MAX_GROUPS: usize = 4;
+static GROUPS: [AtomicU32; MAX_GROUPS] = [const { AtomicU32::new(0) }; MAX_GROUPS];
+static NGROUPS: AtomicUsize = AtomicUsize::new(0);
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static FAILED: AtomicI32 = AtomicI32::new(0);
 
@@ -55,8 +67,18 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Drops every capability but [`KEEP`] in every thread of the process, for good.
-pub fn drop_privileges() -> Result<()> {
+/// Becomes `user` and drops every capability but [`KEEP`], in every thread of the
+/// process, for good.
+pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
+    if user.groups.len() > MAX_GROUPS {
+        bail!("at most {MAX_GROUPS} groups for the service user");
+    }
+    UID.store(user.uid, Ordering::SeqCst);
+    GID.store(user.gid, Ordering::SeqCst);
+    for (slot, g) in GROUPS.iter().zip(&user.groups) {
+        slot.store(*g, Ordering::SeqCst);
+    }
+    NGROUPS.store(user.groups.len(), Ordering::SeqCst);
     let last: u64 =
         std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
     LAST_CAP.store(last, Ordering::SeqCst);
@@ -115,6 +137,10 @@ pub fn drop_privileges() -> Result<()> {
         if eff.is_some_and(|e| e & !KEEP != 0) {
             bail!("thread {tid} still has capabilities {:x}", eff.unwrap_or_default());
         }
+        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+        if uids.split_whitespace().any(|u| u.parse() != Ok(user.uid)) {
+            bail!("thread {tid} did not become uid {}: {}", user.uid, uids.trim());
+        }
     }
     Ok(())
 }
@@ -156,6 +182,20 @@ fn apply_here() -> i32 {
             }
         }
         libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        // Raw system calls change this thread only (glibc's wrappers would signal every
+        // thread themselves, which is not safe from a handler): every thread runs this.
+        let mut groups = [0 as libc::gid_t; MAX_GROUPS];
+        let n = NGROUPS.load(Ordering::SeqCst).min(MAX_GROUPS);
+        for (g, slot) in groups.iter_mut().zip(&GROUPS).take(n) {
+            *g = slot.load(Ordering::SeqCst);
+        }
+        let (uid, gid) = (UID.load(Ordering::SeqCst), GID.load(Ordering::SeqCst));
+        if libc::syscall(libc::SYS_setgroups, n, groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
+            return errno();
+        }
         let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
         let data = [
             CapData { effective: keep as u32, permitted: keep as u32, inheritable: 0 },

@@ -84,14 +84,23 @@ impl Bridges {
 }
 
 /// Builds Arti's configuration: ttp's defaults, then each file in order, then the bridges
-/// of the command line.
-pub fn load_config(state_dir: &Path, files: &[PathBuf], bridges: Option<&Bridges>) -> Result<TorClientConfig> {
+/// of the command line. `owner`: the uid that will own the state directory (the daemon
+/// builds this as root, before it becomes that user; Arti trusts root and that uid).
+pub fn load_config(
+    state_dir: &Path,
+    files: &[PathBuf],
+    bridges: Option<&Bridges>,
+    owner: Option<u32>,
+) -> Result<TorClientConfig> {
     let mut sources = ConfigurationSources::new_empty();
-    let storage = toml::toml! {
+    let mut storage = toml::toml! {
         [storage]
         state_dir = (state_dir.join("arti/state").display().to_string())
         cache_dir = (state_dir.join("arti/cache").display().to_string())
     };
+    if let (Some(uid), Some(toml::Value::Table(t))) = (owner, storage.get_mut("storage")) {
+        t.insert("permissions".into(), toml::toml! { trust_user = (i64::from(uid)) }.into());
+    }
     sources.push_source(ConfigurationSource::from_verbatim(storage.to_string()), MustRead::MustRead);
     for f in files {
         if !f.exists() {
@@ -244,11 +253,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
         std::fs::write(&good, "[path_rules]\nipv4_subnet_family_prefix = 33\n[proxy]\nsocks_listen = 9150\n").unwrap();
-        load_config(&dir, std::slice::from_ref(&good), None).unwrap();
+        load_config(&dir, std::slice::from_ref(&good), None, None).unwrap();
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[path_rules]\nipv4_subnet_family_prefix = \"many\"\n").unwrap();
-        assert!(load_config(&dir, &[bad], None).is_err());
-        assert!(load_config(&dir, &[dir.join("missing.toml")], None)
+        assert!(load_config(&dir, &[bad], None, None).is_err());
+        assert!(load_config(&dir, &[dir.join("missing.toml")], None, None)
             .unwrap_err()
             .to_string()
             .contains("does not exist"));
@@ -266,13 +275,13 @@ mod tests {
         };
         let plain = format!("192.0.2.1:443 {fp}");
         // Plain bridges need no transport program.
-        load_config(&dir, &[], Some(&b(&[&plain], "/nonexistent"))).unwrap();
+        load_config(&dir, &[], Some(&b(&[&plain], "/nonexistent")), None).unwrap();
         let obfs4 = format!("obfs4 192.0.2.2:443 {fp} cert=AAAA iat-mode=0");
-        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[&obfs4], "/nonexistent"))).unwrap_err());
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[&obfs4], "/nonexistent")), None).unwrap_err());
         assert!(e.contains("apt install obfs4proxy"), "{e}");
-        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&["not a bridge"], "/bin/true"))).unwrap_err());
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&["not a bridge"], "/bin/true")), None).unwrap_err());
         assert!(e.contains("bridge 1 does not parse"), "{e}");
-        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[], "/bin/true"))).unwrap_err());
+        let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[], "/bin/true")), None).unwrap_err());
         assert!(e.contains("no bridge is given"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -267,8 +267,13 @@ fn an_application_hammering_connections_during_stop_leaks_nothing() {
     let early: Vec<&&String> = syns.iter().filter(|p| time_of(p) <= last_full).collect();
     assert!(early.is_empty(), "direct connections while the kill-switch was in place: {early:#?}");
     let log = s.log();
-    let destroyed: usize =
-        log.lines().find_map(|l| l.split("lockdown on; ").nth(1)?.split(' ').next()?.parse().ok()).unwrap_or(0);
+    // The root monitor destroys them once the unprivileged daemon has let go.
+    let destroyed: usize = log
+        .lines()
+        .find_map(|l| {
+            l.split("ttp::monitor: ").nth(1)?.strip_suffix(" application sockets through ttp destroyed")?.parse().ok()
+        })
+        .unwrap_or(0);
     assert!(destroyed >= 1, "no application socket destroyed at stop:\n{log}");
     eprintln!("stop took {stop_took:.1?} under load");
 }
@@ -310,15 +315,42 @@ fn check_leak_passes_every_probe_and_restart_keeps_the_options() {
     assert_ne!(before["pid"], after["pid"]);
     assert_eq!(before["args"], after["args"]);
     s.warm_up();
-    // Once set up, every thread of the daemon keeps only CAP_BPF and CAP_NET_ADMIN.
+    // Once set up, every thread of the daemon is the service user with CAP_BPF alone.
     let pid = s.pid();
+    let uid = ttp_tests::SERVICE_UID.to_string();
+    let mut threads = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
         let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().trim().to_string();
-        assert_eq!(field("CapEff:"), "0000008000001000", "thread {:?}: {status}", t.file_name());
-        assert_eq!(field("CapBnd:"), "0000008000001000", "thread {:?}", t.file_name());
+        assert_eq!(
+            field("Uid:").split_whitespace().collect::<Vec<_>>(),
+            [uid.as_str(); 4],
+            "thread {:?}",
+            t.file_name()
+        );
+        assert_eq!(
+            field("Gid:").split_whitespace().collect::<Vec<_>>(),
+            [uid.as_str(); 4],
+            "thread {:?}",
+            t.file_name()
+        );
+        assert_eq!(field("CapEff:"), "0000008000000000", "thread {:?}: {status}", t.file_name());
+        assert_eq!(field("CapPrm:"), "0000008000000000", "thread {:?}", t.file_name());
+        assert_eq!(field("CapBnd:"), "0000008000000000", "thread {:?}", t.file_name());
         assert_eq!(field("NoNewPrivs:"), "1", "thread {:?}", t.file_name());
+        threads += 1;
     }
+    assert!(threads > 1, "the daemon runs more than one thread");
+    // Arti's state is the service user's; the root monitor that finishes a stop waits.
+    let owner = |p: &std::path::Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap());
+    assert_eq!(owner(&s.state), ttp_tests::SERVICE_UID);
+    let monitor = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let monitor = monitor
+        .split_whitespace()
+        .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "ttp-monitor"));
+    let monitor = monitor.unwrap_or_else(|| panic!("no ttp-monitor among the daemon's children"));
+    let status = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")), "{status}");
     let logs = s.ok(&["logs", "--no-follow", "-n", "500"]);
     assert!(logs.contains("ready after"), "{logs}");
 }

@@ -76,9 +76,12 @@ pub fn install(prefix: &Path) -> Result<()> {
         write(&format!("{CONFIG_DIR}/ttp.toml"), EXAMPLE_CONFIG.as_bytes(), 0o644)?;
     }
     if prefix == Path::new("/") {
-        if nix::unistd::Group::from_name("ttp")?.is_none() {
-            run(Command::new("groupadd").args(["--system", "ttp"]))?;
-            println!("created the group ttp: its members may use `ttp status`, `streams`, `check`");
+        if nix::unistd::User::from_name(ttp::user::DEFAULT)?.is_none() {
+            ttp::user::create_system_user()?;
+            println!(
+                "created the system user and group ttp: the daemon runs as ttp once set up; \
+                 members of the group may use `ttp status`, `streams`, `check`"
+            );
         }
         if Path::new("/run/systemd/system").exists() {
             run(Command::new("systemctl").arg("daemon-reload"))?;
@@ -120,8 +123,12 @@ pub fn uninstall(prefix: &Path, runtime_dir: &Path, pin_dir: &Path, keep_state: 
         }
     }
     if system {
-        if nix::unistd::Group::from_name("ttp")?.is_some() {
-            run(Command::new("groupdel").arg("ttp"))?;
+        if nix::unistd::User::from_name(ttp::user::DEFAULT)?.is_some() {
+            run(Command::new("userdel").arg(ttp::user::DEFAULT))?;
+            println!("removed the system user ttp");
+        }
+        if nix::unistd::Group::from_name(ttp::user::CONTROL_GROUP)?.is_some() {
+            run(Command::new("groupdel").arg(ttp::user::CONTROL_GROUP))?;
             println!("removed the group ttp");
         }
         if Path::new("/run/systemd/system").exists() {
