@@ -121,3 +121,39 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Without `--user`, the daemon becomes the system user `ttp`, created if it is missing.
+/// Run in a private mount namespace over a copy of /etc, so the host's user database is
+/// never touched; the start stops right after (a state directory the user cannot reach).
+#[test]
+fn the_default_service_user_is_created_when_missing() {
+    let w = World::new().expect("test world");
+    let tmp = ttp_tests::TempDir::new("etc");
+    let closed = tmp.0.join("closed");
+    std::fs::create_dir_all(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let host_passwd = std::fs::read(std::fs::canonicalize("/etc/passwd").unwrap()).unwrap();
+    // `$0`: the scratch dir; `$@`: the daemon's command line.
+    let script = r#"set -e
+        mount --make-rprivate /
+        cp -a /etc "$0/etc"
+        mount --bind "$0/etc" /etc
+        if getent passwd ttp >/dev/null; then userdel ttp; fi
+        if "$@"; then echo "the daemon started?"; exit 1; fi
+        getent passwd ttp"#;
+    let mut c = w.daemon_cmd("ttp", &["run"]);
+    let daemon: Vec<std::ffi::OsString> = std::iter::once(c.get_program().to_owned())
+        .chain(c.get_args().map(|a| a.to_owned()))
+        .chain(["--state-dir".into(), closed.join("state").into(), "--runtime-dir".into(), closed.join("run").into()])
+        .collect();
+    c = Command::new("unshare");
+    c.args(["--mount", "--", "bash", "-c", script]).arg(&tmp.0).args(&daemon);
+    let out = c.output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.starts_with("ttp:x:") && stdout.contains("/usr/sbin/nologin"), "{stdout}");
+    assert!(stderr.contains("created the system user ttp"), "{stderr}");
+    assert!(stderr.contains("is not searchable by the service user"), "{stderr}");
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), host_passwd, "the host's /etc/passwd changed");
+    assert!(!w.pin_dir.exists(), "something was pinned");
+}

@@ -117,13 +117,10 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
     }
     let t0 = Instant::now();
-    // Bad configuration fails here, before anything on the host changes.
-    let service_user = user::resolve(&opts.user)?;
-    let config =
-        tor::load_config(&opts.state_dir, &opts.arti_config, opts.bridges()?.as_ref(), Some(service_user.uid))?;
-    for dir in [&opts.state_dir, &opts.runtime_dir] {
-        user::check_reachable(dir, &service_user)?;
-    }
+    // Bad input fails here, before anything on the host changes (the configuration is read
+    // once to check it, and again below for the service user's uid).
+    let bridges = opts.bridges()?;
+    tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), None)?;
     let root = cgroup::cgroup2_root()?;
     let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts)?;
     let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
@@ -134,6 +131,12 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         }
     }
     cgroup::cgroup_id(&governed).context("the cgroup to govern (--cgroup)")?;
+    // The first change to the host, if the default user is missing: creating it.
+    let service_user = user::resolve(&opts.user)?;
+    for dir in [&opts.state_dir, &opts.runtime_dir] {
+        user::check_reachable(dir, &service_user)?;
+    }
+    let config = tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), Some(service_user.uid))?;
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
