@@ -269,6 +269,7 @@ async fn serve(
     })
     .await?;
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
+    release_freed_memory();
 
     let services = Arc::new(Services {
         tor: tor.clone(),
@@ -389,6 +390,17 @@ async fn serve_until_stopped(
         }
     }
     Ok(())
+}
+
+/// Hands the heap's free pages back to the kernel. Setting up parses the kernel's BTF
+/// (megabytes, for the eBPF loader) and Arti's first directory documents; glibc keeps what
+/// they freed mapped, and the daemon's resident memory would carry it for its whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// This process's options: its arguments after the subcommand (`run`).

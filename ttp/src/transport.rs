@@ -316,9 +316,13 @@ where
     u.and(d)
 }
 
-/// Per-direction relay buffer. Small on purpose: it is paid per open stream (two per
-/// stream), and Arti hands out at most one cell (498 bytes) per read anyway.
+/// Per-direction relay buffer while data moves. It exists only then: an idle stream waits
+/// with [`IDLE_BUF`] bytes per direction, so a thousand idle streams cost a thousand times
+/// 1 KiB, not 8 KiB (the memory target of issue 3 is counted with idle streams).
 const RELAY_BUF: usize = 4 * 1024;
+/// What a waiting direction holds: one Tor cell's payload (498 bytes) fits, which is the
+/// most Arti returns from one read.
+const IDLE_BUF: usize = 512;
 
 /// Copies with a byte counter. Whatever more is readable without waiting joins the same
 /// write (Arti returns at most a cell, 498 bytes, per read; one write per cell costs a
@@ -326,12 +330,14 @@ const RELAY_BUF: usize = 4 * 1024;
 /// is full, and interactive protocols cannot wait for that.
 async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W, counter: &AtomicU64) -> Result<()> {
     use futures::FutureExt;
-    let mut buf = vec![0u8; RELAY_BUF];
+    let mut first = [0u8; IDLE_BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = r.read(&mut first).await?;
         if n == 0 {
             return Ok(());
         }
+        let mut buf = vec![0u8; RELAY_BUF];
+        buf[..n].copy_from_slice(&first[..n]);
         let mut filled = n;
         let mut eof = false;
         while filled < buf.len() {

@@ -39,41 +39,69 @@ fn main() -> Result<()> {
         warm_up(s)?;
     }
 
+    // BENCH_ONLY=speed|dns|memory runs one part (while working on it); the table is made
+    // from complete runs only.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let want = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let mut ttfb: Vec<Vec<f64>> = vec![vec![], vec![]];
     let mut thr: Vec<Vec<f64>> = vec![vec![], vec![]];
-    for round in 0..20 {
+    let mut cpu: Vec<Vec<f64>> = vec![vec![], vec![]];
+    for round in 0..if want("speed") { 20 } else { 0 } {
         for (i, s) in sides.iter().enumerate() {
             ttfb[i].push(curl_metric(s, "/index.txt", "%{time_starttransfer}")? * 1000.0);
             if round < 5 {
+                let (cpu0, t0) = (cpu_secs(s.pid)?, Instant::now());
                 thr[i].push(curl_metric(s, "/50M.bin", "%{speed_download}")? / 1e6);
-                eprintln!("round {round} {:<6} 50 MB at {:.1} MB/s", s.name, thr[i].last().unwrap());
+                // The client's share of a core while it moved the data: near 1.0 means it
+                // was bound by its own per-cell work, not by the network or flow control.
+                cpu[i].push((cpu_secs(s.pid)? - cpu0) / t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "round {round} {:<6} 50 MB at {:.1} MB/s, client busy {:.0}% of a core",
+                    s.name,
+                    thr[i].last().unwrap(),
+                    cpu[i].last().unwrap() * 100.0
+                );
             }
         }
     }
     let mut dns_cached = vec![];
     let mut dns_uncached = vec![];
-    for s in &sides {
+    for s in sides.iter().filter(|_| want("dns")) {
         dns_cached.push(dns_rate(s, 2000, false)?);
         dns_uncached.push(dns_rate(s, 100, true)?);
     }
     let mut rss_idle = vec![];
     let mut rss_held = vec![];
-    for s in &sides {
+    for s in sides.iter().filter(|_| want("memory")) {
         rss_idle.push(rss_mb(s.pid)?);
         rss_held.push(with_streams_held(s, 1000)?);
+    }
+    if only.is_some() {
+        println!("ttfb ms {ttfb:?}\nthroughput MB/s {thr:?}\nclient CPU (cores) {cpu:?}\ndns/s cached {dns_cached:?} new {dns_uncached:?}");
+        println!("memory MB idle {rss_idle:?} with 1,000 streams {rss_held:?}");
+        drop(sides);
+        let _ = fs::remove_dir_all(&dir);
+        return Ok(());
     }
 
     println!("\n| measure (median) | ttp (Arti, eBPF redirect) | C tor 0.4.9 (TransPort, nftables redirect) |");
     println!("|---|---|---|");
     println!("| first byte of a small GET, ms (20 runs) | {:.1} | {:.1} |", median(&ttfb[0]), median(&ttfb[1]));
     println!("| 50 MB download, MB/s (5 runs) | {:.2} | {:.2} |", median(&thr[0]), median(&thr[1]));
+    println!("| client CPU during the download, cores | {:.2} | {:.2} |", median(&cpu[0]), median(&cpu[1]));
     println!("| DNS answers/s, cached name (2,000 queries) | {:.0} | {:.0} |", dns_cached[0], dns_cached[1]);
     println!(
         "| DNS answers/s, new names (100 queries, resolved by the exit) | {:.0} | {:.0} |",
         dns_uncached[0], dns_uncached[1]
     );
-    println!("| daemon RSS, MB, idle after the runs | {:.1} | {:.1} |", rss_idle[0], rss_idle[1]);
-    println!("| daemon RSS, MB, with 1,000 open streams | {:.1} | {:.1} |", rss_held[0], rss_held[1]);
+    println!(
+        "| daemon RSS (with its helper processes), MB, idle after the runs | {:.1} | {:.1} |",
+        rss_idle[0], rss_idle[1]
+    );
+    println!(
+        "| daemon RSS (with its helper processes), MB, with 1,000 open streams | {:.1} | {:.1} |",
+        rss_held[0], rss_held[1]
+    );
     println!("\nthroughput samples MB/s: ttp {:?}; C tor {:?}", round2(&thr[0]), round2(&thr[1]));
     drop(sides);
     let _ = fs::remove_dir_all(&dir);
@@ -185,14 +213,41 @@ fn with_streams_held(s: &Side, n: usize) -> Result<f64> {
     Ok(rss)
 }
 
+/// CPU time (user and system) the process has used, in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// The daemon's resident memory in MB: the process and its children (ttp's root monitor,
+/// counted whole although most of its pages are shared with the daemon). RSS, not PSS: a
+/// C tor client shares its binary's pages with the private network's relays, which would
+/// flatter it.
 fn rss_mb(pid: u32) -> Result<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("no VmRSS")?
-        .parse()?;
+    let mut pids = vec![pid.to_string()];
+    for t in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        pids.extend(children.split_whitespace().map(str::to_owned));
+    }
+    let mut kb = 0.0;
+    for p in pids {
+        let status = fs::read_to_string(format!("/proc/{p}/status"))?;
+        let rss: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse()?;
+        let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        eprintln!("  pid {p} ({}): RSS {rss} kB", comm.trim());
+        kb += rss;
+    }
     Ok(kb / 1024.0)
 }
 
