@@ -74,6 +74,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WatchdogCmd,
     },
+    /// The encrypted tunnel for remote peers: keys, and bringing a side up.
+    Tunnel {
+        #[command(subcommand)]
+        cmd: cli::tunnel::TunnelCmd,
+    },
     /// Run one command through Tor (`--tor`) or around it (`--direct`).
     Exec {
         #[command(flatten)]
@@ -214,6 +219,7 @@ fn main() -> ExitCode {
         | Cmd::Install { .. }
         | Cmd::Uninstall { .. } => true,
         Cmd::Watchdog { cmd } => !matches!(cmd, WatchdogCmd::Status { .. }),
+        Cmd::Tunnel { cmd } => matches!(cmd, cli::tunnel::TunnelCmd::Up { .. }),
         _ => false,
     };
     if needs_root && !nix::unistd::geteuid().is_root() {
@@ -358,6 +364,7 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Tunnel { cmd } => cli::tunnel::run(cmd),
         Cmd::Diagnose { paths } => {
             print!("{}", ttp::diagnose::report(&paths.runtime_dir, &paths.pin_dir));
             Ok(())

@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "python3",
     "tor",
     "obfs4proxy",
+    "iputils-ping",
     "iperf3",
     "hyperfine",
     "wireguard-tools",

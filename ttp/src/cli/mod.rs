@@ -6,4 +6,5 @@ pub mod exec;
 pub mod install;
 pub mod logs;
 pub mod start;
+pub mod tunnel;
 pub mod watchdog;

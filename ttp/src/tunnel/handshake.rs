@@ -42,6 +42,13 @@ pub struct Identity {
     pub public: [u8; 32],
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key, not even in a debug log.
+        write!(f, "Identity({})", super::keys::encode(&self.public))
+    }
+}
+
 impl Identity {
     pub fn generate() -> Result<Identity, HandshakeError> {
         let kp = builder().generate_keypair()?;

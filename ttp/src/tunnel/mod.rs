@@ -9,10 +9,16 @@
 //! (the window), [`cookie`] (stateless cookies under load), [`ratelimit`] (per-source
 //! buckets and the load signal), [`timers`] (rekey, expiry, retries, keepalives), and
 //! [`protocol`], which ties them into peers (allowed inner addresses, roaming) driven by
-//! datagrams, packets and time. To come: the TUN device, commands and config, gateway mode.
+//! datagrams, packets and time. Around the core: [`keys`] (base64 keys as people handle
+//! them), [`config`] (one side of a tunnel as TOML) and [`device`] (the TUN, the UDP
+//! socket, rtnetlink for addresses and routes). To come: batched I/O, the gateway inside
+//! `ttp start` and its TC steering into Tor.
 
+pub mod config;
 pub mod cookie;
+pub mod device;
 pub mod handshake;
+pub mod keys;
 pub mod messages;
 pub mod protocol;
 pub mod ratelimit;

@@ -1,0 +1,236 @@
+//! The device: a TUN interface and a UDP socket around the protocol core. It does all the
+//! I/O the core does not: packets read from the TUN go to [`Core::from_tunnel`], datagrams
+//! to [`Core::from_network`], a timer drives [`Core::tick`], and each [`Action`] is carried
+//! out here. Addresses, MTU, link state and routes are set through rtnetlink, never by
+//! running `ip`.
+//!
+//! One packet per system call for now; batching (recvmmsg/sendmmsg, GSO/GRO on the TUN
+//! and the socket) is the next step for throughput (issue 5's benchmark).
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UdpSocket,
+};
+
+use super::{
+    config::TunnelConfig,
+    protocol::{Action, Core, Drops},
+};
+
+/// How often timers are looked at: handshake retries (5 s) and keepalives (10 s) need no
+/// finer grain.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What `ttp status` shows of each peer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<SocketAddr>,
+    pub drops: DropCounts,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DropCounts {
+    pub replay: u64,
+    pub decrypt: u64,
+    pub source: u64,
+}
+
+impl From<&Drops> for DropCounts {
+    fn from(d: &Drops) -> Self {
+        DropCounts { replay: d.replay, decrypt: d.decrypt, source: d.source }
+    }
+}
+
+/// A running tunnel side.
+pub struct Device {
+    pub interface: String,
+    pub local: SocketAddr,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+}
+
+impl Device {
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// Brings the TUN up with its addresses and routes, binds the socket, and returns the
+/// device and the future that runs it (until it fails or is dropped).
+pub async fn start(cfg: TunnelConfig) -> Result<(Device, impl std::future::Future<Output = Result<()>>)> {
+    let mut tc = tun::Configuration::default();
+    tc.tun_name(&cfg.interface).mtu(cfg.mtu as u16);
+    let tun = tun::create_as_async(&tc)
+        .with_context(|| format!("creating the TUN device {} (needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface))?;
+    configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
+    let udp = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.listen_port))
+        .await
+        .with_context(|| format!("binding UDP port {} (is another tunnel using it?)", cfg.listen_port))?;
+    let local = udp.local_addr()?;
+    let status = Arc::new(Mutex::new(
+        cfg.peers
+            .iter()
+            .map(|p| PeerStatus { public_key: super::keys::encode(&p.public), ..PeerStatus::default() })
+            .collect(),
+    ));
+    let device = Device { interface: cfg.interface.clone(), local, status: status.clone() };
+    let npeers = cfg.peers.len();
+    let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now());
+    let run = run(core, npeers, tun, udp, cfg.mtu as usize, status);
+    Ok((device, run))
+}
+
+async fn run(
+    mut core: Core,
+    npeers: usize,
+    tun: tun::AsyncDevice,
+    udp: UdpSocket,
+    mtu: usize,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+) -> Result<()> {
+    let (mut tun_r, mut tun_w) = tokio::io::split(tun);
+    let mut from_tun = vec![0u8; mtu + 64];
+    // The largest datagram: a data header, a full packet and its tag.
+    let mut from_net = vec![0u8; mtu + 64];
+    // A client reaches out at once; a gateway waits to be reached.
+    for peer in 0..npeers {
+        let a = core.initiate(peer, Instant::now(), SystemTime::now());
+        apply(a, &udp, &mut tun_w).await?;
+    }
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            r = tun_r.read(&mut from_tun) => {
+                let n = r.context("reading the TUN")?;
+                let a = core.from_tunnel(&from_tun[..n], Instant::now(), SystemTime::now());
+                apply(a, &udp, &mut tun_w).await?;
+            }
+            r = udp.recv_from(&mut from_net) => {
+                let (n, src) = match r {
+                    Ok(x) => x,
+                    // An ICMP error for an earlier datagram: not this socket's failure.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(e).context("receiving from the network"),
+                };
+                let a = core.from_network(unmap(src), &from_net[..n], Instant::now());
+                apply(a, &udp, &mut tun_w).await?;
+            }
+            _ = tick.tick() => {
+                for a in core.tick(Instant::now(), SystemTime::now()) {
+                    apply(a, &udp, &mut tun_w).await?;
+                }
+                let mut st = status.lock().expect("status lock");
+                for (i, s) in st.iter_mut().enumerate() {
+                    s.endpoint = core.endpoint(i);
+                    s.drops = core.drops(i).map(DropCounts::from).unwrap_or_default();
+                }
+            }
+        }
+    }
+}
+
+async fn apply<W: AsyncWriteExt + Unpin>(a: Action, udp: &UdpSocket, tun: &mut W) -> Result<()> {
+    match a {
+        Action::Network(to, d) => {
+            // A peer out of reach is the network's business, not a reason to stop.
+            if let Err(e) = udp.send_to(&d, map(to)).await {
+                tracing::debug!("sending to {to}: {e}");
+            }
+        }
+        Action::Tunnel(_, p) => {
+            tun.write_all(&p).await.context("writing to the TUN")?;
+        }
+        Action::None => {}
+    }
+    Ok(())
+}
+
+/// The socket is IPv6 (dual stack): IPv4 peers appear as ::ffff:a.b.c.d.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn map(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+/// Addresses, link up, and a route for every peer's allowed prefixes (beyond what the
+/// addresses' own prefixes already route).
+async fn configure_link(cfg: &TunnelConfig) -> Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        let link = handle
+            .link()
+            .get()
+            .match_name(cfg.interface.clone())
+            .execute()
+            .try_next()
+            .await?
+            .with_context(|| format!("{} vanished", cfg.interface))?;
+        let index = link.header.index;
+        for a in &cfg.addresses {
+            handle
+                .address()
+                .add(index, a.addr(), a.prefix_len())
+                .execute()
+                .await
+                .with_context(|| format!("adding {a}"))?;
+        }
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .context("setting the link up")?;
+        for p in cfg.peers.iter().flat_map(|p| p.allowed.iter()) {
+            if p.prefix_len() == 0 {
+                anyhow::bail!(
+                    "routing everything ({p}) into the tunnel is not supported yet (the route to the \
+                     gateway itself must stay outside): list the prefixes instead"
+                );
+            }
+            if cfg.addresses.iter().any(|a| a.trunc().contains(p)) {
+                continue;
+            }
+            add_route(&handle, *p, index).await.with_context(|| format!("routing {p}"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+async fn add_route(handle: &rtnetlink::Handle, net: IpNet, index: u32) -> Result<()> {
+    let msg = match net {
+        IpNet::V4(n) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .output_interface(index)
+            .build(),
+        IpNet::V6(n) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .output_interface(index)
+            .build(),
+    };
+    handle.route().add(msg).execute().await?;
+    Ok(())
+}
