@@ -378,16 +378,31 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     };
     // Every relay is also a directory cache for clients: each must hold a consensus that
     // lists the whole network, or a client that asks it bootstraps from an early one (a
-    // relay or two, no exit) and waits.
+    // relay or two, no exit) and waits; and the microdescriptors of the whole network,
+    // both exits' accepting policies among them, or a client may see a single exit (once
+    // seen: that exit was also its guard, and no circuit could be built).
     let published: Vec<&Relay> = relays.iter().filter(|r| r.role != Role::Bridge).collect();
     let deadline = Instant::now() + Duration::from_secs(90);
+    let complete = |relay_dir: &Path| {
+        let listed = fs::read_to_string(relay_dir.join("cached-microdesc-consensus"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("r "))
+            .count();
+        // Microdescriptors live in the journal (.new) until C tor compacts them.
+        let mds: String = ["cached-microdescs", "cached-microdescs.new"]
+            .iter()
+            .map(|f| fs::read_to_string(relay_dir.join(f)).unwrap_or_default())
+            .collect();
+        let keys = mds.lines().filter(|l| l.starts_with("onion-key")).count();
+        let accepting = mds.lines().filter(|l| l.starts_with("p accept")).count();
+        listed >= published.len() && keys >= published.len() && accepting >= 2
+    };
     for r in &published {
         let file = dir.join(&r.nick).join("cached-microdesc-consensus");
-        while fs::read_to_string(&file).unwrap_or_default().lines().filter(|l| l.starts_with("r ")).count()
-            < published.len()
-        {
+        while !complete(&dir.join(&r.nick)) {
             if Instant::now() > deadline {
-                bail!("{} has no complete consensus after 90 s (see {})", r.nick, file.display());
+                bail!("{} has no complete consensus and microdescriptors after 90 s (see {})", r.nick, file.display());
             }
             thread::sleep(Duration::from_millis(100));
         }
