@@ -262,7 +262,9 @@ fn a_daemon_that_fails_to_start_leaves_the_host_as_it_was() {
     let state = std::env::temp_dir().join(format!("ttpt-fail-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     let run = |extra: &[&str]| {
         let mut c = w.daemon_cmd("ttp", &["run"]);
-        c.arg("--state-dir").arg(&state).arg("--runtime-dir").arg(state.join("run")).args(extra);
+        c.arg("--state-dir").arg(&state).arg("--runtime-dir").arg(state.join("run"));
+        // Never the default user: that one is created on the host if missing.
+        c.args(["--user", &ttp_tests::SERVICE_UID.to_string()]).args(extra);
         let out = c.output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };

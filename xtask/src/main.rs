@@ -128,8 +128,9 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     let mut c = cargo();
     // Default members: ttp-ebpf's programs only build for the bpf target.
     c.args(["test", "--", "--test-threads", "2"]).args(args);
-    // The tests pass their own --user; one run (of many) was seen to leave a system user
-    // `ttp` behind all the same, cause not found. Whatever made it, the host gets it back.
+    // Every test passes its own --user: a daemon started without one creates the system
+    // user `ttp` on the host (one test once did). Should one slip through again, the host
+    // gets its user database back and the run says so.
     let had_user = system_user_exists("ttp");
     let result = sh(&mut c);
     if !had_user && system_user_exists("ttp") {
