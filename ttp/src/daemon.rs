@@ -89,19 +89,17 @@ impl Event {
     }
 }
 
-/// The governed cgroup and the two `ttp exec` cgroups inside it.
-fn exec_cgroups(opts: &StartOptions) -> Result<(PathBuf, [PathBuf; 2])> {
-    let governed = match &opts.cgroup {
-        Some(c) => c.clone(),
-        None => cgroup::cgroup2_root()?,
-    };
+/// The governed cgroup (under the cgroup2 mount `root`) and the two `ttp exec` cgroups
+/// inside it.
+fn exec_cgroups(opts: &StartOptions, root: &Path) -> (PathBuf, [PathBuf; 2]) {
+    let governed = opts.cgroup.clone().unwrap_or_else(|| root.to_path_buf());
     let exec = [governed.join("ttp.tor"), governed.join("ttp.direct")];
-    Ok((governed, exec))
+    (governed, exec)
 }
 
 /// What the monitor removes when this daemon stops.
 pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
-    let (_, exec) = exec_cgroups(opts)?;
+    let (_, exec) = exec_cgroups(opts, &cgroup::cgroup2_root()?);
     Ok(Cleanup {
         pin_dir: opts.pin_dir.clone(),
         runtime_dir: opts.runtime_dir.clone(),
@@ -122,7 +120,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     let bridges = opts.bridges()?;
     tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), None)?;
     let root = cgroup::cgroup2_root()?;
-    let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts)?;
+    let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts, &root);
     let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
     // Both must be cgroup2 directories: nothing is created outside the hierarchy.
     for (what, p) in [("--cgroup", &governed), ("--daemon-cgroup", &daemon_cgroup)] {
@@ -153,7 +151,10 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         trans_port: opts.trans_port,
         dns_port: opts.dns_port,
         daemon_cgroup,
-        // Only the daemon's own sockets, all opened after it became the service user.
+        // Only the service user's sockets in the daemon's cgroup: all of Arti's are opened
+        // after the switch. The proxy listeners are bound before it (root's), and answer on
+        // loopback, which the kill-switch never governs; a SOCKS port on a LAN address
+        // (--socks-listen) relies on the LAN bypass for its replies.
         daemon_uid: Some(service_user.uid),
         virtual_v4: Some(opts.virtual_net),
         policy: Policy {
