@@ -28,6 +28,9 @@ pub mod maps {
     pub const EXEMPT_SOCK: &str = "EXEMPT_SOCK";
     /// `HashMap<u32, u32>`: uplink ifindex -> length of its link-layer header (14 or 0).
     pub const UPLINKS: &str = "UPLINKS";
+    /// `HashMap<u32, u32>`: gateway interface ifindex -> length of its link-layer header.
+    /// Traffic arriving on these (tunnel TUN, LAN) is steered into the TransPort/DNSPort.
+    pub const GATEWAYS: &str = "GATEWAYS";
 }
 
 /// Names of the programs in the eBPF object, one per hook.
@@ -45,6 +48,8 @@ pub mod programs {
     pub const SOCK_OPS: &str = "sock_ops";
     pub const SKB_EGRESS: &str = "skb_egress";
     pub const TC_EGRESS: &str = "tc_egress";
+    pub const TC_GATEWAY: &str = "tc_gateway";
+    pub const TC_GATEWAY_EGRESS: &str = "tc_gateway_egress";
 }
 
 /// Bits of [`Config::flags`].
@@ -225,10 +230,23 @@ pub enum Counter {
     /// Packets the TC kill-switch let through because their socket is outside the
     /// governed subtree (only when ttp governs a subtree, not the whole host).
     TcPassedUngoverned,
+    /// Gateway interfaces: TCP connections (their SYN) handed to the TransPort.
+    GwTcpSteered,
+    /// Gateway interfaces: DNS queries (UDP, or a TCP SYN to port 53) handed to the DNSPort.
+    GwDnsSteered,
+    /// Gateway interfaces: packets of connections already ours, DHCP and link control.
+    GwPassed,
+    /// Gateway interfaces: everything else (other UDP, ICMP, IPv6, lockdown): dropped.
+    GwDropped,
+    /// Gateway interfaces: the TransPort or DNSPort socket was not found (daemon gone):
+    /// dropped.
+    GwNoListener,
+    /// Gateway interfaces: DNS answers given source port 53 on their way out.
+    GwDnsReplies,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::TcPassedUngoverned as u32 + 1;
+    pub const COUNT: u32 = Counter::GwDnsReplies as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
@@ -252,6 +270,12 @@ impl Counter {
         Counter::TcPassedLinkControl,
         Counter::ExemptTableFull,
         Counter::TcPassedUngoverned,
+        Counter::GwTcpSteered,
+        Counter::GwDnsSteered,
+        Counter::GwPassed,
+        Counter::GwDropped,
+        Counter::GwNoListener,
+        Counter::GwDnsReplies,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -278,6 +302,12 @@ impl Counter {
             Counter::TcPassedLinkControl => "tc_passed_link_control",
             Counter::ExemptTableFull => "exempt_table_full",
             Counter::TcPassedUngoverned => "tc_passed_ungoverned",
+            Counter::GwTcpSteered => "gateway_tcp_steered",
+            Counter::GwDnsSteered => "gateway_dns_steered",
+            Counter::GwPassed => "gateway_passed",
+            Counter::GwDropped => "gateway_dropped",
+            Counter::GwNoListener => "gateway_no_listener",
+            Counter::GwDnsReplies => "gateway_dns_replies",
         }
     }
 }

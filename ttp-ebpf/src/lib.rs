@@ -127,6 +127,69 @@ pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>) -> bool
     exempt.is_some() || (dest.lan && cfg.has(flags::LAN_BYPASS))
 }
 
+/// What the gateway program does with an IPv4 packet that arrived on a gateway interface
+/// (the tunnel's TUN, a LAN interface): traffic of other machines, torified like local
+/// traffic, never forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayAction {
+    /// A new TCP connection: hand it to our listener on loopback `port` (the TransPort,
+    /// or the DNSPort for TCP port 53).
+    SteerTcp {
+        port: u16,
+        counter: Counter,
+    },
+    /// A DNS query: hand it to the DNSPort's UDP socket on loopback `port`.
+    SteerUdp {
+        port: u16,
+    },
+    /// Another TCP segment: it may belong to a connection already steered; it passes only
+    /// if the kernel holds a connected socket for its exact addresses (never a listener).
+    Established,
+    /// The stack may have it: a DHCP request to the gateway itself.
+    Pass,
+    Drop,
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The gateway's whole policy for one packet: `proto` and `dport` (host order) of an
+/// unfragmented IPv4 packet, `tcp_flags` the TCP header's flag byte (0 for others). IPv6,
+/// fragments and anything unparsable are dropped by the caller before this.
+pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8) -> GatewayAction {
+    if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
+        return GatewayAction::Drop;
+    }
+    match proto {
+        IPPROTO_TCP if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN => {
+            if dport == 53 {
+                GatewayAction::SteerTcp { port: cfg.dns_port, counter: Counter::GwDnsSteered }
+            } else {
+                GatewayAction::SteerTcp { port: cfg.trans_port, counter: Counter::GwTcpSteered }
+            }
+        }
+        IPPROTO_TCP => GatewayAction::Established,
+        IPPROTO_UDP if dport == 53 => GatewayAction::SteerUdp { port: cfg.dns_port },
+        IPPROTO_UDP if dport == 67 => GatewayAction::Pass,
+        _ => GatewayAction::Drop,
+    }
+}
+
+/// The source port a UDP packet leaving a gateway interface must carry, if it must be
+/// changed: the DNSPort's answers to the machines behind the gateway. Their source address
+/// is already the resolver the client asked (the DNSPort answers from the address each
+/// query was sent to), but a socket has one port, and the client expects the answer from
+/// port 53. `sport` in host order.
+pub const fn gateway_reply_port(cfg: &Config, proto: u8, sport: u16) -> Option<u16> {
+    if proto == IPPROTO_UDP && sport == cfg.dns_port && sport != 53 {
+        Some(53)
+    } else {
+        None
+    }
+}
+
 /// Is `uid` the daemon's, given the configured daemon uid?
 pub const fn daemon_uid_matches(cfg: &Config, uid: u32) -> bool {
     cfg.daemon_uid == ttp_common::ANY_UID || cfg.daemon_uid == uid
@@ -250,6 +313,36 @@ mod tests {
         assert!(c.is_virtual4(ip) && !c.is_virtual4(0x0a00_0001));
         let d = Dest { virt: c.is_virtual4(ip), ..Dest::v4(ip, 80) };
         assert!(matches!(decide(&c, Proto::Tcp, &d, None, false), Action::Redirect { .. }));
+    }
+
+    #[test]
+    fn the_gateway_steers_tcp_and_dns_and_drops_the_rest() {
+        let c = cfg(0);
+        let syn = TCP_FLAG_SYN;
+        assert_eq!(
+            gateway_decide(&c, IPPROTO_TCP, 80, syn),
+            GatewayAction::SteerTcp { port: 9040, counter: Counter::GwTcpSteered }
+        );
+        assert_eq!(
+            gateway_decide(&c, IPPROTO_TCP, 53, syn),
+            GatewayAction::SteerTcp { port: 9053, counter: Counter::GwDnsSteered }
+        );
+        // A SYN-ACK is not a new connection from the client: never steered to a listener.
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, syn | TCP_FLAG_ACK), GatewayAction::Established);
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, TCP_FLAG_ACK), GatewayAction::Established);
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 53, 0), GatewayAction::SteerUdp { port: 9053 });
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 67, 0), GatewayAction::Pass);
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 443, 0), GatewayAction::Drop);
+        assert_eq!(gateway_decide(&c, 1, 0, 0), GatewayAction::Drop); // ICMP
+                                                                      // LAN bypass is for this host's applications, not for machines behind the gateway.
+        assert_eq!(gateway_decide(&cfg(flags::LAN_BYPASS), IPPROTO_UDP, 5353, 0), GatewayAction::Drop);
+        assert_eq!(gateway_reply_port(&c, IPPROTO_UDP, 9053), Some(53));
+        assert_eq!(gateway_reply_port(&c, IPPROTO_UDP, 9054), None);
+        assert_eq!(gateway_reply_port(&c, IPPROTO_TCP, 9053), None); // TCP answers from 53 already
+        for closed in [cfg(flags::LOCKDOWN), Config { flags: 0, ..cfg(0) }] {
+            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 80, syn), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_UDP, 53, 0), GatewayAction::Drop);
+        }
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //!   TransPort, keyed by the client's local address.
 //! - `skb`: cgroup egress kill-switch for governed sockets.
 //! - `tc`: egress kill-switch on the uplinks for everything else (raw, packet sockets).
+//! - `gateway`: ingress on the gateway interfaces (tunnel, LAN): other machines' TCP and
+//!   DNS handed to the TransPort and DNSPort, the rest dropped.
 //!
 //! The policy itself is in `lib.rs`; these files only adapt kernel contexts to it.
 #![no_std]
 #![no_main]
 
+mod gateway;
 mod maps;
 mod packet;
 mod skb;

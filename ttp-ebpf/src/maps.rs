@@ -28,6 +28,8 @@ pub static CONN_DST: LruHashMap<SockAddr, Origin> = LruHashMap::with_max_entries
 pub static EXEMPT_SOCK: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+#[map]
+pub static GATEWAYS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// The configuration; a zeroed one (no READY flag) makes every program fail closed.
 #[inline(always)]

@@ -47,6 +47,25 @@ pub enum Request {
         host: String,
         port: u16,
     },
+    /// Adds or removes a peer of the running tunnel gateway (root only).
+    TunnelPeer(PeerChange),
+}
+
+/// A change to the tunnel gateway's peers; keys in base64, as in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerChange {
+    Add {
+        public_key: String,
+        #[serde(default)]
+        preshared_key: Option<String>,
+        allowed_ips: Vec<ipnet::IpNet>,
+        #[serde(default)]
+        endpoint: Option<std::net::SocketAddr>,
+    },
+    Remove {
+        public_key: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,6 +95,9 @@ pub struct Status {
     pub bytes_down: u64,
     pub exit_address: Option<String>,
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// The tunnel gateway's peers, if it runs one.
+    #[serde(default)]
+    pub tunnel_peers: Vec<crate::tunnel::device::PeerStatus>,
 }
 
 /// The outcome of a `test-connect`.
@@ -116,6 +138,29 @@ pub struct Control {
 }
 
 impl Control {
+    async fn change_peer(&self, change: PeerChange) -> Result<()> {
+        use crate::tunnel::keys::decode;
+        let tunnel =
+            self.services.tunnel.as_ref().context("this ttp runs no tunnel gateway (start it with --tunnel)")?;
+        match change {
+            PeerChange::Add { public_key, preshared_key, allowed_ips, endpoint } => {
+                let cfg = crate::tunnel::protocol::PeerConfig {
+                    public: decode(&public_key).context("public key")?,
+                    psk: preshared_key.as_deref().map(decode).transpose().context("preshared key")?,
+                    allowed: allowed_ips,
+                    endpoint,
+                };
+                tunnel.add_peer(cfg).await?;
+                tracing::info!("tunnel peer {public_key} added");
+            }
+            PeerChange::Remove { public_key } => {
+                tunnel.remove_peer(decode(&public_key).context("public key")?).await?;
+                tracing::info!("tunnel peer {public_key} removed");
+            }
+        }
+        Ok(())
+    }
+
     async fn answer(&self, req: Request) -> Reply {
         match req {
             Request::Check { urls } => {
@@ -156,6 +201,7 @@ impl Control {
                         bytes_down,
                         exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
                         counters,
+                        tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                     }),
                 }
             }
@@ -169,6 +215,10 @@ impl Control {
                 self.stop.notify_one();
                 Reply::Done { ok: true }
             }
+            Request::TunnelPeer(change) => match self.change_peer(change).await {
+                Ok(()) => Reply::Done { ok: true },
+                Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
+            },
             Request::TestConnect { host, port } => {
                 let t0 = Instant::now();
                 let prefs = {
@@ -217,15 +267,17 @@ pub async fn serve(listener: UnixListener, ctl: Arc<Control>) -> Result<()> {
     let group = nix::unistd::Group::from_name(GROUP).ok().flatten().map(|g| g.gid.as_raw());
     loop {
         let (stream, _) = listener.accept().await.context("control socket accept")?;
-        let allowed = stream.peer_cred().map(|c| c.uid() == 0 || Some(c.gid()) == group).unwrap_or(false);
+        let cred = stream.peer_cred().ok();
+        let root = cred.is_some_and(|c| c.uid() == 0);
+        let allowed = root || cred.is_some_and(|c| Some(c.gid()) == group);
         let ctl = ctl.clone();
         tokio::spawn(async move {
-            let _ = session(stream, &ctl, allowed).await;
+            let _ = session(stream, &ctl, allowed, root).await;
         });
     }
 }
 
-async fn session(stream: UnixStream, ctl: &Control, allowed: bool) -> Result<()> {
+async fn session(stream: UnixStream, ctl: &Control, allowed: bool, root: bool) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
@@ -236,6 +288,11 @@ async fn session(stream: UnixStream, ctl: &Control, allowed: bool) -> Result<()>
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
+                // Who may use the gateway is root's decision alone.
+                Ok(Request::TunnelPeer(_)) if !root => Reply::Error {
+                    ok: false,
+                    error: "permission denied: only root may change the tunnel's peers".into(),
+                },
                 Ok(req) => ctl.answer(req).await,
                 Err(e) => Reply::Error { ok: false, error: format!("bad request: {e}") },
             }
@@ -285,6 +342,21 @@ mod tests {
     #[test]
     fn requests_parse_and_reject_unknown_input() {
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        // The form docs/API.md shows for peer changes.
+        let remove = Request::TunnelPeer(PeerChange::Remove { public_key: "K".into() });
+        assert_eq!(serde_json::to_string(&remove).unwrap(), r#"{"cmd":"tunnel-peer","remove":{"public_key":"K"}}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"cmd":"tunnel-peer","add":{"public_key":"K","allowed_ips":["10.77.0.5/32"]}}"#
+            )
+            .unwrap(),
+            Request::TunnelPeer(PeerChange::Add {
+                public_key: "K".into(),
+                preshared_key: None,
+                allowed_ips: vec!["10.77.0.5/32".parse().unwrap()],
+                endpoint: None
+            })
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"streams","recent":true}"#).unwrap(),
             Request::Streams { recent: true }

@@ -34,6 +34,7 @@ use crate::{
     socks::SocksPort,
     tor::{self, Isolation, TorResolver},
     transport::{PortContext, Streams, TransPort},
+    tunnel::{self, config::TunnelConfig},
     user::{self, ServiceUser},
 };
 
@@ -50,7 +51,18 @@ pub struct Services {
     pub automap: Arc<Mutex<Automap>>,
     /// The last successful exit check.
     pub exit: Mutex<Option<crate::check::CheckResult>>,
+    /// The tunnel gateway, if this daemon runs one.
+    pub tunnel: Option<tunnel::device::Device>,
 }
+
+/// Gateway mode, once set up: the interfaces steered into Tor, and the tunnel to run.
+#[derive(Default)]
+struct Gateway {
+    interfaces: Vec<String>,
+    tunnel: Option<(tunnel::device::Device, TunnelRun)>,
+}
+
+type TunnelRun = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 /// Milestones of a start, for whoever waits on it (`ttp start` reads them from the
 /// daemon's stdout: see [`Event::line`]).
@@ -105,6 +117,7 @@ pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
         runtime_dir: opts.runtime_dir.clone(),
         cgroups: exec.to_vec(),
         ports: vec![opts.trans_port, opts.dns_port, opts.socks_port],
+        gateway: opts.tunnel.is_some() || !opts.gateways.is_empty(),
     })
 }
 
@@ -129,6 +142,14 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         }
     }
     cgroup::cgroup_id(&governed).context("the cgroup to govern (--cgroup)")?;
+    let tunnel_config = opts.tunnel.as_deref().map(TunnelConfig::load).transpose()?;
+    for iface in &opts.gateways {
+        nix::net::if_::if_nametoindex(iface.as_str())
+            .with_context(|| format!("--gateway {iface}: no such interface in this network namespace"))?;
+        if opts.uplinks.contains(iface) {
+            anyhow::bail!("--gateway {iface} is also an uplink: a gateway interface faces the machines behind it");
+        }
+    }
     // The first change to the host, if the default user is missing: creating it.
     let service_user = user::resolve(&opts.user)?;
     for dir in [&opts.state_dir, &opts.runtime_dir] {
@@ -138,6 +159,18 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
+    if let Some(iface) = opts.gateways.iter().find(|i| uplinks.contains(i)) {
+        anyhow::bail!("--gateway {iface} carries a default route (an uplink): name the LAN side instead");
+    }
+    // The tunnel's TUN exists before the datapath, which attaches the gateway program to it;
+    // its socket is the service user's, like every socket of the daemon.
+    let mut gateway = Gateway { interfaces: opts.gateways.clone(), tunnel: None };
+    if let Some(cfg) = tunnel_config {
+        let udp = crate::privs::owned_by(&service_user, || tunnel::device::bind(cfg.listen_port))?;
+        gateway.interfaces.push(cfg.interface.clone());
+        let (device, running) = tunnel::device::start(cfg, udp).await?;
+        gateway.tunnel = Some((device, Box::pin(running)));
+    }
     // `ttp exec --tor` and `ttp exec --direct` run commands in children of these two.
     cgroup::create(&exec_tor)?;
     cgroup::create(&exec_direct)?;
@@ -147,6 +180,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     let dp_opts = DatapathOptions {
         cgroup: governed.clone(),
         uplinks,
+        gateways: gateway.interfaces.clone(),
         pin_dir: opts.pin_dir.clone(),
         trans_port: opts.trans_port,
         dns_port: opts.dns_port,
@@ -183,7 +217,15 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
-    let result = serve(opts, config, &service_user, &governed, datapath.layout().maps(), t0, &mut events).await;
+    let setup = Setup {
+        config,
+        service_user: &service_user,
+        gateway,
+        governed: &governed,
+        maps_dir: datapath.layout().maps(),
+        t0,
+    };
+    let result = serve(opts, setup, &mut events).await;
     SessionLock::remove(&opts.runtime_dir);
     // Our descriptors go first, so that unpinning detaches the links at once.
     let layout = datapath.layout().clone();
@@ -214,7 +256,11 @@ fn hand_over_dirs(opts: &StartOptions, user: &ServiceUser) -> Result<()> {
     Ok(())
 }
 
-/// The proxy ports' sockets, bound while still root (a port below 1024 needs it).
+/// The proxy ports' sockets, bound while still root (a port below 1024 needs it) and
+/// owned by the service user (see [`crate::privs::owned_by`]). In gateway mode the
+/// TransPort and DNSPort sockets on 127.0.0.1 are transparent (`IP_TRANSPARENT`): other
+/// machines' connections are handed to them by the gateway program with their original
+/// destination, and the replies must leave from that address.
 struct Listeners {
     trans: Vec<TcpListener>,
     dns_udp: Vec<UdpSocket>,
@@ -222,26 +268,18 @@ struct Listeners {
     socks: Vec<TcpListener>,
 }
 
-async fn bind_ports(opts: &StartOptions) -> Result<Listeners> {
+fn bind_ports(opts: &StartOptions, transparent: bool) -> Result<Listeners> {
     let mut l = Listeners { trans: vec![], dns_udp: vec![], dns_tcp: vec![], socks: vec![] };
     for ip in loopbacks() {
-        l.trans.push(
-            TcpListener::bind((ip, opts.trans_port))
-                .await
-                .with_context(|| bind_err("TransPort", ip, opts.trans_port))?,
-        );
-        l.dns_udp
-            .push(UdpSocket::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?);
-        l.dns_tcp.push(
-            TcpListener::bind((ip, opts.dns_port)).await.with_context(|| bind_err("DNSPort", ip, opts.dns_port))?,
-        );
+        let t = transparent && ip.is_ipv4();
+        let (trans, dns) = (SocketAddr::new(ip, opts.trans_port), SocketAddr::new(ip, opts.dns_port));
+        l.trans.push(tcp_listener(trans, t).with_context(|| bind_err("TransPort", trans))?);
+        l.dns_udp.push(udp_socket(dns, t).with_context(|| bind_err("DNSPort", dns))?);
+        l.dns_tcp.push(tcp_listener(dns, t).with_context(|| bind_err("DNSPort", dns))?);
     }
     for ip in loopbacks().into_iter().chain(opts.socks_listen.iter().copied()) {
-        l.socks.push(
-            TcpListener::bind((ip, opts.socks_port))
-                .await
-                .with_context(|| bind_err("SOCKS port", ip, opts.socks_port))?,
-        );
+        let socks = SocketAddr::new(ip, opts.socks_port);
+        l.socks.push(tcp_listener(socks, false).with_context(|| bind_err("SOCKS port", socks))?);
         if !ip.is_loopback() {
             tracing::warn!("SOCKS port also on {ip}: anyone who can reach it can use this Tor client");
         }
@@ -249,18 +287,52 @@ async fn bind_ports(opts: &StartOptions) -> Result<Listeners> {
     Ok(l)
 }
 
-async fn serve(
-    opts: &StartOptions,
+fn tcp_listener(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if transparent {
+        s.set_ip_transparent_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+fn udp_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if transparent {
+        s.set_ip_transparent_v4(true)?;
+    }
+    if addr.is_ipv4() {
+        // The DNSPort answers from the address each query was sent to (see dns::server).
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// What the root part of the start hands to the rest.
+struct Setup<'a> {
     config: tor::TorClientConfig,
-    service_user: &ServiceUser,
-    governed: &Path,
+    service_user: &'a ServiceUser,
+    gateway: Gateway,
+    governed: &'a Path,
     maps_dir: PathBuf,
     t0: Instant,
-    events: &mut impl FnMut(Event),
-) -> Result<()> {
+}
+
+async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Event)) -> Result<()> {
+    let Setup { config, service_user, gateway, governed, maps_dir, t0 } = setup;
     hand_over_dirs(opts, service_user)?;
     let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
-    let listeners = bind_ports(opts).await?;
+    let transparent = !gateway.interfaces.is_empty();
+    if transparent {
+        crate::gateway::install(&gateway.interfaces).await?;
+        tracing::info!("gateway on {}: their TCP and DNS go through Tor", gateway.interfaces.join(", "));
+    }
+    let listeners = crate::privs::owned_by(service_user, || bind_ports(opts, transparent))?;
     // Set up: from here on the daemon needs only map access, through open descriptors.
     crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
     tracing::info!("now uid {} with CAP_BPF only; bootstrapping Tor", service_user.uid);
@@ -278,6 +350,7 @@ async fn serve(
         streams: Arc::new(Streams::default()),
         automap: Arc::new(Mutex::new(Automap::new(opts.virtual_net, AUTOMAP_CAPACITY, AUTOMAP_TTL))),
         exit: Mutex::new(None),
+        tunnel: gateway.tunnel.as_ref().map(|(d, _)| d.clone()),
     });
     let check_urls: Vec<String> = if opts.check_urls.is_empty() {
         crate::check::DEFAULT_CHECK_URLS.iter().map(|s| s.to_string()).collect()
@@ -300,6 +373,10 @@ async fn serve(
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some((device, running)) = gateway.tunnel {
+        tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
+        tasks.spawn(running);
+    }
     for l in listeners.trans {
         tasks.spawn(transport.clone().serve(l));
     }
@@ -409,15 +486,14 @@ fn own_args() -> Vec<String> {
     std::env::args().skip(1).skip_while(|a| a != "run").skip(1).collect()
 }
 
-fn bind_err(what: &str, ip: IpAddr, port: u16) -> String {
+fn bind_err(what: &str, addr: SocketAddr) -> String {
     let flag = match what {
         "TransPort" => "trans",
         "DNSPort" => "dns",
         _ => "socks",
     };
     format!(
-        "{what} cannot listen on {}: is another ttp or proxy using the port? (choose another with --{flag}-port)",
-        SocketAddr::new(ip, port)
+        "{what} cannot listen on {addr}: is another ttp or proxy using the port? (choose another with --{flag}-port)"
     )
 }
 

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod diagnose;
 pub mod dns;
+pub mod gateway;
 pub mod lock;
 pub mod logfile;
 pub mod monitor;

@@ -219,7 +219,10 @@ fn main() -> ExitCode {
         | Cmd::Install { .. }
         | Cmd::Uninstall { .. } => true,
         Cmd::Watchdog { cmd } => !matches!(cmd, WatchdogCmd::Status { .. }),
-        Cmd::Tunnel { cmd } => matches!(cmd, cli::tunnel::TunnelCmd::Up { .. }),
+        Cmd::Tunnel { cmd } => {
+            use cli::tunnel::{PeerCmd, TunnelCmd};
+            matches!(cmd, TunnelCmd::Up { .. } | TunnelCmd::Peer { cmd: PeerCmd::Add { .. } | PeerCmd::Remove { .. } })
+        }
         _ => false,
     };
     if needs_root && !nix::unistd::geteuid().is_root() {
@@ -461,6 +464,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
                         println!("  {name:<24} {n}");
                     }
+                    for p in &status.tunnel_peers {
+                        print_peer(p);
+                    }
                 }
                 return Ok(());
             }
@@ -503,6 +509,19 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One tunnel peer, as `ttp status` shows it.
+fn print_peer(p: &ttp::tunnel::device::PeerStatus) {
+    println!("peer:       {}", p.public_key);
+    println!("  endpoint:       {}", p.endpoint.map_or("(not seen yet)".to_string(), |e| e.to_string()));
+    println!("  last handshake: {}", p.last_handshake_secs.map_or("never".to_string(), |s| format!("{s} s ago")));
+    println!("  transfer:       {} bytes received, {} bytes sent", p.rx_bytes, p.tx_bytes);
+    let d = &p.drops;
+    println!(
+        "  dropped:        {} replayed, {} failed to decrypt, {} with a source not its own",
+        d.replay, d.decrypt, d.source
+    );
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct Cleanup {
     pub cgroups: Vec<PathBuf>,
     /// Connections to these loopback ports are destroyed.
     pub ports: Vec<u16>,
+    /// Gateway mode ran: its routing rules go (see [`crate::gateway`]).
+    pub gateway: bool,
 }
 
 /// The daemon's end of the pipes to its monitor.
@@ -149,6 +151,12 @@ fn tear_down(c: &Cleanup) {
     match teardown(&PinLayout::new(&c.pin_dir)) {
         Ok(r) => tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned),
         Err(e) => tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it"),
+    }
+    if c.gateway {
+        match crate::gateway::remove_blocking() {
+            Ok(n) => tracing::info!("gateway routing removed ({n} rules)"),
+            Err(e) => tracing::error!("removing the gateway routing failed: {e:#}; `ttp stop` retries"),
+        }
     }
     for cg in &c.cgroups {
         let _ = std::fs::remove_dir(cg);

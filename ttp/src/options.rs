@@ -100,6 +100,15 @@ pub struct StartOptions {
     /// (the default user is created as a system user if missing).
     #[arg(long, default_value = crate::user::DEFAULT, value_name = "USER")]
     pub user: String,
+    /// Run a tunnel gateway: this side's tunnel configuration (TOML, see `ttp tunnel`).
+    /// Everything its peers send goes through Tor: TCP to the TransPort, DNS to the
+    /// DNSPort, the rest dropped.
+    #[arg(long, value_name = "FILE")]
+    pub tunnel: Option<PathBuf>,
+    /// A LAN interface whose machines get the same treatment as tunnel peers: their TCP
+    /// and DNS through Tor, nothing forwarded; repeatable.
+    #[arg(long = "gateway", value_name = "IFACE")]
+    pub gateways: Vec<String>,
     /// The DNSPort's virtual range for .onion names.
     #[arg(long, default_value = "10.192.0.0/10")]
     pub virtual_net: ipnet::Ipv4Net,

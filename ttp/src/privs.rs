@@ -210,3 +210,23 @@ fn apply_here() -> i32 {
     }
     0
 }
+
+/// Runs `f` (which creates sockets) with the calling thread's file-system uid and gid set
+/// to `user`'s, then back to root's. A socket's owner is the file-system uid of the thread
+/// that created it, and the kill-switch exempts the daemon's sockets by cgroup *and*
+/// owner: sockets bound while still root (a port below 1024 needs it), but owned by the
+/// service user, send like the rest of the daemon (a reply to a gateway client, a SOCKS
+/// port on a LAN address). Binding needs `CAP_NET_BIND_SERVICE`, which a file-system uid
+/// does not touch. `f` must not yield to other tasks: the change is this thread's.
+pub fn owned_by<T>(user: &ServiceUser, f: impl FnOnce() -> T) -> T {
+    // SAFETY: setfsuid/setfsgid only change this thread's file-system ids; they cannot
+    // fail in a way that matters here (the ids are read back by the kernel on use).
+    let (old_uid, old_gid) = unsafe { (libc::setfsuid(user.uid), libc::setfsgid(user.gid)) };
+    let r = f();
+    // SAFETY: as above, back to what the thread had.
+    unsafe {
+        libc::setfsuid(old_uid as libc::uid_t);
+        libc::setfsgid(old_gid as libc::gid_t);
+    }
+    r
+}

@@ -172,6 +172,7 @@ fn isolation_label(k: &IsolationKey) -> String {
         IsolationKey::Socks { user, .. } if user.is_empty() => "socks".into(),
         IsolationKey::Socks { user, .. } => format!("socks user {}", String::from_utf8_lossy(user)),
         IsolationKey::Local { uid, cgroup } => format!("uid {uid} cgroup {cgroup}"),
+        IsolationKey::Gateway { client } => format!("gateway client {client}"),
     }
 }
 

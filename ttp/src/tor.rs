@@ -179,6 +179,8 @@ pub enum IsolationKey {
     Local { uid: u32, cgroup: u64 },
     /// A SOCKS client: by its username and password (like Tor's IsolateSOCKSAuth).
     Socks { user: Vec<u8>, pass: Vec<u8> },
+    /// A machine behind the gateway (tunnel peer, LAN client): by its address.
+    Gateway { client: std::net::IpAddr },
 }
 
 /// Maps isolation keys to Arti isolation tokens. A new identity drops them all, so every

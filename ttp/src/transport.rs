@@ -2,8 +2,10 @@
 //! through Tor to the destination the application asked for.
 //!
 //! Arti has no transparent proxy port; this is it. The original destination comes from the
-//! datapath (`CONN_DST`, keyed by the client's address), virtual addresses are mapped back
-//! to their .onion names, and every stream is isolated by the owner the kernel recorded.
+//! datapath (`CONN_DST`, keyed by the client's address), or, for a machine behind the
+//! gateway, from the accepted socket's own address; virtual addresses are mapped back to
+//! their .onion names, and every stream is isolated by the owner the kernel recorded (or
+//! by the gateway client's address).
 
 use std::{
     collections::HashMap,
@@ -268,18 +270,28 @@ impl TransPort {
     }
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr) -> Result<()> {
-        let origin = self
-            .origins
-            .take(peer)
-            .with_context(|| format!("no original destination recorded for {peer}: not a redirected connection"))?;
-        let target = self.ctx.unmap(origin.dst.ip())?;
-        let key = IsolationKey::Local { uid: origin.uid, cgroup: origin.cgroup };
+        let (dst, key, label) = match self.origins.take(peer) {
+            Some(o) => (
+                o.dst,
+                IsolationKey::Local { uid: o.uid, cgroup: o.cgroup },
+                format!("uid {} cgroup {}", o.uid, o.cgroup),
+            ),
+            // A gateway client's connection, handed over by the gateway program: its local
+            // address is the destination it asked for. Our listeners are bound to loopback,
+            // so any other way in shows a loopback address and is refused.
+            None => match client.local_addr()? {
+                local if !local.ip().is_loopback() => {
+                    (local, IsolationKey::Gateway { client: peer.ip() }, format!("gateway client {}", peer.ip()))
+                }
+                _ => anyhow::bail!("no original destination recorded for {peer}: not a redirected connection"),
+            },
+        };
+        let target = self.ctx.unmap(dst.ip())?;
         let (destination, tor_stream) = self
             .ctx
-            .open(&target, origin.dst.port(), key)
+            .open(&target, dst.port(), key)
             .await
             .map_err(|(d, e)| anyhow::Error::new(e).context(format!("Tor stream to {d}")))?;
-        let label = format!("uid {} cgroup {}", origin.uid, origin.cgroup);
         self.ctx.track_and_relay(client, tor_stream, destination, label).await
     }
 }

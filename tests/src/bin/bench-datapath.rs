@@ -46,6 +46,7 @@ fn serve(mode: &str, rest: &[String]) -> Result<()> {
         let opts = ttp::datapath::DatapathOptions {
             cgroup,
             uplinks: vec![UPLINK.into()],
+            gateways: vec![],
             pin_dir: rest[2].clone().into(),
             trans_port: PORT,
             dns_port: PORT + 13,

@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
     let opts = DatapathOptions {
         cgroup: a.cgroup,
         uplinks: a.uplink,
+        gateways: vec![],
         pin_dir: a.pin_dir,
         trans_port: a.trans_port,
         dns_port: a.dns_port,

@@ -160,7 +160,22 @@ pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let r = teardown(&PinLayout::new(pin_dir))?;
+    let layout = PinLayout::new(pin_dir);
+    // A crashed gateway leaves its routing rules too (harmless: they never forward).
+    let gateway = layout
+        .link_pins()
+        .unwrap_or_default()
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(ttp_common::programs::TC_GATEWAY)));
+    let r = teardown(&layout)?;
+    if gateway {
+        if let Err(e) = ttp::gateway::remove_blocking() {
+            eprintln!(
+                "warning: removing the gateway routing rules: {e:#} (`ip rule` shows them: table {})",
+                ttp::gateway::TABLE
+            );
+        }
+    }
     SessionLock::remove(runtime_dir);
     let _ = std::fs::remove_file(runtime_dir.join(control::SOCKET));
     if r.links_detached == 0 && r.maps_unpinned == 0 && lock.is_none() {

@@ -1,6 +1,6 @@
 //! Typed handles on the datapath's maps, whether just loaded or reopened from their pins.
 //!
-//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS and UPLINKS; the programs own
+//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS and GATEWAYS; the programs own
 //! ORIG_DST, EXEMPT_SOCK and CONN_DST (userspace only deletes what it consumed).
 
 use std::{
@@ -37,11 +37,12 @@ pub struct Maps {
     doh: HashMap<MapData, IpKey, u8>,
     conn_dst: HashMap<MapData, SockAddr, Origin>,
     uplinks: HashMap<MapData, u32, u32>,
+    gateways: HashMap<MapData, u32, u32>,
 }
 
 /// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
 /// that `bpftool` can inspect a crashed instance, though userspace never touches them.
-pub const PINNED: [&str; 10] = [
+pub const PINNED: [&str; 11] = [
     names::CONFIG,
     names::COUNTERS,
     names::BYPASS_UID,
@@ -50,6 +51,7 @@ pub const PINNED: [&str; 10] = [
     names::DOH_ADDRS,
     names::CONN_DST,
     names::UPLINKS,
+    names::GATEWAYS,
     names::ORIG_DST,
     names::EXEMPT_SOCK,
 ];
@@ -74,6 +76,7 @@ impl Maps {
             doh: get!(names::DOH_ADDRS),
             conn_dst: get!(names::CONN_DST),
             uplinks: get!(names::UPLINKS),
+            gateways: get!(names::GATEWAYS),
         })
     }
 
@@ -131,6 +134,11 @@ impl Maps {
 
     pub fn set_uplink(&mut self, ifindex: u32, l2_len: u32) -> Result<()> {
         self.uplinks.insert(ifindex, l2_len, 0).context("writing UPLINKS")
+    }
+
+    /// Marks an interface as a gateway interface (its ingress is steered into Tor).
+    pub fn set_gateway(&mut self, ifindex: u32, l2_len: u32) -> Result<()> {
+        self.gateways.insert(ifindex, l2_len, 0).context("writing GATEWAYS")
     }
 
     /// Every counter, summed over CPUs.

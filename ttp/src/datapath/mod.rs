@@ -104,6 +104,9 @@ pub struct DatapathOptions {
     pub cgroup: PathBuf,
     /// Interfaces that get the TC egress kill-switch.
     pub uplinks: Vec<String>,
+    /// Gateway interfaces (the tunnel's TUN, LAN interfaces): what other machines send
+    /// in on them is steered into the TransPort and DNSPort, the rest dropped.
+    pub gateways: Vec<String>,
     /// Per-instance directory in bpffs.
     pub pin_dir: PathBuf,
     pub trans_port: u16,
@@ -206,6 +209,10 @@ impl Datapath {
             let (index, l2) = link_of(iface)?;
             maps.set_uplink(index, l2)?;
         }
+        for iface in &opts.gateways {
+            let (index, l2) = link_of(iface)?;
+            maps.set_gateway(index, l2)?;
+        }
 
         // Kill-switch first, redirection last.
         let cg = File::open(&opts.cgroup).with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
@@ -238,6 +245,27 @@ impl Datapath {
                     .with_context(|| format!("attaching the TC kill-switch to {iface} (tcx needs Linux 6.6+)"))?;
                 // bpffs refuses names with dots (VLAN interfaces have them).
                 let pin_name = format!("{}@{}", prog::TC_EGRESS, iface.replace('.', "_"));
+                pin(layout, &pin_name, p.take_link(id)?.try_into()?)?;
+            }
+        }
+        for (name, direction) in
+            [(prog::TC_GATEWAY, TcAttachType::Ingress), (prog::TC_GATEWAY_EGRESS, TcAttachType::Egress)]
+        {
+            if opts.gateways.is_empty() {
+                break;
+            }
+            let p: &mut SchedClassifier = program(&mut ebpf, name)?;
+            p.load().map_err(aya_err).with_context(|| format!("loading {name}"))?;
+            for iface in &opts.gateways {
+                let id = p
+                    .attach_with_options(
+                        iface,
+                        direction,
+                        aya::programs::tc::TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(aya_err)
+                    .with_context(|| format!("attaching {name} to {iface} (tcx needs Linux 6.6+)"))?;
+                let pin_name = format!("{name}@{}", iface.replace('.', "_"));
                 pin(layout, &pin_name, p.take_link(id)?.try_into()?)?;
             }
         }

@@ -1,10 +1,16 @@
-//! The DNSPort's sockets: UDP and TCP on loopback, around [`DnsService`].
+//! The DNSPort's sockets: UDP and TCP on loopback, around [`DnsService`]. In gateway mode
+//! they also take the queries of machines behind the gateway (see [`crate::gateway`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Result;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpListener, TcpStream, UdpSocket},
     sync::Semaphore,
 };
@@ -18,12 +24,22 @@ const MAX_IN_FLIGHT: usize = 1024;
 const _: () = assert!(MAX_IN_FLIGHT > super::service::MAX_TOR_LOOKUPS);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// Answers UDP queries. On IPv4 each answer leaves from the address its query was sent
+/// to (`IP_PKTINFO`): a query the gateway program handed over was sent to some resolver's
+/// address (the client's own choice), and the client only accepts the answer from there.
+/// For this host's redirected queries that address is 127.0.0.1, as before.
 pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>) -> Result<()> {
     let sock = Arc::new(sock);
+    let pktinfo = sock.local_addr()?.is_ipv4();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 65535];
     loop {
-        let (n, peer) = sock.recv_from(&mut buf).await?;
+        let (n, peer, dst) = if pktinfo {
+            sock.async_io(Interest::READABLE, || recv_v4(&sock, &mut buf)).await?
+        } else {
+            let (n, peer) = sock.recv_from(&mut buf).await?;
+            (n, peer, None)
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
         };
@@ -31,11 +47,42 @@ pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>) -> Result<()> 
         let (sock, service) = (sock.clone(), service.clone());
         tokio::spawn(async move {
             if let Some(answer) = service.handle(&query).await {
-                let _ = sock.send_to(&answer, peer).await;
+                let _ = match (dst, peer) {
+                    (Some(from), SocketAddr::V4(to)) => {
+                        sock.async_io(Interest::WRITABLE, || send_v4(&sock, &answer, from, to)).await
+                    }
+                    _ => sock.send_to(&answer, peer).await.map(drop),
+                };
             }
             drop(permit);
         });
     }
+}
+
+/// One datagram and the destination address it was sent to.
+fn recv_v4(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let peer = msg.address.map(|a| SocketAddr::V4(a.into())).ok_or(std::io::ErrorKind::InvalidData)?;
+    let dst = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4PacketInfo(pi) => Some(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))),
+        _ => None,
+    });
+    Ok((msg.bytes, peer, dst))
+}
+
+/// Sends `data` to `to` from the address `from`.
+fn send_v4(sock: &UdpSocket, data: &[u8], from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+    // SAFETY: in_pktinfo is plain data; zero is "no interface".
+    let mut pi: libc::in_pktinfo = unsafe { std::mem::zeroed() };
+    pi.ipi_spec_dst.s_addr = u32::from(from).to_be();
+    let iov = [std::io::IoSlice::new(data)];
+    let to = SockaddrIn::from(to);
+    sendmsg(sock.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&pi)], MsgFlags::empty(), Some(&to))?;
+    Ok(())
 }
 
 pub async fn serve_tcp(listener: TcpListener, service: Arc<DnsService>) -> Result<()> {

@@ -69,12 +69,20 @@ impl TunnelConfig {
     pub fn parse(text: &str) -> Result<TunnelConfig> {
         let f: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let identity = keys::identity(keys::decode(&f.private_key).context("private-key")?);
-        let mut peers = Vec::new();
+        let mut peers: Vec<PeerConfig> = Vec::new();
         for (i, p) in f.peer.iter().enumerate() {
             let n = i + 1;
             let public = keys::decode(&p.public_key).with_context(|| format!("peer {n}: public-key"))?;
             if public == identity.public {
                 anyhow::bail!("peer {n} is this side's own public key");
+            }
+            if let Some(m) = peers.iter().position(|q| q.public == public) {
+                anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
+            }
+            for (m, q) in peers.iter().enumerate() {
+                if let Some(net) = p.allowed_ips.iter().find(|a| q.allowed.contains(a)) {
+                    anyhow::bail!("peer {n} and peer {} both claim {net}", m + 1);
+                }
             }
             let psk = match &p.preshared_key {
                 Some(k) => Some(keys::decode(k).with_context(|| format!("peer {n}: preshared-key"))?),
@@ -91,6 +99,75 @@ impl TunnelConfig {
             peers,
         })
     }
+}
+
+/// A peer as `ttp tunnel peer add` writes it into a side's file.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub public_key: String,
+    pub preshared_key: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Appends `peer` to the file at `path`, keeping the rest of it (comments included) as it
+/// is. The result is checked as a whole before it replaces the file, so a mistake never
+/// leaves a file the gateway cannot start from.
+pub fn add_peer_to_file(path: &Path, peer: &PeerEntry) -> Result<TunnelConfig> {
+    edit_file(path, |doc| {
+        let mut t = toml_edit::Table::new();
+        t["public-key"] = toml_edit::value(peer.public_key.as_str());
+        if let Some(psk) = &peer.preshared_key {
+            t["preshared-key"] = toml_edit::value(psk.as_str());
+        }
+        let mut ips = toml_edit::Array::new();
+        for ip in &peer.allowed_ips {
+            ips.push(ip.to_string());
+        }
+        t["allowed-ips"] = toml_edit::value(ips);
+        if let Some(e) = peer.endpoint {
+            t["endpoint"] = toml_edit::value(e.to_string());
+        }
+        match doc.entry("peer").or_insert(toml_edit::Item::ArrayOfTables(Default::default())) {
+            toml_edit::Item::ArrayOfTables(a) => a.push(t),
+            _ => anyhow::bail!("`peer` in the file is not a list of [[peer]] tables"),
+        }
+        Ok(())
+    })
+}
+
+/// Removes the peer with `public_key` from the file at `path`.
+pub fn remove_peer_from_file(path: &Path, public_key: &str) -> Result<TunnelConfig> {
+    let wanted = keys::decode(public_key).context("public key")?;
+    edit_file(path, |doc| {
+        let Some(toml_edit::Item::ArrayOfTables(peers)) = doc.get_mut("peer") else {
+            anyhow::bail!("the file has no peers");
+        };
+        let before = peers.len();
+        peers.retain(|t| {
+            t.get("public-key").and_then(|k| k.as_str()).and_then(|k| keys::decode(k).ok()) != Some(wanted)
+        });
+        if peers.len() == before {
+            anyhow::bail!("no peer with public key {public_key} in the file");
+        }
+        Ok(())
+    })
+}
+
+/// Reads, edits, checks, and replaces the file (atomically, with the same permissions:
+/// it holds a private key).
+fn edit_file(path: &Path, edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<()>) -> Result<TunnelConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    edit(&mut doc)?;
+    let new = doc.to_string();
+    let cfg = TunnelConfig::parse(&new).with_context(|| format!("{} would not be valid", path.display()))?;
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
+    let perms = std::fs::metadata(path)?.permissions();
+    std::fs::set_permissions(&tmp, perms)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -113,5 +190,45 @@ mod tests {
         assert!(format!("{:#}", TunnelConfig::parse(&bad_key).unwrap_err()).contains("peer 1: public-key"));
         let typo = ok.replace("allowed-ips", "allowed-ip");
         assert!(format!("{:#}", TunnelConfig::parse(&typo).unwrap_err()).contains("allowed-ip"));
+    }
+
+    #[test]
+    fn peers_are_added_and_removed_in_the_file_keeping_the_rest() {
+        let me = keys::encode(&Identity::generate().unwrap().private);
+        let first = keys::encode(&Identity::generate().unwrap().public);
+        let dir = std::env::temp_dir().join(format!("ttp-peerfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        let text = format!(
+            "# the gateway\nprivate-key = \"{me}\"\naddress = [\"10.77.0.1/24\"]\n\n\
+             [[peer]] # laptop\npublic-key = \"{first}\"\nallowed-ips = [\"10.77.0.2/32\"]\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let second = keys::encode(&Identity::generate().unwrap().public);
+        let entry = |key: &str, ip: &str| PeerEntry {
+            public_key: key.into(),
+            preshared_key: None,
+            allowed_ips: vec![ip.parse().unwrap()],
+            endpoint: None,
+        };
+        let cfg = add_peer_to_file(&path, &entry(&second, "10.77.0.3/32")).unwrap();
+        assert_eq!(cfg.peers.len(), 2);
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(now.starts_with("# the gateway\n") && now.contains("# laptop"), "{now}");
+        // Mistakes change nothing: a key twice, an address another peer has, a bad key.
+        let third = keys::encode(&Identity::generate().unwrap().public);
+        for (bad, why) in [
+            (entry(&second, "10.77.0.4/32"), "same public key"),
+            (entry(&third, "10.77.0.2/32"), "both claim 10.77.0.2/32"),
+            (entry("not-a-key", "10.77.0.4/32"), "public-key"),
+        ] {
+            let e = format!("{:#}", add_peer_to_file(&path, &bad).unwrap_err());
+            assert!(e.contains(why), "{e}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), now);
+        }
+        let cfg = remove_peer_from_file(&path, &first).unwrap();
+        assert_eq!(cfg.peers.len(), 1);
+        assert!(format!("{:#}", remove_peer_from_file(&path, &first).unwrap_err()).contains("no peer"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

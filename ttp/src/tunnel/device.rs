@@ -21,9 +21,11 @@ use tokio::{
     net::UdpSocket,
 };
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::{
     config::TunnelConfig,
-    protocol::{Action, Core, Drops},
+    protocol::{Action, Core, Drops, PeerConfig, PeerError},
 };
 
 /// How often timers are looked at: handshake retries (5 s) and keepalives (10 s) need no
@@ -31,14 +33,19 @@ use super::{
 const TICK: Duration = Duration::from_millis(250);
 
 /// What `ttp status` shows of each peer.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
     pub public_key: String,
     pub endpoint: Option<SocketAddr>,
+    /// Seconds since the current session's handshake (none yet: `None`).
+    pub last_handshake_secs: Option<u64>,
+    /// Inner bytes received from the peer and sent to it.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
     pub drops: DropCounts,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DropCounts {
     pub replay: u64,
     pub decrypt: u64,
@@ -52,29 +59,75 @@ impl From<&Drops> for DropCounts {
 }
 
 /// A running tunnel side.
+#[derive(Clone)]
 pub struct Device {
     pub interface: String,
     pub local: SocketAddr,
+    /// This side's addresses on the TUN: a peer added while running must stay inside
+    /// their prefixes (a route of its own needs `CAP_NET_ADMIN`, which the daemon gave up).
+    addresses: Vec<IpNet>,
     status: Arc<Mutex<Vec<PeerStatus>>>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// A change to a running device's peers, and where its outcome goes.
+enum Command {
+    Add(PeerConfig, oneshot::Sender<Result<(), PeerError>>),
+    Remove([u8; 32], oneshot::Sender<Result<(), PeerError>>),
 }
 
 impl Device {
     pub fn status(&self) -> Vec<PeerStatus> {
         self.status.lock().expect("status lock").clone()
     }
+
+    /// Adds a peer to the running device.
+    pub async fn add_peer(&self, cfg: PeerConfig) -> Result<()> {
+        if let Some(p) = cfg.allowed.iter().find(|p| !self.addresses.iter().any(|a| a.trunc().contains(*p))) {
+            anyhow::bail!(
+                "{p} is outside the tunnel's own prefixes ({}): a running gateway cannot route it; \
+                 add the peer to the configuration file and restart",
+                self.addresses.iter().map(|a| a.trunc().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Add(cfg, tx)).await.map_err(|_| anyhow::anyhow!("the tunnel is not running"))?;
+        rx.await.context("the tunnel stopped")?.map_err(Into::into)
+    }
+
+    /// Removes a peer from the running device: its session ends at once.
+    pub async fn remove_peer(&self, public: [u8; 32]) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Remove(public, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the tunnel is not running"))?;
+        rx.await.context("the tunnel stopped")?.map_err(Into::into)
+    }
 }
 
-/// Brings the TUN up with its addresses and routes, binds the socket, and returns the
-/// device and the future that runs it (until it fails or is dropped).
-pub async fn start(cfg: TunnelConfig) -> Result<(Device, impl std::future::Future<Output = Result<()>>)> {
+/// The tunnel's UDP socket (dual stack), bound to `port` (0: any). Separate from [`start`]
+/// so that the daemon can bind it as the service user's (see [`crate::privs::owned_by`]).
+pub fn bind(port: u16) -> Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+        .with_context(|| format!("binding UDP port {port} (is another tunnel using it?)"))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Brings the TUN up with its addresses and routes around the bound socket `udp` (from
+/// [`bind`]), and returns the device and the future that runs it (until it fails or is
+/// dropped). Creating and configuring the TUN needs `CAP_NET_ADMIN`; running it does not.
+pub async fn start(
+    cfg: TunnelConfig,
+    udp: std::net::UdpSocket,
+) -> Result<(Device, impl std::future::Future<Output = Result<()>>)> {
     let mut tc = tun::Configuration::default();
     tc.tun_name(&cfg.interface).mtu(cfg.mtu as u16);
     let tun = tun::create_as_async(&tc)
         .with_context(|| format!("creating the TUN device {} (needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface))?;
     configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
-    let udp = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.listen_port))
-        .await
-        .with_context(|| format!("binding UDP port {} (is another tunnel using it?)", cfg.listen_port))?;
+    let udp = UdpSocket::from_std(udp)?;
     let local = udp.local_addr()?;
     let status = Arc::new(Mutex::new(
         cfg.peers
@@ -82,10 +135,17 @@ pub async fn start(cfg: TunnelConfig) -> Result<(Device, impl std::future::Futur
             .map(|p| PeerStatus { public_key: super::keys::encode(&p.public), ..PeerStatus::default() })
             .collect(),
     ));
-    let device = Device { interface: cfg.interface.clone(), local, status: status.clone() };
+    let (commands, rx) = mpsc::channel(8);
+    let device = Device {
+        interface: cfg.interface.clone(),
+        local,
+        addresses: cfg.addresses.clone(),
+        status: status.clone(),
+        commands,
+    };
     let npeers = cfg.peers.len();
     let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now());
-    let run = run(core, npeers, tun, udp, cfg.mtu as usize, status);
+    let run = run(core, npeers, tun, udp, cfg.mtu as usize, status, rx);
     Ok((device, run))
 }
 
@@ -96,6 +156,7 @@ async fn run(
     udp: UdpSocket,
     mtu: usize,
     status: Arc<Mutex<Vec<PeerStatus>>>,
+    mut commands: mpsc::Receiver<Command>,
 ) -> Result<()> {
     let (mut tun_r, mut tun_w) = tokio::io::split(tun);
     let mut from_tun = vec![0u8; mtu + 64];
@@ -124,14 +185,34 @@ async fn run(
                 let a = core.from_network(unmap(src), &from_net[..n], Instant::now());
                 apply(a, &udp, &mut tun_w).await?;
             }
+            Some(cmd) = commands.recv() => {
+                let (outcome, reply) = match cmd {
+                    Command::Add(cfg, reply) => (core.add_peer(cfg).map(drop), reply),
+                    Command::Remove(public, reply) => (core.remove_peer(&public), reply),
+                };
+                if outcome.is_ok() {
+                    // Indices may have moved: the table is rebuilt, and filled at the next tick.
+                    *status.lock().expect("status lock") = core
+                        .public_keys()
+                        .iter()
+                        .map(|k| PeerStatus { public_key: super::keys::encode(k), ..PeerStatus::default() })
+                        .collect();
+                }
+                let _ = reply.send(outcome);
+            }
             _ = tick.tick() => {
                 for a in core.tick(Instant::now(), SystemTime::now()) {
                     apply(a, &udp, &mut tun_w).await?;
                 }
                 let mut st = status.lock().expect("status lock");
+                let now = Instant::now();
                 for (i, s) in st.iter_mut().enumerate() {
                     s.endpoint = core.endpoint(i);
                     s.drops = core.drops(i).map(DropCounts::from).unwrap_or_default();
+                    if let Some(t) = core.traffic(i) {
+                        s.last_handshake_secs = t.handshake_at.map(|at| now.duration_since(at).as_secs());
+                        (s.rx_bytes, s.tx_bytes) = (t.rx_bytes, t.tx_bytes);
+                    }
                 }
             }
         }

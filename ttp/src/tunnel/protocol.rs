@@ -53,6 +53,44 @@ struct Peer {
     timers: Timers,
     newest_initiation: Option<[u8; 12]>,
     drops: Drops,
+    traffic: Traffic,
+}
+
+impl Peer {
+    fn new(cfg: PeerConfig) -> Peer {
+        Peer {
+            endpoint: cfg.endpoint,
+            jar: CookieJar::new(&cfg.public),
+            cfg,
+            session: None,
+            pending: None,
+            timers: Timers::default(),
+            newest_initiation: None,
+            drops: Drops::default(),
+            traffic: Traffic::default(),
+        }
+    }
+}
+
+/// What went through a peer's sessions (for `ttp status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Inner packets' bytes, from the peer to the TUN and back.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// When the current session's handshake completed.
+    pub handshake_at: Option<Instant>,
+}
+
+/// Why a peer could not be added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("a peer with this public key exists already")]
+    Exists,
+    #[error("this is the gateway's own public key")]
+    Own,
+    #[error("no peer has this public key")]
+    Unknown,
 }
 
 /// What the device must do.
@@ -79,24 +117,16 @@ pub struct Core {
 impl Core {
     pub fn new(me: Identity, peers: Vec<PeerConfig>, now: Instant) -> Core {
         let checker = CookieChecker::new(&me.public, now);
-        let peers = peers
-            .into_iter()
-            .map(|cfg| Peer {
-                endpoint: cfg.endpoint,
-                jar: CookieJar::new(&cfg.public),
-                cfg,
-                session: None,
-                pending: None,
-                timers: Timers::default(),
-                newest_initiation: None,
-                drops: Drops::default(),
-            })
-            .collect();
+        let peers = peers.into_iter().map(Peer::new).collect();
         Core { me, peers, index: HashMap::new(), next_index: 1, checker, limiter: RateLimiter::new(now) }
     }
 
     pub fn drops(&self, peer: usize) -> Option<&Drops> {
         self.peers.get(peer).map(|p| &p.drops)
+    }
+
+    pub fn traffic(&self, peer: usize) -> Option<&Traffic> {
+        self.peers.get(peer).map(|p| &p.traffic)
     }
 
     pub fn endpoint(&self, peer: usize) -> Option<SocketAddr> {
@@ -136,6 +166,7 @@ impl Core {
             (Some(s), Some(to)) => match s.seal(packet) {
                 Ok(d) => {
                     p.timers.data_sent(now);
+                    p.traffic.tx_bytes += packet.len() as u64;
                     Action::Network(to, d)
                 }
                 Err(_) => self.initiate(peer, now, wall),
@@ -176,6 +207,7 @@ impl Core {
                 p.newest_initiation = Some(acc.timestamp);
                 p.endpoint = Some(src);
                 p.timers.session_started(now, false);
+                p.traffic.handshake_at = Some(now);
                 Action::Network(src, acc.response)
             }
             Ok(Message::Response(r)) => {
@@ -192,6 +224,7 @@ impl Core {
                         let p = &mut self.peers[peer];
                         p.endpoint = Some(src);
                         p.timers.session_started(now, true);
+                        p.traffic.handshake_at = Some(now);
                         // Confirm the session to the responder at once (an empty packet).
                         match p.session.as_mut().map(|s| s.seal(&[])) {
                             Some(Ok(keepalive)) => {
@@ -229,6 +262,7 @@ impl Core {
                             p.drops.source += 1;
                             return Action::None;
                         }
+                        p.traffic.rx_bytes += packet.len() as u64;
                         Action::Tunnel(peer, packet)
                     }
                     Err(SessionError::Replay) => {
@@ -268,6 +302,38 @@ impl Core {
         }
         out.retain(|a| *a != Action::None);
         out
+    }
+
+    /// Adds a peer (a running gateway's `ttp tunnel peer add`). Refused if its key is
+    /// already a peer's, or is ours.
+    pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<usize, PeerError> {
+        if cfg.public == self.me.public {
+            return Err(PeerError::Own);
+        }
+        if self.peers.iter().any(|p| p.cfg.public == cfg.public) {
+            return Err(PeerError::Exists);
+        }
+        self.peers.push(Peer::new(cfg));
+        Ok(self.peers.len() - 1)
+    }
+
+    /// Removes a peer: its sessions end at once (their packets are unknown from now on).
+    /// Later peers move down by one index.
+    pub fn remove_peer(&mut self, public: &[u8; 32]) -> Result<(), PeerError> {
+        let gone = self.peers.iter().position(|p| &p.cfg.public == public).ok_or(PeerError::Unknown)?;
+        self.peers.remove(gone);
+        self.index.retain(|_, peer| *peer != gone);
+        for peer in self.index.values_mut() {
+            if *peer > gone {
+                *peer -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The peers' public keys, in index order.
+    pub fn public_keys(&self) -> Vec<[u8; 32]> {
+        self.peers.iter().map(|p| p.cfg.public).collect()
     }
 
     /// Installs a new session; the old one's index stops routing (a late packet of it is
@@ -401,6 +467,37 @@ mod tests {
         let spoof = t.client.from_tunnel(&ipv4([10, 77, 0, 3], [203, 0, 113, 10], b"x"), now, wall);
         assert_eq!(deliver(&mut t.gw, moved, spoof, now), Action::None);
         assert_eq!(t.gw.drops(0).unwrap().source, 1);
+    }
+
+    #[test]
+    fn peers_come_and_go_while_running() {
+        let mut t = pair();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let pkt = ipv4([10, 77, 0, 2], [203, 0, 113, 10], b"hi");
+        let init = t.client.from_tunnel(&pkt, now, wall);
+        let resp = deliver(&mut t.gw, t.client_addr, init, now);
+        let confirm = deliver(&mut t.client, t.gw_addr, resp, now);
+        let _ = deliver(&mut t.gw, t.client_addr, confirm, now);
+        let client_pub = t.gw.public_keys()[0];
+        // A third peer joins; the first one's session is untouched.
+        let newcomer = Identity::generate().unwrap();
+        let cfg =
+            |public| PeerConfig { public, psk: None, allowed: vec!["10.77.0.4/32".parse().unwrap()], endpoint: None };
+        assert_eq!(t.gw.add_peer(cfg(newcomer.public)), Ok(2));
+        assert_eq!(t.gw.add_peer(cfg(newcomer.public)), Err(PeerError::Exists));
+        assert_eq!(t.gw.add_peer(cfg(t.gw.me.public)), Err(PeerError::Own));
+        let d = t.client.from_tunnel(&pkt, now, wall);
+        assert!(matches!(deliver(&mut t.gw, t.client_addr, d, now), Action::Tunnel(0, _)));
+        // The client is removed: its session's packets are unknown at once, and a new
+        // handshake from it finds no peer.
+        assert_eq!(t.gw.remove_peer(&client_pub), Ok(()));
+        assert_eq!(t.gw.remove_peer(&client_pub), Err(PeerError::Unknown));
+        let d = t.client.from_tunnel(&pkt, now, wall);
+        assert_eq!(deliver(&mut t.gw, t.client_addr, d, now), Action::None);
+        let again = t.client.initiate(0, now + Duration::from_secs(1), wall);
+        assert_eq!(deliver(&mut t.gw, t.client_addr, again, now + Duration::from_secs(1)), Action::None);
+        assert_eq!(t.gw.public_keys(), vec![t.gw.peers[0].cfg.public, newcomer.public]);
     }
 
     #[test]

@@ -1,0 +1,306 @@
+//! Gateway mode on the private Tor network: machines behind the gateway (the daemon's
+//! host namespace) reach the internet through Tor only. A tunnel peer in its own
+//! namespace, over the real tunnel, and a LAN client on a veth named with `--gateway`;
+//! each resolves a name and fetches a page, and the uplink capture shows relay traffic
+//! only, also while they try UDP and ICMP to the internet directly.
+
+use std::process::Command;
+
+use ttp_tests::{bin, Netns, Proc, TempDir};
+
+use super::*;
+
+const PEER_LINK: &str = "gwpeer0";
+const LAN_LINK: &str = "gwlan0";
+const TUN: &str = "ttpgw0";
+const GW_OUTER: &str = "100.64.7.1";
+const PEER_OUTER: &str = "100.64.7.2";
+const GW_INNER: &str = "10.77.0.1";
+const PEER_INNER: &str = "10.77.0.2";
+const GW_LAN: &str = "192.168.77.1";
+const LAN_CLIENT: &str = "192.168.77.2";
+
+fn key(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bin("ttp"))
+        .arg("tunnel")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The host namespace as a gateway, with a tunnel peer and a LAN client behind it.
+/// Field order is drop order: the peer's tunnel, the daemon, then namespaces and state.
+struct Behind {
+    peer_side: Option<Proc>,
+    run: Running,
+    peer: Netns,
+    lan: Netns,
+    dir: TempDir,
+}
+
+impl Behind {
+    fn new() -> Behind {
+        let net = net();
+        let w = World::with_testnet(net).expect("test world on the Tor network");
+        let (peer, lan) = (Netns::new("gwpeer").unwrap(), Netns::new("gwlan").unwrap());
+        for (link, ns, gw, client) in [(PEER_LINK, &peer, GW_OUTER, PEER_OUTER), (LAN_LINK, &lan, GW_LAN, LAN_CLIENT)] {
+            w.host.ip(&["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", &ns.path()]).unwrap();
+            w.host.ip(&["addr", "add", &format!("{gw}/24"), "dev", link]).unwrap();
+            w.host.ip(&["link", "set", link, "up"]).unwrap();
+            ns.ip(&["addr", "add", &format!("{client}/24"), "dev", "eth0"]).unwrap();
+            ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        }
+        // The LAN client's gateway is us, for everything.
+        lan.ip(&["route", "add", "default", "via", GW_LAN]).unwrap();
+
+        let dir = TempDir::new("gateway");
+        let (gw_key, peer_key) = (key(&["genkey"], ""), key(&["genkey"], ""));
+        let (gw_pub, peer_pub) = (key(&["pubkey"], &gw_key), key(&["pubkey"], &peer_key));
+        std::fs::write(
+            dir.0.join("gw.toml"),
+            format!(
+                "private-key = \"{gw_key}\"\nlisten-port = 51820\naddress = [\"{GW_INNER}/24\"]\ninterface = \"{TUN}\"\n\
+                 [[peer]]\npublic-key = \"{peer_pub}\"\nallowed-ips = [\"{PEER_INNER}/32\"]\n"
+            ),
+        )
+        .unwrap();
+        // The peer routes the tunnel's prefix, the internet's web prefix and the .onion
+        // virtual range into the tunnel; its resolver is the gateway's tunnel address.
+        std::fs::write(
+            dir.0.join("peer.toml"),
+            format!(
+                "private-key = \"{peer_key}\"\naddress = [\"{PEER_INNER}/24\"]\n\
+                 [[peer]]\npublic-key = \"{gw_pub}\"\n\
+                 allowed-ips = [\"10.77.0.0/24\", \"203.0.113.0/24\", \"10.192.0.0/10\"]\n\
+                 endpoint = \"{GW_OUTER}:51820\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("peer.key"), &peer_key).unwrap();
+        std::fs::write(dir.0.join("peer-resolv.conf"), format!("nameserver {GW_INNER}\n")).unwrap();
+        // The LAN client asks a public resolver: the gateway answers in its name.
+        std::fs::write(dir.0.join("lan-resolv.conf"), "nameserver 9.9.9.9\n").unwrap();
+
+        // A real router forwards: if ttp let anything through, it would leave.
+        w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
+        let state = std::env::temp_dir().join(format!("ttpt-gw-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+        let run = Running { daemon: None, w, state };
+        Behind { peer_side: None, run, peer, lan, dir }
+    }
+
+    /// Starts the gateway (`ttp run --tunnel ... --gateway ...`) and the peer's tunnel.
+    fn start(&mut self) {
+        let net = net();
+        let arti = net.arti_toml().display().to_string();
+        let conf = self.dir.0.join("gw.toml").display().to_string();
+        let args = [
+            "--arti-config",
+            arti.as_str(),
+            "--check-url",
+            ttp_tests::testnet::CHECK_URL,
+            "--tunnel",
+            conf.as_str(),
+            "--gateway",
+            LAN_LINK,
+        ];
+        self.run.daemon = Some(self.run.w.start_ttp(&self.run.state, &args).expect("ttp run as a gateway"));
+        let mut c = self.peer.cmd(bin("ttp"));
+        c.args(["tunnel", "up", "--config"]).arg(self.dir.0.join("peer.toml"));
+        let mut side = Proc::spawn(c).unwrap();
+        side.wait_line("TUNNEL UP", Duration::from_secs(10)).unwrap();
+        self.peer_side = Some(side);
+    }
+
+    /// Fetches `url` from the peer until it works (the network may still be settling).
+    fn warm_up(&self, url: &str) {
+        let t0 = Instant::now();
+        loop {
+            let got = self.peer_curl(url);
+            if got == PAGE {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "peer: no page through the gateway: {got}\ncounters: {:?}\n{}",
+                self.run.w.counters().unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                self.run.failures()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `argv` in `ns` with `resolv` as its /etc/resolv.conf (a private mount namespace:
+    /// the host's file is never touched).
+    fn in_ns(&self, ns: &Netns, resolv: &str, argv: &[&str]) -> String {
+        let out = ns
+            .cmd("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+            ])
+            .arg(self.dir.0.join(resolv))
+            .args(argv)
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+    }
+
+    fn peer_curl(&self, url: &str) -> String {
+        self.in_ns(&self.peer, "peer-resolv.conf", &["curl", "-sS", "--max-time", "30", url])
+    }
+
+    fn lan_curl(&self, url: &str) -> String {
+        self.in_ns(&self.lan, "lan-resolv.conf", &["curl", "-sS", "--max-time", "30", url])
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.peer_side.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// Our table in `ip rule` of the gateway's namespace.
+fn gateway_rules(w: &World) -> String {
+    let out = w.host.cmd("ip").args(["rule", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("lookup {}", ttp::gateway::TABLE)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
+    let mut b = Behind::new();
+    b.start();
+    let w = &b.run.w;
+    let rules = gateway_rules(w);
+    assert!(rules.contains(TUN) && rules.contains(LAN_LINK), "gateway rules: {rules}");
+    let page = "http://www.example.test/index.txt";
+    b.warm_up(page);
+
+    let before = w.counters().unwrap();
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    assert_eq!(b.peer_curl(page), PAGE, "peer by name: {}", b.run.failures());
+    assert_eq!(b.lan_curl("http://lan.example.test/index.txt"), PAGE, "LAN client by name: {}", b.run.failures());
+    assert_eq!(b.lan_curl(&format!("http://{WEB}/index.txt")), PAGE, "LAN client by address");
+    // What Tor cannot carry is dropped at the gateway, never forwarded: UDP and ICMP to
+    // the internet, from both.
+    let kit = bin("testkit").display().to_string();
+    for ns in [&b.peer, &b.lan] {
+        let udp = ns.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&udp.stdout).contains("DIRECT"), "UDP answered directly");
+        let ping = ns.cmd("ping").args(["-c", "1", "-W", "1", WEB]).output().unwrap();
+        assert!(!ping.status.success(), "a ping to the internet was answered");
+    }
+    assert_only_relay_traffic(&cap.stop().unwrap());
+
+    let after = w.counters().unwrap();
+    let grew = |name: &str| after[name] > before[name];
+    assert!(grew("gateway_tcp_steered"), "{after:?}");
+    assert!(grew("gateway_dns_steered"), "{after:?}");
+    assert!(grew("gateway_dropped"), "{after:?}");
+    // Streams are isolated per client: the two machines' streams carry their addresses.
+    let streams = w.ttp_ctl(&["streams", "--recent", "--json"], &b.run.state).output().unwrap();
+    let streams = String::from_utf8_lossy(&streams.stdout);
+    for client in [PEER_INNER, LAN_CLIENT] {
+        assert!(streams.contains(&format!("gateway client {client}")), "{streams}");
+    }
+    // `ttp status` shows the peer: where it is, a handshake, bytes both ways.
+    let st = w.ttp_ctl(&["status", "--json"], &b.run.state).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let p = &st["tunnel_peers"][0];
+    assert!(p["endpoint"].as_str().unwrap_or_default().contains(PEER_OUTER), "{st:#}");
+    assert!(p["last_handshake_secs"].is_u64() && p["rx_bytes"].as_u64() > Some(0), "{st:#}");
+    assert!(p["tx_bytes"].as_u64() > Some(0), "{st:#}");
+
+    // Peers change while the gateway runs: a new one appears in its status, and the
+    // first one, removed, is cut off at once.
+    let peer_cmd = |args: &[&str]| {
+        let mut c = w.host.cmd(bin("ttp"));
+        c.args(["tunnel", "peer"]).args(args).arg("--config").arg(b.dir.0.join("gw.toml"));
+        c.arg("--runtime-dir").arg(b.run.state.join("run"));
+        let out = c.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let newcomer = key(&["pubkey"], &key(&["genkey"], ""));
+    let (ok, text) = peer_cmd(&["add", "--public-key", &newcomer, "--allowed-ips", "10.77.0.5/32", "--generate-psk"]);
+    assert!(ok && text.contains("the running gateway has it now") && text.contains("preshared-key"), "{text}");
+    // Outside the tunnel's prefix a running gateway cannot route: saved, but refused live.
+    let far = key(&["pubkey"], &key(&["genkey"], ""));
+    let (ok, text) = peer_cmd(&["add", "--public-key", &far, "--allowed-ips", "10.99.0.1/32"]);
+    assert!(!ok && text.contains("outside the tunnel's own prefixes"), "{text}");
+    let (ok, text) = peer_cmd(&["list"]);
+    assert!(ok && text.contains(&newcomer) && text.contains("not in the running gateway"), "{text}");
+    let peers = |w: &World| {
+        let st = w.ttp_ctl(&["status", "--json"], &b.run.state).output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        st["tunnel_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["public_key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(peers(w).contains(&newcomer), "{:?}", peers(w));
+    let first = key(&["pubkey"], &std::fs::read_to_string(b.dir.0.join("peer.key")).unwrap());
+    let (ok, text) = peer_cmd(&["remove", "--public-key", &first]);
+    assert!(ok, "{text}");
+    assert!(!peers(w).contains(&first));
+    assert_ne!(b.peer_curl(page), PAGE, "a removed peer still reaches the internet");
+
+    // A clean stop takes the routing rules away with everything else.
+    b.run.daemon.take().unwrap().stop().unwrap();
+    assert_eq!(gateway_rules(&b.run.w), "", "rules left after a clean stop");
+}
+
+#[test]
+fn a_killed_gateway_forwards_nothing() {
+    let mut b = Behind::new();
+    let udp_out = format!("> {WEB}.443");
+    let kit = bin("testkit").display().to_string();
+    let lan_udp = |b: &Behind| b.lan.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
+    // Positive control: without ttp this namespace is a router, and the capture sees the
+    // LAN client's datagram leave for the internet.
+    let cap = Capture::start(&b.run.w.inet, &b.run.w.inet_if).unwrap();
+    lan_udp(&b);
+    let pkts = cap.stop().unwrap();
+    assert!(!matching(&pkts, &udp_out).is_empty(), "the control datagram was not forwarded: {pkts:#?}");
+
+    b.start();
+    b.warm_up("http://www.example.test/index.txt");
+    b.run.daemon.take().unwrap().kill();
+    // The daemon is gone, its programs and rules stay: nothing from behind the gateway
+    // leaves, by name or by address, TCP or UDP, from the LAN or through the tunnel.
+    let cap = Capture::start(&b.run.w.inet, &b.run.w.inet_if).unwrap();
+    assert_ne!(b.lan_curl(&format!("http://{WEB}/index.txt")), PAGE);
+    lan_udp(&b);
+    assert_ne!(b.peer_curl(&format!("http://{WEB}/index.txt")), PAGE);
+    let pkts = cap.stop().unwrap();
+    let out: Vec<_> = pkts.iter().filter(|l| l.contains(" > ") && !l.contains("ARP")).collect();
+    assert!(out.iter().all(|l| !l.contains(&format!("> {WEB}."))), "left after the crash: {out:#?}");
+    let counters = b.run.w.counters().unwrap();
+    assert!(counters["gateway_no_listener"] + counters["gateway_dropped"] > 0, "{counters:?}");
+    assert!(!gateway_rules(&b.run.w).is_empty(), "the rules went with the daemon");
+
+    // `ttp stop` recovers: programs and rules gone.
+    let out = b.run.w.ttp_ctl(&["stop"], &b.run.state).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(gateway_rules(&b.run.w), "", "rules left after `ttp stop`");
+}

@@ -1,0 +1,107 @@
+//! Gateway mode's routing: whatever other machines send in on a gateway interface (the
+//! tunnel's TUN, a LAN interface named with `--gateway`) is delivered to this host, never
+//! forwarded.
+//!
+//! One policy rule per interface (`iif IFACE lookup 29808`) and one route in that table
+//! (`local 0.0.0.0/0 dev lo`): a packet from a gateway interface to any address counts as
+//! addressed to us. The TC program on the interface (`ttp-ebpf/src/gateway.rs`) then hands
+//! new TCP connections to the TransPort and DNS queries to the DNSPort, and drops the
+//! rest. Both halves fail closed on their own: the rule never forwards, and the program
+//! drops what no ttp socket takes. Set up as root before the daemon gives up root; removed
+//! by the monitor at a clean stop, and by `ttp stop` after a crash. Only this table and
+//! rules pointing at it are touched: the host's own routes never are.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::{
+    route::{RouteMessage, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+};
+
+/// The routing table ttp owns ("tp").
+pub const TABLE: u32 = 0x7470;
+/// Before the main table (32766), after the local one (0).
+pub const PRIORITY: u32 = 7470;
+
+/// Installs the rule for each interface and the table's one route, replacing what an
+/// earlier instance left.
+pub async fn install(interfaces: &[String]) -> Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        remove_with(&handle).await?;
+        handle
+            .route()
+            .add(local_default()?)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the route `local 0.0.0.0/0 dev lo table {TABLE}`"))?;
+        for iface in interfaces {
+            handle
+                .rule()
+                .add()
+                .v4()
+                .input_interface(iface.clone())
+                .table_id(TABLE)
+                .priority(PRIORITY)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await
+                .with_context(|| format!("adding the rule `iif {iface} lookup {TABLE}`"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+/// Removes every rule pointing at ttp's table and the table's route. Returns how many
+/// rules went; nothing there is not an error.
+pub async fn remove() -> Result<usize> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let conn = tokio::spawn(conn);
+    let result = remove_with(&handle).await;
+    conn.abort();
+    result
+}
+
+/// [`remove`] from code without a runtime (the monitor, `ttp stop`).
+pub fn remove_blocking() -> Result<usize> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?.block_on(remove())
+}
+
+async fn remove_with(handle: &rtnetlink::Handle) -> Result<usize> {
+    let rules: Vec<RuleMessage> =
+        handle.rule().get(rtnetlink::IpVersion::V4).execute().try_collect().await.context("listing the rules")?;
+    let mut n = 0;
+    for r in rules.into_iter().filter(points_at_our_table) {
+        handle.rule().del(r).execute().await.context("removing a gateway rule")?;
+        n += 1;
+    }
+    match handle.route().del(local_default()?).execute().await {
+        Ok(()) => {}
+        // Not there (ESRCH): nothing to remove.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+        Err(e) => return Err(e).context(format!("removing the route in table {TABLE}")),
+    }
+    Ok(n)
+}
+
+fn points_at_our_table(r: &RuleMessage) -> bool {
+    r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == TABLE))
+}
+
+fn local_default() -> Result<RouteMessage> {
+    let lo = nix::net::if_::if_nametoindex("lo").context("no loopback interface")?;
+    Ok(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .table_id(TABLE)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .output_interface(lo)
+        .build())
+}
