@@ -251,6 +251,34 @@ impl Capture {
         let out = run(Command::new("tcpdump").args(["-tt", "-nn", "-r"]).arg(file))?;
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
     }
+
+    /// Stops the capture and returns the payloads of its IPv4 UDP datagrams (of an L3
+    /// capture or Ethernet: the IP header is found by its version nibble).
+    pub fn stop_udp_payloads(mut self) -> Result<Vec<Vec<u8>>> {
+        thread::sleep(Duration::from_millis(300));
+        self.proc.signal(nix::sys::signal::Signal::SIGINT);
+        let _ = self.proc.child.wait();
+        let out = run(Command::new("tcpdump").args(["-nn", "-x", "-r"]).arg(&self.file).arg("udp"))?;
+        let mut packets: Vec<Vec<u8>> = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            match line.trim_start().strip_prefix("0x") {
+                Some(rest) if line.starts_with('\t') => {
+                    let hex: String = rest.split_once(':').map(|(_, h)| h).unwrap_or("").split_whitespace().collect();
+                    let bytes = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok());
+                    if let Some(p) = packets.last_mut() {
+                        p.extend(bytes);
+                    }
+                }
+                _ => packets.push(Vec::new()),
+            }
+        }
+        // `tcpdump -x` prints from the IP header on: skip it and the UDP header.
+        Ok(packets
+            .into_iter()
+            .filter(|p| p.first().is_some_and(|b| b >> 4 == 4))
+            .filter_map(|p| p.get(usize::from(p[0] & 0x0f) * 4 + 8..).map(<[u8]>::to_vec))
+            .collect())
+    }
 }
 
 impl Drop for Capture {

@@ -7,6 +7,7 @@
 //!                                a resolver for exits
 //! testkit connect ADDR           TCP connect, print the first line received
 //! testkit udp ADDR               send one datagram, print the reply or SENT
+//! testkit udp-send ADDR HEX       send one datagram with these bytes, print SENT
 //! testkit icmp ADDR              one ICMP echo from a raw socket
 //! testkit raw ADDR               one packet of IP protocol 253 (experimental) from a raw socket
 //! testkit peername ADDR          TCP connect, print getpeername()
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         ),
         "connect" | "peername" => connect(addr(), cmd == "peername"),
         "udp" => udp(addr()),
+        "udp-send" => udp_send(addr(), &rest[1]),
         "icmp" => raw(addr(), libc::IPPROTO_ICMP),
         "raw" => raw(addr(), 253),
         "serve-hold" => serve_hold(&rest[0]),
@@ -259,6 +261,15 @@ fn udp(addr: SocketAddr) -> std::io::Result<()> {
         Ok((n, from)) => println!("{} FROM {from}", String::from_utf8_lossy(&buf[..n])),
         Err(_) => println!("SENT"),
     }
+    Ok(())
+}
+
+fn udp_send(addr: SocketAddr, hex: &str) -> std::io::Result<()> {
+    let bytes: Vec<u8> =
+        (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex")).collect();
+    let s = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    s.send_to(&bytes, addr)?;
+    println!("SENT");
     Ok(())
 }
 

@@ -304,3 +304,57 @@ fn a_killed_gateway_forwards_nothing() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(gateway_rules(&b.run.w), "", "rules left after `ttp stop`");
 }
+
+fn peer_status(b: &Behind) -> serde_json::Value {
+    let st = b.run.w.ttp_ctl(&["status", "--json"], &b.run.state).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    st["tunnel_peers"][0].clone()
+}
+
+#[test]
+fn replayed_and_spoofed_packets_are_dropped_and_a_roaming_peer_carries_on() {
+    let mut b = Behind::new();
+    b.start();
+    let page = format!("http://{WEB}/index.txt");
+    b.warm_up(&page);
+
+    // A data datagram captured on its way to the gateway, sent again: dropped, counted.
+    let cap = Capture::start(&b.run.w.host, PEER_LINK).unwrap();
+    assert_eq!(b.peer_curl(&page), PAGE);
+    let payloads = cap.stop_udp_payloads().unwrap();
+    // Data messages (type 4) big enough to carry a packet, not a keepalive.
+    let data = payloads.iter().find(|p| p.first() == Some(&4) && p.len() > 100).expect("a captured data datagram");
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    let kit = bin("testkit").display().to_string();
+    let replay = b.peer.cmd(&kit).args(["udp-send", &format!("{GW_OUTER}:51820"), &hex]).output().unwrap();
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("SENT"));
+    std::thread::sleep(Duration::from_millis(600)); // the status is refreshed every 250 ms
+    let st = peer_status(&b);
+    assert!(st["drops"]["replay"].as_u64() >= Some(1), "{st:#}");
+    // The replay came from another port: an unauthenticated datagram must not move the
+    // peer's endpoint.
+    assert!(st["endpoint"].as_str().unwrap_or_default().starts_with(PEER_OUTER), "{st:#}");
+
+    // An inner source the peer does not own: dropped, counted, nothing reaches the web.
+    b.peer.ip(&["addr", "add", "10.77.0.9/32", "dev", "ttp0"]).unwrap();
+    let spoofed =
+        b.in_ns(&b.peer, "peer-resolv.conf", &["curl", "-sS", "--max-time", "5", "--interface", "10.77.0.9", &page]);
+    assert_ne!(spoofed, PAGE);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(peer_status(&b)["drops"]["source"].as_u64() >= Some(1), "{:#}", peer_status(&b));
+
+    // Roaming: the peer's outer address changes; the next authenticated datagram moves
+    // the gateway's view of it, and traffic carries on.
+    // (The new address survives the old one: without promotion, removing an interface's
+    // primary address removes the others of its subnet with it.)
+    b.peer.cmd("sysctl").args(["-qw", "net.ipv4.conf.eth0.promote_secondaries=1"]).status().unwrap();
+    b.peer.ip(&["addr", "add", "100.64.7.3/24", "dev", "eth0"]).unwrap();
+    b.peer.ip(&["addr", "del", &format!("{PEER_OUTER}/24"), "dev", "eth0"]).unwrap();
+    let t0 = Instant::now();
+    while b.peer_curl(&page) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no traffic after roaming: {:#}", peer_status(&b));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let st = peer_status(&b);
+    assert!(st["endpoint"].as_str().unwrap_or_default().starts_with("100.64.7.3:"), "{st:#}");
+}
