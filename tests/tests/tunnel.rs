@@ -31,14 +31,22 @@ struct Pair {
 
 impl Pair {
     fn up() -> Pair {
+        Pair::with_client_routes("\"10.77.0.0/24\"")
+    }
+
+    /// Two sides; the client routes `routes` (TOML list items) into the tunnel.
+    fn with_client_routes(routes: &str) -> Pair {
         let (gw, peer) = (Netns::new("tgw").unwrap(), Netns::new("tpeer").unwrap());
         let (a, b) = (format!("tg{}", std::process::id() % 100000), format!("tp{}", std::process::id() % 100000));
         gw.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
         gw.ip(&["link", "set", &b, "netns", &peer.path()]).unwrap();
         gw.ip(&["addr", "add", &format!("{GW_OUTER}/24"), "dev", &a]).unwrap();
         gw.ip(&["link", "set", &a, "up"]).unwrap();
-        peer.ip(&["addr", "add", &format!("{PEER_OUTER}/24"), "dev", &b]).unwrap();
+        // The peer reaches the gateway by its default route, as across the internet (an
+        // on-link /24 would be more specific than anything the tunnel routes).
+        peer.ip(&["addr", "add", &format!("{PEER_OUTER}/32"), "dev", &b]).unwrap();
         peer.ip(&["link", "set", &b, "up"]).unwrap();
+        peer.ip(&["route", "add", "default", "dev", &b]).unwrap();
         let dir = TempDir::new("tunnel");
         let (gw_key, peer_key) = (key(&["genkey"], None), key(&["genkey"], None));
         let (gw_pub, peer_pub) = (key(&["pubkey"], Some(&gw_key)), key(&["pubkey"], Some(&peer_key)));
@@ -57,7 +65,7 @@ impl Pair {
             &peer_conf,
             format!(
                 "private-key = \"{peer_key}\"\naddress = [\"{PEER_INNER}/24\"]\n\
-                 [[peer]]\npublic-key = \"{gw_pub}\"\npreshared-key = \"{psk}\"\nallowed-ips = [\"10.77.0.0/24\"]\n\
+                 [[peer]]\npublic-key = \"{gw_pub}\"\npreshared-key = \"{psk}\"\nallowed-ips = [{routes}]\n\
                  endpoint = \"{GW_OUTER}:51820\"\n"
             ),
         )
@@ -109,4 +117,27 @@ fn handshake_then_data_both_ways_and_only_ciphertext_on_the_wire() {
     // Nothing else reaches the peer namespace's routes: the tunnel prefix is on the TUN.
     let route = run(p.peer.cmd("ip").args(["route", "get", GW_INNER])).unwrap();
     assert!(String::from_utf8_lossy(&route.stdout).contains("dev ttp0"));
+}
+
+fn route_dev(ns: &Netns, to: &str) -> String {
+    let out = run(ns.cmd("ip").args(["route", "get", to])).unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn a_client_routing_everything_keeps_the_way_to_its_gateway_outside() {
+    let mut p = Pair::with_client_routes("\"0.0.0.0/0\"");
+    // Everything goes into the tunnel...
+    assert!(route_dev(&p.peer, "203.0.113.10").contains("dev ttp0"), "{}", route_dev(&p.peer, "203.0.113.10"));
+    // ... except the gateway's own address, which keeps the route it had.
+    let to_gw = route_dev(&p.peer, GW_OUTER);
+    assert!(!to_gw.contains("ttp0") && to_gw.contains("dev tp"), "{to_gw}");
+    assert!((0..10).any(|_| ping(&p.peer, GW_INNER)), "no traffic through a tunnel that routes everything");
+    // A clean stop takes that host route away again (the TUN's routes go with the TUN).
+    let client = p.sides.pop().unwrap();
+    client.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut client = client;
+    let _ = client.child.wait();
+    let left = run(p.peer.cmd("ip").args(["route", "show", GW_OUTER])).unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
 }

@@ -143,6 +143,10 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     }
     cgroup::cgroup_id(&governed).context("the cgroup to govern (--cgroup)")?;
     let tunnel_config = opts.tunnel.as_deref().map(TunnelConfig::load).transpose()?;
+    if let Some(p) = tunnel_config.iter().flat_map(|c| &c.peers).flat_map(|p| &p.allowed).find(|n| n.prefix_len() == 0)
+    {
+        anyhow::bail!("--tunnel: a gateway's peer cannot claim every address ({p}): list its tunnel addresses");
+    }
     for iface in &opts.gateways {
         nix::net::if_::if_nametoindex(iface.as_str())
             .with_context(|| format!("--gateway {iface}: no such interface in this network namespace"))?;

@@ -197,10 +197,12 @@ fn up(path: &Path) -> Result<()> {
         // A line of its own for whoever started us (scripts and tests wait for it).
         println!("TUNNEL UP");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
+        let r = tokio::select! {
             r = running => r,
             _ = term.recv() => Ok(()),
             _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        };
+        dev.close().await;
+        r
     })
 }

@@ -10,7 +10,8 @@
 //! [[peer]]
 //! public-key = "base64 from `ttp tunnel pubkey`"
 //! preshared-key = "base64"       # optional
-//! allowed-ips = ["10.77.0.2/32"] # sources it may use; routed to it
+//! allowed-ips = ["10.77.0.2/32"] # sources it may use; routed to it (a client may say
+//!                                # "0.0.0.0/0": everything but the way to the gateway)
 //! endpoint = "192.0.2.1:51820"   # where to reach it first (a client names its gateway)
 //! ```
 

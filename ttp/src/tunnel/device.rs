@@ -68,6 +68,8 @@ pub struct Device {
     addresses: Vec<IpNet>,
     status: Arc<Mutex<Vec<PeerStatus>>>,
     commands: mpsc::Sender<Command>,
+    /// Host routes to the endpoints (see [`configure_link`]), removed by [`Device::close`].
+    pinned: Arc<Mutex<Vec<rtnetlink::packet_route::route::RouteMessage>>>,
 }
 
 /// A change to a running device's peers, and where its outcome goes.
@@ -79,6 +81,13 @@ enum Command {
 impl Device {
     pub fn status(&self) -> Vec<PeerStatus> {
         self.status.lock().expect("status lock").clone()
+    }
+
+    /// Removes what outlives the TUN: the endpoints' host routes (the TUN's own routes go
+    /// with it). Needs `CAP_NET_ADMIN`, like bringing it up.
+    pub async fn close(&self) {
+        let routes = std::mem::take(&mut *self.pinned.lock().expect("routes lock"));
+        unpin_routes(routes).await;
     }
 
     /// Adds a peer to the running device.
@@ -126,7 +135,7 @@ pub async fn start(
     tc.tun_name(&cfg.interface).mtu(cfg.mtu as u16);
     let tun = tun::create_as_async(&tc)
         .with_context(|| format!("creating the TUN device {} (needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface))?;
-    configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
+    let pinned = configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
     let udp = UdpSocket::from_std(udp)?;
     let local = udp.local_addr()?;
     let status = Arc::new(Mutex::new(
@@ -142,6 +151,7 @@ pub async fn start(
         addresses: cfg.addresses.clone(),
         status: status.clone(),
         commands,
+        pinned: Arc::new(Mutex::new(pinned)),
     };
     let npeers = cfg.peers.len();
     let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now());
@@ -254,8 +264,9 @@ fn map(a: SocketAddr) -> SocketAddr {
 }
 
 /// Addresses, link up, and a route for every peer's allowed prefixes (beyond what the
-/// addresses' own prefixes already route).
-async fn configure_link(cfg: &TunnelConfig) -> Result<()> {
+/// addresses' own prefixes already route). Returns the host routes that keep the
+/// endpoints outside the tunnel when a peer takes every address.
+async fn configure_link(cfg: &TunnelConfig) -> Result<Vec<rtnetlink::packet_route::route::RouteMessage>> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     let conn = tokio::spawn(conn);
     let result = async {
@@ -282,23 +293,74 @@ async fn configure_link(cfg: &TunnelConfig) -> Result<()> {
             .execute()
             .await
             .context("setting the link up")?;
+        let mut pinned = Vec::new();
         for p in cfg.peers.iter().flat_map(|p| p.allowed.iter()) {
             if p.prefix_len() == 0 {
-                anyhow::bail!(
-                    "routing everything ({p}) into the tunnel is not supported yet (the route to the \
-                     gateway itself must stay outside): list the prefixes instead"
-                );
+                // Everything goes into the tunnel, except the way to the gateway itself:
+                // each endpoint keeps the route it has now, as a host route of its own,
+                // and the two halves of the address space (more specific than any default
+                // route, which stays untouched) go to the TUN.
+                for ep in cfg.peers.iter().filter_map(|q| q.endpoint).filter(|e| e.is_ipv4() == p.addr().is_ipv4()) {
+                    pinned.push(pin_route(&handle, ep.ip()).await.with_context(|| format!("keeping {ep} outside"))?);
+                }
+                for half in halves(p) {
+                    add_route(&handle, half, index).await.with_context(|| format!("routing {half}"))?;
+                }
+                continue;
             }
             if cfg.addresses.iter().any(|a| a.trunc().contains(p)) {
                 continue;
             }
             add_route(&handle, *p, index).await.with_context(|| format!("routing {p}"))?;
         }
-        anyhow::Ok(())
+        anyhow::Ok(pinned)
     }
     .await;
     conn.abort();
     result
+}
+
+/// 0.0.0.0/0 as 0.0.0.0/1 and 128.0.0.0/1 (::/0 likewise).
+fn halves(all: &IpNet) -> [IpNet; 2] {
+    match all {
+        IpNet::V4(_) => ["0.0.0.0/1".parse().expect("literal"), "128.0.0.0/1".parse().expect("literal")],
+        IpNet::V6(_) => ["::/1".parse().expect("literal"), "8000::/1".parse().expect("literal")],
+    }
+}
+
+/// Adds a host route to `ip` the way the kernel routes it now (same gateway and
+/// interface), and returns it for removal.
+async fn pin_route(handle: &rtnetlink::Handle, ip: IpAddr) -> Result<rtnetlink::packet_route::route::RouteMessage> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let query = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, if ip.is_ipv4() { 32 } else { 128 })
+        .context("route query")?
+        .build();
+    let now = handle.route().get(query).execute().try_next().await?.context("no route to it")?;
+    let mut msg = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, if ip.is_ipv4() { 32 } else { 128 })
+        .context("route")?;
+    for a in &now.attributes {
+        match a {
+            RouteAttribute::Oif(i) => msg = msg.output_interface(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => msg = msg.gateway(IpAddr::V4(*g)).context("gateway")?,
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => msg = msg.gateway(IpAddr::V6(*g)).context("gateway")?,
+            _ => {}
+        }
+    }
+    let msg = msg.build();
+    handle.route().add(msg.clone()).replace().execute().await?;
+    Ok(msg)
+}
+
+/// Removes the host routes [`configure_link`] added for the endpoints.
+async fn unpin_routes(routes: Vec<rtnetlink::packet_route::route::RouteMessage>) {
+    let Ok((conn, handle, _)) = rtnetlink::new_connection() else { return };
+    let conn = tokio::spawn(conn);
+    for r in routes {
+        let _ = handle.route().del(r).execute().await;
+    }
+    conn.abort();
 }
 
 async fn add_route(handle: &rtnetlink::Handle, net: IpNet, index: u32) -> Result<()> {
