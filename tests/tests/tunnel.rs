@@ -25,8 +25,9 @@ fn key(args: &[&str], stdin: Option<&str>) -> String {
 struct Pair {
     gw: Netns,
     peer: Netns,
-    _dir: TempDir,
+    dir: TempDir,
     sides: Vec<Proc>,
+    gw_pub: String,
 }
 
 impl Pair {
@@ -36,6 +37,13 @@ impl Pair {
 
     /// Two sides; the client routes `routes` (TOML list items) into the tunnel.
     fn with_client_routes(routes: &str) -> Pair {
+        let mut p = Pair::gateway_only(routes);
+        p.start_client();
+        p
+    }
+
+    /// The namespaces, both sides' files, and the gateway side running.
+    fn gateway_only(routes: &str) -> Pair {
         let (gw, peer) = (Netns::new("tgw").unwrap(), Netns::new("tpeer").unwrap());
         let (a, b) = (format!("tg{}", std::process::id() % 100000), format!("tp{}", std::process::id() % 100000));
         gw.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
@@ -51,18 +59,16 @@ impl Pair {
         let (gw_key, peer_key) = (key(&["genkey"], None), key(&["genkey"], None));
         let (gw_pub, peer_pub) = (key(&["pubkey"], Some(&gw_key)), key(&["pubkey"], Some(&peer_key)));
         let psk = key(&["genkey"], None);
-        let gw_conf = dir.0.join("gw.toml");
         std::fs::write(
-            &gw_conf,
+            dir.0.join("gw.toml"),
             format!(
                 "private-key = \"{gw_key}\"\nlisten-port = 51820\naddress = [\"{GW_INNER}/24\"]\n\
                  [[peer]]\npublic-key = \"{peer_pub}\"\npreshared-key = \"{psk}\"\nallowed-ips = [\"{PEER_INNER}/32\"]\n"
             ),
         )
         .unwrap();
-        let peer_conf = dir.0.join("peer.toml");
         std::fs::write(
-            &peer_conf,
+            dir.0.join("peer.toml"),
             format!(
                 "private-key = \"{peer_key}\"\naddress = [\"{PEER_INNER}/24\"]\n\
                  [[peer]]\npublic-key = \"{gw_pub}\"\npreshared-key = \"{psk}\"\nallowed-ips = [{routes}]\n\
@@ -70,15 +76,22 @@ impl Pair {
             ),
         )
         .unwrap();
-        let mut sides = vec![];
-        for (ns, conf) in [(&gw, &gw_conf), (&peer, &peer_conf)] {
-            let mut c = ns.cmd(bin("ttp"));
-            c.args(["tunnel", "up", "--config"]).arg(conf);
-            let mut p = Proc::spawn(c).unwrap();
-            p.wait_line("TUNNEL UP", Duration::from_secs(10)).unwrap();
-            sides.push(p);
-        }
-        Pair { gw, peer, _dir: dir, sides }
+        let mut p = Pair { gw, peer, dir, sides: vec![], gw_pub };
+        p.start_side(true);
+        p
+    }
+
+    fn start_client(&mut self) {
+        self.start_side(false);
+    }
+
+    fn start_side(&mut self, gateway: bool) {
+        let (ns, conf) = if gateway { (&self.gw, "gw.toml") } else { (&self.peer, "peer.toml") };
+        let mut c = ns.cmd(bin("ttp"));
+        c.args(["tunnel", "up", "--config"]).arg(self.dir.0.join(conf));
+        let mut p = Proc::spawn(c).unwrap();
+        p.wait_line("TUNNEL UP", Duration::from_secs(10)).unwrap();
+        self.sides.push(p);
     }
 }
 
@@ -140,4 +153,40 @@ fn a_client_routing_everything_keeps_the_way_to_its_gateway_outside() {
     let _ = client.child.wait();
     let left = run(p.peer.cmd("ip").args(["route", "show", GW_OUTER])).unwrap();
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
+}
+
+#[test]
+fn a_handshake_flood_from_spoofed_sources_brings_cookies_and_the_peer_still_gets_in() {
+    let mut p = Pair::gateway_only("\"10.77.0.0/24\"");
+    // The spoofed sources' answers (cookie replies) come back over the veth, where the
+    // capture sees them; the peer namespace drops them.
+    let veth = format!("tg{}", std::process::id() % 100000);
+    // (Through the peer as next hop, as a real uplink's router: an on-link route would
+    // fill the neighbour table with thousands of unanswered entries.)
+    p.gw.ip(&["route", "add", "198.18.0.0/15", "via", PEER_OUTER, "dev", &veth]).unwrap();
+    let cap = Capture::start(&p.gw, &veth).unwrap();
+    let mut flood = p.peer.cmd(bin("testkit"));
+    flood.args(["handshake-flood", &p.gw_pub, &format!("{GW_OUTER}:51820"), "8"]);
+    let mut flood = Proc::spawn(flood).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Under load the real peer is asked for a cookie too, and gets in with it in time.
+    let t0 = std::time::Instant::now();
+    p.start_client();
+    while !ping(&p.peer, GW_INNER) {
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = flood.child.wait();
+            let packets = cap.stop().unwrap();
+            let peer: Vec<_> = packets.iter().filter(|l| l.contains(PEER_OUTER)).collect();
+            panic!("the peer did not get in within 5 s of a flood: {peer:#?}");
+        }
+    }
+    let took = t0.elapsed();
+    let _ = flood.child.wait();
+    let packets = cap.stop().unwrap();
+    // Cookie replies are 64 bytes of UDP payload: to spoofed sources, and to the peer.
+    let cookies =
+        |to: &str| packets.iter().filter(|l| l.contains(&format!("> {to}")) && l.ends_with("UDP, length 64")).count();
+    assert!(cookies("198.18.") > 100, "few cookie replies to the flood: {}", cookies("198.18."));
+    assert!(cookies(&format!("{PEER_OUTER}.")) >= 1, "the peer was never asked for a cookie");
+    eprintln!("peer in after {took:.1?} under a flood; {} cookie replies to spoofed sources", cookies("198.18."));
 }

@@ -8,6 +8,9 @@
 //! testkit connect ADDR           TCP connect, print the first line received
 //! testkit udp ADDR               send one datagram, print the reply or SENT
 //! testkit udp-send ADDR HEX       send one datagram with these bytes, print SENT
+//! testkit handshake-flood PUBKEY ADDR SECS  tunnel handshake initiations with a valid
+//!                                mac1 for PUBKEY, from spoofed sources in 198.18.0.0/15
+//!                                (raw IPv4), about 2,000 a second; print SENT n
 //! testkit icmp ADDR              one ICMP echo from a raw socket
 //! testkit raw ADDR               one packet of IP protocol 253 (experimental) from a raw socket
 //! testkit peername ADDR          TCP connect, print getpeername()
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         "connect" | "peername" => connect(addr(), cmd == "peername"),
         "udp" => udp(addr()),
         "udp-send" => udp_send(addr(), &rest[1]),
+        "handshake-flood" => handshake_flood(&rest[0], rest[1].parse().expect("ADDR"), rest[2].parse().expect("SECS")),
         "icmp" => raw(addr(), libc::IPPROTO_ICMP),
         "raw" => raw(addr(), 253),
         "serve-hold" => serve_hold(&rest[0]),
@@ -270,6 +274,70 @@ fn udp_send(addr: SocketAddr, hex: &str) -> std::io::Result<()> {
     let s = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     s.send_to(&bytes, addr)?;
     println!("SENT");
+    Ok(())
+}
+
+/// Initiations an attacker can make without knowing any peer's key: mac1 only needs the
+/// responder's public key. A few are made and sent over and over from ever new sources.
+fn handshake_flood(pubkey: &str, to: SocketAddr, secs: u64) -> std::io::Result<()> {
+    use ttp::tunnel::{handshake, keys};
+    let SocketAddr::V4(to) = to else { panic!("handshake-flood: IPv4 only") };
+    let public = keys::decode(pubkey).expect("public key");
+    let me = handshake::Identity::generate().expect("identity");
+    let msgs: Vec<Vec<u8>> = (0..32)
+        .map(|i| {
+            let peer = handshake::PeerKeys { public, psk: None };
+            handshake::initiate(&me, &peer, i, std::time::SystemTime::now()).expect("initiation").1
+        })
+        .collect();
+    // SAFETY: plain socket syscalls with valid, initialised arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned here.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut n: u32 = 0;
+    while std::time::Instant::now() < end {
+        let msg = &msgs[n as usize % msgs.len()];
+        let src = std::net::Ipv4Addr::new(198, 18 + ((n >> 16) & 1) as u8, (n >> 8) as u8, n as u8);
+        let total = 20 + 8 + msg.len();
+        let mut pkt = Vec::with_capacity(total);
+        // IPv4 header (the kernel fills in the checksum and, if zero, the id), UDP header
+        // with no checksum (allowed over IPv4), payload.
+        pkt.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
+        pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        pkt.extend_from_slice(&src.octets());
+        pkt.extend_from_slice(&to.ip().octets());
+        pkt.extend_from_slice(&(40000 + (n % 20000) as u16).to_be_bytes());
+        pkt.extend_from_slice(&to.port().to_be_bytes());
+        pkt.extend_from_slice(&((8 + msg.len()) as u16).to_be_bytes());
+        pkt.extend_from_slice(&[0, 0]);
+        pkt.extend_from_slice(msg);
+        // SAFETY: pkt and dst are valid for the lengths given.
+        unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+        }
+        n += 1;
+        if n.is_multiple_of(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    println!("SENT {n}");
     Ok(())
 }
 

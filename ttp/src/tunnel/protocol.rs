@@ -242,7 +242,9 @@ impl Core {
                 let p = &mut self.peers[peer];
                 if let Some((_, mac1)) = &p.pending {
                     let mac1 = *mac1;
-                    let _ = p.jar.accept(&c, &mac1, now);
+                    if p.jar.accept(&c, &mac1, now).is_ok() {
+                        p.timers.cookie_received();
+                    }
                 }
                 Action::None
             }

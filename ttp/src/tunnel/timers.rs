@@ -43,6 +43,8 @@ pub struct Timers {
     last_received: Option<Instant>,
     /// Received data since our last send (a keepalive is owed).
     owe_keepalive: bool,
+    /// A cookie came for the pending initiation: retry at once, not after REKEY_TIMEOUT.
+    retry_now: bool,
 }
 
 impl Timers {
@@ -50,6 +52,14 @@ impl Timers {
         let first = self.attempt.map_or(now, |(first, _)| first);
         self.attempt = Some((first, now));
         self.last_sent = Some(now);
+        self.retry_now = false;
+    }
+
+    /// The responder answered the pending initiation with a cookie: it is under load, and
+    /// the initiation was not lost. Retrying at once (with the cookie) rather than after
+    /// REKEY_TIMEOUT gets a peer in within a second of a flood instead of five.
+    pub fn cookie_received(&mut self) {
+        self.retry_now = self.attempt.is_some();
     }
 
     pub fn session_started(&mut self, now: Instant, we_initiated: bool) {
@@ -74,7 +84,7 @@ impl Timers {
                 self.attempt = None;
                 return Some(Due::GiveUp);
             }
-            return (now.duration_since(last) >= REKEY_TIMEOUT).then_some(Due::Initiate);
+            return (self.retry_now || now.duration_since(last) >= REKEY_TIMEOUT).then_some(Due::Initiate);
         }
         let (born, ours) = self.session?;
         let age = now.duration_since(born);
@@ -110,6 +120,10 @@ mod tests {
         assert_eq!(t.due(s(4), 0), None);
         assert_eq!(t.due(s(5), 0), Some(Due::Initiate));
         t.initiation_sent(s(5));
+        t.cookie_received();
+        assert_eq!(t.due(s(5), 0), Some(Due::Initiate), "a cookie: retry at once");
+        t.initiation_sent(s(5));
+        assert_eq!(t.due(s(6), 0), None, "once");
         assert_eq!(t.due(s(90), 0), Some(Due::GiveUp));
 
         // Our session: rekey at 120 s (or at the message limit), dead at 180 s.
