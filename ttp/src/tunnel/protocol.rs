@@ -48,6 +48,11 @@ struct Peer {
     cfg: PeerConfig,
     endpoint: Option<SocketAddr>,
     session: Option<Session>,
+    /// The session before the current one, still good for receiving: packets sealed with
+    /// it may still be in flight, and when both sides initiate at once each ends up
+    /// sending on the session the other one replaced (WireGuard keeps the previous
+    /// keypair for the same reasons).
+    previous: Option<Session>,
     pending: Option<(Initiator, [u8; 16])>,
     jar: CookieJar,
     timers: Timers,
@@ -63,6 +68,7 @@ impl Peer {
             jar: CookieJar::new(&cfg.public),
             cfg,
             session: None,
+            previous: None,
             pending: None,
             timers: Timers::default(),
             newest_initiation: None,
@@ -251,7 +257,11 @@ impl Core {
             Ok(Message::Data(d)) => {
                 let Some(&peer) = self.index.get(&d.receiver) else { return Action::None };
                 let p = &mut self.peers[peer];
-                let Some(s) = p.session.as_mut() else { return Action::None };
+                let s = match (p.session.as_mut(), p.previous.as_mut()) {
+                    (Some(s), _) if s.local == d.receiver => s,
+                    (_, Some(s)) if s.local == d.receiver => s,
+                    _ => return Action::None,
+                };
                 match s.open(&d) {
                     Ok(packet) => {
                         p.endpoint = Some(src); // roaming: the latest authenticated source
@@ -297,7 +307,12 @@ impl Core {
                         }
                     }
                 }
-                Some(Due::Expire) => self.peers[peer].session = None,
+                Some(Due::Expire) => {
+                    let p = &mut self.peers[peer];
+                    for gone in [p.session.take(), p.previous.take()].into_iter().flatten() {
+                        self.index.remove(&gone.local);
+                    }
+                }
                 Some(Due::GiveUp) => self.peers[peer].pending = None,
                 None => {}
             }
@@ -338,13 +353,13 @@ impl Core {
         self.peers.iter().map(|p| p.cfg.public).collect()
     }
 
-    /// Installs a new session; the old one's index stops routing (a late packet of it is
-    /// simply unknown).
+    /// Installs a new session; the current one becomes the previous (receive only), and
+    /// the one before that stops routing (a late packet of it is simply unknown).
     fn replace_session(&mut self, peer: usize, s: Session) {
-        if let Some(old) = self.peers[peer].session.replace(s) {
-            if old.local != self.peers[peer].session.as_ref().map_or(0, |n| n.local) {
-                self.index.remove(&old.local);
-            }
+        let p = &mut self.peers[peer];
+        let old = p.session.replace(s);
+        if let Some(older) = std::mem::replace(&mut p.previous, old) {
+            self.index.remove(&older.local);
         }
     }
 
@@ -469,6 +484,37 @@ mod tests {
         let spoof = t.client.from_tunnel(&ipv4([10, 77, 0, 3], [203, 0, 113, 10], b"x"), now, wall);
         assert_eq!(deliver(&mut t.gw, moved, spoof, now), Action::None);
         assert_eq!(t.gw.drops(0).unwrap().source, 1);
+    }
+
+    #[test]
+    fn both_sides_initiating_at_once_still_carry_data_both_ways() {
+        // Two peers that know each other's endpoints, as in a site-to-site tunnel.
+        let (a_id, b_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+            ("192.0.2.1:51820".parse().unwrap(), "192.0.2.2:51820".parse().unwrap());
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let side = |me: &Identity, peer: &Identity, allowed: &str, endpoint| {
+            let cfg = PeerConfig { public: peer.public, psk: None, allowed: vec![allowed.parse().unwrap()], endpoint };
+            Core::new(me.clone(), vec![cfg], now)
+        };
+        let mut a = side(&a_id, &b_id, "10.77.0.2/32", Some(b_addr));
+        let mut b = side(&b_id, &a_id, "10.77.0.1/32", Some(a_addr));
+        // Both initiations cross on the wire; each side answers the other's, then gets
+        // the answer to its own, and confirms it.
+        let (init_a, init_b) = (a.initiate(0, now, wall), b.initiate(0, now, wall));
+        let resp_b = deliver(&mut b, a_addr, init_a, now);
+        let resp_a = deliver(&mut a, b_addr, init_b, now);
+        let confirm_a = deliver(&mut a, b_addr, resp_b, now);
+        let confirm_b = deliver(&mut b, a_addr, resp_a, now);
+        let _ = deliver(&mut b, a_addr, confirm_a, now);
+        let _ = deliver(&mut a, b_addr, confirm_b, now);
+        let ab = ipv4([10, 77, 0, 1], [10, 77, 0, 2], b"ping");
+        let ba = ipv4([10, 77, 0, 2], [10, 77, 0, 1], b"pong");
+        let d = a.from_tunnel(&ab, now, wall);
+        assert_eq!(deliver(&mut b, a_addr, d, now), Action::Tunnel(0, ab.clone()), "a to b");
+        let d = b.from_tunnel(&ba, now, wall);
+        assert_eq!(deliver(&mut a, b_addr, d, now), Action::Tunnel(0, ba.clone()), "b to a");
     }
 
     #[test]
