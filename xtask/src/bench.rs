@@ -20,6 +20,9 @@ pub enum Which {
     /// The tunnel's protocol core against boringtun's, CPU only: handshakes/s and
     /// seal+open throughput of 1400-byte packets.
     TunnelCore,
+    /// iperf3 through the tunnel beside the bare veth and boringtun-cli: one and four TCP
+    /// streams, UDP packets/s, and the tunnel ends' CPU per gigabit.
+    Tunnel,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -29,6 +32,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Tor => "bench-tor",
         Which::Lifecycle => "bench-lifecycle",
         Which::TunnelCore => "bench-tunnel-core",
+        Which::Tunnel => "bench-tunnel",
     };
     // The release daemon too: the benchmarks run the binaries next to themselves.
     sh(cargo().args(["build", "--release", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;

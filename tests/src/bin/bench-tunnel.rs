@@ -1,0 +1,221 @@
+//! `cargo xtask bench tunnel`: throughput through the tunnel, side by side with the bare
+//! veth and with boringtun (`boringtun-cli`, configured with Debian's `wg`), in one run on
+//! the same two namespaces and veth. iperf3: one TCP stream, four TCP streams, and UDP
+//! packets per second (small datagrams); and the CPU both tunnel ends used per gigabit.
+//!
+//! Both ends run on this machine, so "CPU" is the two tunnel processes' user+system time
+//! (from /proc) while iperf3 ran, divided by the gigabits moved.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use ttp_tests::{bin, run, Netns, Proc, TempDir};
+
+const SECS: u32 = 8;
+const ROUNDS: usize = 3;
+const A_OUTER: &str = "192.0.2.1";
+const B_OUTER: &str = "192.0.2.2";
+const A_INNER: &str = "10.77.0.1";
+const B_INNER: &str = "10.77.0.2";
+
+/// One measurement: iperf3's rate and the tunnel ends' CPU seconds meanwhile.
+struct Sample {
+    /// Gbit/s (TCP) or packets/s (UDP).
+    rate: f64,
+    cpu_secs: f64,
+}
+
+fn main() -> Result<()> {
+    let boringtun = which("boringtun-cli").context(
+        "boringtun-cli is not installed: `cargo install boringtun-cli --locked` (under a minute), then run again",
+    )?;
+    which("wg").context("wg is not installed: `apt-get install wireguard-tools`")?;
+    which("iperf3").context("iperf3 is not installed: `apt-get install iperf3`")?;
+    let (a, b) = (Netns::new("bta").unwrap(), Netns::new("btb").unwrap());
+    a.ip(&["link", "add", "bt0", "type", "veth", "peer", "name", "bt1"])?;
+    a.ip(&["link", "set", "bt1", "netns", &b.path()])?;
+    for (ns, ifc, addr) in [(&a, "bt0", A_OUTER), (&b, "bt1", B_OUTER)] {
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifc])?;
+        ns.ip(&["link", "set", ifc, "up"])?;
+    }
+    let dir = TempDir::new("bench-tunnel");
+    let _server = iperf_server(&b)?;
+
+    let mut table: Vec<(&str, Vec<[Sample; 3]>)> =
+        vec![("bare veth", vec![]), ("ttp tunnel", vec![]), ("boringtun", vec![])];
+    for round in 0..ROUNDS {
+        table[0].1.push(measure(&a, B_OUTER, &[])?);
+        {
+            let ends = ttp_tunnel(&a, &b, &dir)?;
+            let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
+            table[1].1.push(measure(&a, B_INNER, &pids)?);
+        }
+        {
+            let ends = boringtun_tunnel(&a, &b, &boringtun, round)?;
+            let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
+            table[2].1.push(measure(&a, B_INNER, &pids)?);
+        }
+        eprintln!(
+            "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2} Gbit/s",
+            table[0].1[round][0].rate, table[1].1[round][0].rate, table[2].1[round][0].rate
+        );
+    }
+    println!("| path (median of {ROUNDS} rounds, {SECS} s each) | 1 TCP stream, Gbit/s | 4 TCP streams, Gbit/s | UDP 64-byte datagrams, packets/s | tunnel CPU, core-seconds per Gbit (1 stream) |");
+    println!("|---|---|---|---|---|");
+    for (name, rounds) in &table {
+        let med = |i: usize| median(rounds.iter().map(|r| r[i].rate).collect());
+        let cpu = median(rounds.iter().map(|r| r[0].cpu_secs / (r[0].rate * f64::from(SECS))).collect());
+        let cpu = if *name == "bare veth" { "—".to_string() } else { format!("{cpu:.2}") };
+        println!("| {name} | {:.2} | {:.2} | {:.0} | {cpu} |", med(0), med(1), med(2));
+    }
+    for (name, rounds) in &table {
+        let one: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r[0].rate)).collect();
+        println!("rounds, {name}, 1 stream: {}", one.join(", "));
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> Option<String> {
+    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn iperf_server(ns: &Netns) -> Result<Proc> {
+    let mut c = ns.cmd("iperf3");
+    c.args(["-s", "--logfile", "/dev/null"]);
+    let p = Proc::spawn(c)?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+/// 1 TCP stream, 4 TCP streams, UDP small datagrams, each SECS long, to `to`.
+fn measure(client: &Netns, to: &str, pids: &[u32]) -> Result<[Sample; 3]> {
+    let tcp1 = iperf(client, to, &["-P", "1"], pids)?;
+    let tcp4 = iperf(client, to, &["-P", "4"], pids)?;
+    let udp = iperf(client, to, &["-u", "-b", "0", "-l", "64"], pids)?;
+    Ok([tcp1, tcp4, udp])
+}
+
+fn iperf(client: &Netns, to: &str, extra: &[&str], pids: &[u32]) -> Result<Sample> {
+    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+    let out = run(client.cmd("iperf3").args(["-c", to, "-t", &SECS.to_string(), "-J"]).args(extra))?;
+    let cpu_secs = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    let end = &v["end"];
+    let rate = if extra.contains(&"-u") {
+        // Packets the receiver got, per second.
+        let s = &end["sum"];
+        let received = s["packets"].as_f64().unwrap_or(0.0) - s["lost_packets"].as_f64().unwrap_or(0.0);
+        received / s["seconds"].as_f64().unwrap_or(f64::from(SECS))
+    } else {
+        end["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")? / 1e9
+    };
+    Ok(Sample { rate, cpu_secs })
+}
+
+/// utime + stime of a process and its threads, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 =
+        f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn key(args: &[&str], stdin: &str) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin("ttp"))
+        .arg("tunnel")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Keys for two sides: (private a, public a, private b, public b).
+fn keys() -> Result<(String, String, String, String)> {
+    let (ka, kb) = (key(&["genkey"], "")?, key(&["genkey"], "")?);
+    Ok((ka.clone(), key(&["pubkey"], &ka)?, kb.clone(), key(&["pubkey"], &kb)?))
+}
+
+fn ttp_tunnel(a: &Netns, b: &Netns, dir: &TempDir) -> Result<Vec<Proc>> {
+    let (ka, pa, kb, pb) = keys()?;
+    let side = |me: &str, addr: &str, peer: &str, peer_addr: &str, endpoint: &str| {
+        format!(
+            "private-key = \"{me}\"\nlisten-port = 51820\naddress = [\"{addr}/24\"]\ninterface = \"btt0\"\n\
+             [[peer]]\npublic-key = \"{peer}\"\nallowed-ips = [\"{peer_addr}/32\"]\nendpoint = \"{endpoint}:51820\"\n"
+        )
+    };
+    std::fs::write(dir.0.join("a.toml"), side(&ka, A_INNER, &pb, B_INNER, B_OUTER))?;
+    std::fs::write(dir.0.join("b.toml"), side(&kb, B_INNER, &pa, A_INNER, A_OUTER))?;
+    let mut ends = vec![];
+    for (ns, f) in [(a, "a.toml"), (b, "b.toml")] {
+        let mut c = ns.cmd(bin("ttp"));
+        c.args(["tunnel", "up", "--config"]).arg(dir.0.join(f));
+        let mut p = Proc::spawn(c)?;
+        p.wait_line("TUNNEL UP", Duration::from_secs(10))?;
+        ends.push(p);
+    }
+    wait_for_ping(a, B_INNER)?;
+    Ok(ends)
+}
+
+fn boringtun_tunnel(a: &Netns, b: &Netns, boringtun: &str, round: usize) -> Result<Vec<Proc>> {
+    let (ka, pa, kb, pb) = keys()?;
+    let mut ends = vec![];
+    // The UAPI socket (/var/run/wireguard/NAME.sock) is shared across namespaces: unique names.
+    let pid = std::process::id() % 10000;
+    for (i, (ns, key, addr, peer, peer_addr, endpoint)) in
+        [(a, &ka, A_INNER, &pb, B_INNER, B_OUTER), (b, &kb, B_INNER, &pa, A_INNER, A_OUTER)].into_iter().enumerate()
+    {
+        let name = format!("bg{pid}x{round}{i}");
+        let mut c = ns.cmd(boringtun);
+        // One thread: its default (4) is about 2x slower on this 2-core machine.
+        c.args(["--foreground", "--disable-drop-privileges", "--threads", "1", &name]);
+        ends.push(Proc::spawn(c)?);
+        let sock = format!("/var/run/wireguard/{name}.sock");
+        let t0 = Instant::now();
+        while !std::path::Path::new(&sock).exists() {
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!("boringtun did not create {sock}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let keyfile = std::env::temp_dir().join(format!("{name}.key"));
+        std::fs::write(&keyfile, key)?;
+        run(ns.cmd("wg").args(["set", &name, "listen-port", "51820", "private-key"]).arg(&keyfile).args([
+            "peer",
+            peer,
+            "allowed-ips",
+            &format!("{peer_addr}/32"),
+            "endpoint",
+            &format!("{endpoint}:51820"),
+        ]))?;
+        let _ = std::fs::remove_file(&keyfile);
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &name])?;
+        ns.ip(&["link", "set", &name, "mtu", "1420", "up"])?;
+    }
+    wait_for_ping(a, B_INNER)?;
+    Ok(ends)
+}
+
+fn wait_for_ping(ns: &Netns, to: &str) -> Result<()> {
+    for _ in 0..20 {
+        if ns.cmd("ping").args(["-c", "1", "-W", "1", to]).output()?.status.success() {
+            return Ok(());
+        }
+    }
+    bail!("no ping through the tunnel to {to}")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
