@@ -189,7 +189,10 @@ fn live(runtime_dir: &Path, change: PeerChange) -> Result<()> {
 
 fn up(path: &Path) -> Result<()> {
     let cfg = TunnelConfig::load(path)?;
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread: the device is one task, and at tens of thousands of packets a second
+    // the cost is in wakeups; worker threads parking and waking each other add to it.
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
         let udp = device::bind(cfg.listen_port)?;
         let (dev, running) = device::start(cfg, udp).await?;
