@@ -4,8 +4,9 @@
 //! out here. Addresses, MTU, link state and routes are set through rtnetlink, never by
 //! running `ip`.
 //!
-//! One packet per system call for now; batching (recvmmsg/sendmmsg, GSO/GRO on the TUN
-//! and the socket) is the next step for throughput (issue 5's benchmark).
+//! Each wakeup handles whatever is ready (up to [`BATCH`] packets), still one system call
+//! per packet; recvmmsg/sendmmsg and GSO/GRO on the TUN and the socket are the next step
+//! for throughput (BENCHMARKS.md, tunnel).
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},

@@ -2,7 +2,7 @@
 //! through Tor (issue 5). Built like boringtun's `noise/`: a protocol core with no I/O
 //! (each call takes bytes and returns "send this to the network" or "give this to the
 //! TUN"), so that it is tested and fuzzed without sockets, and a device around it that does
-//! the batched I/O.
+//! the I/O.
 //!
 //! So far, the core's pieces: [`messages`] (wire format, mac1 and mac2), [`handshake`]
 //! (Noise IKpsk2 via snow), [`session`] (transport with explicit counters), [`replay`]
@@ -11,8 +11,9 @@
 //! [`protocol`], which ties them into peers (allowed inner addresses, roaming) driven by
 //! datagrams, packets and time. Around the core: [`keys`] (base64 keys as people handle
 //! them), [`config`] (one side of a tunnel as TOML) and [`device`] (the TUN, the UDP
-//! socket, rtnetlink for addresses and routes). To come: batched I/O, the gateway inside
-//! `ttp start` and its TC steering into Tor.
+//! socket, rtnetlink for addresses and routes). The gateway side also runs inside the
+//! daemon (`ttp start --tunnel`), where `crate::gateway` and the TC program
+//! `tc_gateway` send its peers' traffic into Tor.
 
 pub mod config;
 pub mod cookie;
