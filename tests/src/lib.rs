@@ -225,11 +225,17 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &Netns, iface: &str) -> Result<Self> {
+        Self::start_filtered(ns, iface, &[])
+    }
+
+    /// A capture of only what the tcpdump `filter` words select: under a flood a full
+    /// capture drops packets, a narrow one does not.
+    pub fn start_filtered(ns: &Netns, iface: &str, filter: &[&str]) -> Result<Self> {
         let file = std::env::temp_dir().join(format!("ttpt-{}.pcap", unique()));
         let mut cmd = ns.cmd("tcpdump");
         // --immediate-mode: otherwise packets still in tcpdump's ring when it is stopped are
         // never written, and a leak test reading the file would pass on an empty capture.
-        cmd.args(["-i", iface, "--immediate-mode", "-U", "-n", "-w"]).arg(&file).stderr(Stdio::piped());
+        cmd.args(["-i", iface, "--immediate-mode", "-U", "-n", "-w"]).arg(&file).args(filter).stderr(Stdio::piped());
         let mut child = cmd.stdout(Stdio::null()).spawn().context("spawning tcpdump")?;
         let mut err = BufReader::new(child.stderr.take().context("tcpdump stderr")?);
         let mut line = String::new();
