@@ -190,9 +190,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         dns_port: opts.dns_port,
         daemon_cgroup,
         // Only the service user's sockets in the daemon's cgroup: all of Arti's are opened
-        // after the switch. The proxy listeners are bound before it (root's), and answer on
-        // loopback, which the kill-switch never governs; a SOCKS port on a LAN address
-        // (--socks-listen) relies on the LAN bypass for its replies.
+        // after the switch, and the proxy listeners and the tunnel's socket, bound before
+        // it, are created as the service user's (privs::owned_by).
         daemon_uid: Some(service_user.uid),
         virtual_v4: Some(opts.virtual_net),
         policy: Policy {
