@@ -294,6 +294,24 @@ impl Drop for Capture {
     }
 }
 
+/// `ttp tunnel ARGS` with `stdin` on its standard input (genkey, pubkey): its one line.
+pub fn tunnel_key(args: &[&str], stdin: &str) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin("ttp"))
+        .arg("tunnel")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning ttp tunnel")?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ttp tunnel {args:?} failed");
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 /// The uid the daemon becomes once set up, in tests: a number with no /etc/passwd entry,
 /// so that no test adds a user to the host.
 pub const SERVICE_UID: u32 = 64123;

@@ -11,14 +11,7 @@ const GW_INNER: &str = "10.77.0.1";
 const PEER_INNER: &str = "10.77.0.2";
 
 fn key(args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut c = std::process::Command::new(bin("ttp"));
-    c.arg("tunnel").args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    ttp_tests::tunnel_key(args, stdin.unwrap_or("")).unwrap()
 }
 
 /// Two namespaces, a veth between them, and a tunnel side running in each.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ttp_tests::{bin, run, Netns, Proc, TempDir};
+use ttp_tests::{bin, run, tunnel_key, Netns, Proc, TempDir};
 
 const SECS: u32 = 8;
 const ROUNDS: usize = 3;
@@ -126,23 +126,10 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-fn key(args: &[&str], stdin: &str) -> Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(bin("ttp"))
-        .arg("tunnel")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
 /// Keys for two sides: (private a, public a, private b, public b).
 fn keys() -> Result<(String, String, String, String)> {
-    let (ka, kb) = (key(&["genkey"], "")?, key(&["genkey"], "")?);
-    Ok((ka.clone(), key(&["pubkey"], &ka)?, kb.clone(), key(&["pubkey"], &kb)?))
+    let (ka, kb) = (tunnel_key(&["genkey"], "")?, tunnel_key(&["genkey"], "")?);
+    Ok((ka.clone(), tunnel_key(&["pubkey"], &ka)?, kb.clone(), tunnel_key(&["pubkey"], &kb)?))
 }
 
 fn ttp_tunnel(a: &Netns, b: &Netns, dir: &TempDir) -> Result<Vec<Proc>> {

@@ -4,8 +4,6 @@
 //! each resolves a name and fetches a page, and the uplink capture shows relay traffic
 //! only, also while they try UDP and ICMP to the internet directly.
 
-use std::process::Command;
-
 use ttp_tests::{bin, Netns, Proc, TempDir};
 
 use super::*;
@@ -21,18 +19,7 @@ const GW_LAN: &str = "192.168.77.1";
 const LAN_CLIENT: &str = "192.168.77.2";
 
 fn key(args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(bin("ttp"))
-        .arg("tunnel")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    ttp_tests::tunnel_key(args, stdin).unwrap()
 }
 
 /// The host namespace as a gateway, with a tunnel peer and a LAN client behind it.
