@@ -6,6 +6,7 @@
 //! address = ["10.77.0.1/24"]     # this side's addresses on its TUN
 //! interface = "ttp0"
 //! mtu = 1420
+//! rekey-after = 120              # seconds until a session this side started is renewed
 //!
 //! [[peer]]
 //! public-key = "base64 from `ttp tunnel pubkey`"
@@ -36,6 +37,8 @@ struct File {
     address: Vec<IpNet>,
     interface: Option<String>,
     mtu: Option<u32>,
+    /// Seconds after which a session this side started is renewed (default 120).
+    rekey_after: Option<u64>,
     #[serde(default)]
     peer: Vec<PeerFile>,
 }
@@ -59,6 +62,8 @@ pub struct TunnelConfig {
     pub interface: String,
     pub mtu: u32,
     pub peers: Vec<PeerConfig>,
+    /// `rekey-after`: renew the sessions this side starts after this, not two minutes.
+    pub rekey_after: Option<std::time::Duration>,
 }
 
 impl TunnelConfig {
@@ -98,6 +103,11 @@ impl TunnelConfig {
             interface: f.interface.unwrap_or_else(|| "ttp0".into()),
             mtu: f.mtu.unwrap_or(DEFAULT_MTU),
             peers,
+            rekey_after: match f.rekey_after {
+                Some(s @ 1..=120) => Some(std::time::Duration::from_secs(s)),
+                Some(s) => anyhow::bail!("rekey-after = {s}: between 1 and 120 seconds"),
+                None => None,
+            },
         })
     }
 }

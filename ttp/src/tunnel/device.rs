@@ -185,7 +185,7 @@ pub async fn start(
         pinned: Arc::new(Mutex::new(pinned)),
     };
     let npeers = cfg.peers.len();
-    let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now());
+    let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now()).with_rekey_after(cfg.rekey_after);
     let run = run(core, npeers, tun, udp, cfg.mtu as usize, status, rx);
     Ok((device, run))
 }

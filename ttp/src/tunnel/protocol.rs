@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use ipnet::IpNet;
@@ -62,7 +62,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(cfg: PeerConfig) -> Peer {
+    fn new(cfg: PeerConfig, rekey_after: Option<Duration>) -> Peer {
         Peer {
             endpoint: cfg.endpoint,
             jar: CookieJar::new(&cfg.public),
@@ -70,7 +70,7 @@ impl Peer {
             session: None,
             previous: None,
             pending: None,
-            timers: Timers::default(),
+            timers: Timers::with_rekey_after(rekey_after),
             newest_initiation: None,
             drops: Drops::default(),
             traffic: Traffic::default(),
@@ -118,13 +118,33 @@ pub struct Core {
     next_index: u32,
     checker: CookieChecker,
     limiter: RateLimiter,
+    /// Sessions we initiate are renewed after this (default: REKEY_AFTER_TIME).
+    rekey_after: Option<Duration>,
 }
 
 impl Core {
     pub fn new(me: Identity, peers: Vec<PeerConfig>, now: Instant) -> Core {
         let checker = CookieChecker::new(&me.public, now);
-        let peers = peers.into_iter().map(Peer::new).collect();
-        Core { me, peers, index: HashMap::new(), next_index: 1, checker, limiter: RateLimiter::new(now) }
+        let peers = peers.into_iter().map(|p| Peer::new(p, None)).collect();
+        Core {
+            me,
+            peers,
+            index: HashMap::new(),
+            next_index: 1,
+            checker,
+            limiter: RateLimiter::new(now),
+            rekey_after: None,
+        }
+    }
+
+    /// Renews the sessions we initiate after `d` instead of two minutes (the config's
+    /// `rekey-after`; tests use a few seconds to watch rekeys happen).
+    pub fn with_rekey_after(mut self, d: Option<Duration>) -> Core {
+        self.rekey_after = d;
+        for p in &mut self.peers {
+            p.timers = Timers::with_rekey_after(d);
+        }
+        self
     }
 
     pub fn drops(&self, peer: usize) -> Option<&Drops> {
@@ -330,7 +350,7 @@ impl Core {
         if self.peers.iter().any(|p| p.cfg.public == cfg.public) {
             return Err(PeerError::Exists);
         }
-        self.peers.push(Peer::new(cfg));
+        self.peers.push(Peer::new(cfg, self.rekey_after));
         Ok(self.peers.len() - 1)
     }
 
@@ -393,8 +413,6 @@ fn source(p: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// A minimal IPv4 header from `src` to `dst` with `payload`.

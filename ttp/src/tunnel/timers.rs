@@ -45,9 +45,16 @@ pub struct Timers {
     owe_keepalive: bool,
     /// A cookie came for the pending initiation: retry at once, not after REKEY_TIMEOUT.
     retry_now: bool,
+    /// [`REKEY_AFTER_TIME`] unless the configuration says otherwise.
+    rekey_after: Option<Duration>,
 }
 
 impl Timers {
+    /// Timers whose sessions (the ones we initiated) are renewed after `rekey_after`.
+    pub fn with_rekey_after(rekey_after: Option<Duration>) -> Timers {
+        Timers { rekey_after, ..Timers::default() }
+    }
+
     pub fn initiation_sent(&mut self, now: Instant) {
         let first = self.attempt.map_or(now, |(first, _)| first);
         self.attempt = Some((first, now));
@@ -92,7 +99,7 @@ impl Timers {
             self.session = None;
             return Some(Due::Expire);
         }
-        if ours && (age >= REKEY_AFTER_TIME || sent >= REKEY_AFTER_MESSAGES) {
+        if ours && (age >= self.rekey_after.unwrap_or(REKEY_AFTER_TIME) || sent >= REKEY_AFTER_MESSAGES) {
             return Some(Due::Initiate);
         }
         let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT);
