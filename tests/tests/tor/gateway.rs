@@ -105,21 +105,25 @@ impl Behind {
         self.peer_side = Some(side);
     }
 
-    /// Fetches `url` from the peer until it works (the network may still be settling).
+    /// Fetches `url` from the peer until it works. A network minutes old can still fail
+    /// streams and exit-side lookups while it settles (as `start` in tor.rs allows for):
+    /// first a page by address, then `url`, each with a minute of retries.
     fn warm_up(&self, url: &str) {
-        let t0 = Instant::now();
-        loop {
-            let got = self.peer_curl(url);
-            if got == PAGE {
-                return;
+        for url in [&format!("http://{WEB}/index.txt"), url] {
+            let t0 = Instant::now();
+            loop {
+                let got = self.peer_curl(url);
+                if got == PAGE {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "peer: no page through the gateway ({url}): {got}\ncounters: {:?}\n{}",
+                    self.run.w.counters().unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                    self.run.failures()
+                );
+                std::thread::sleep(Duration::from_millis(500));
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "peer: no page through the gateway: {got}\ncounters: {:?}\n{}",
-                self.run.w.counters().unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
-                self.run.failures()
-            );
-            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

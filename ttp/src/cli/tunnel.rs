@@ -133,27 +133,34 @@ fn peer(cmd: PeerCmd) -> Result<()> {
                 Ok(Reply::Status { status, .. }) => status.tunnel_peers,
                 _ => Vec::new(),
             };
-            let rows: Vec<serde_json::Value> = cfg
+            // Each peer of the file, with its live state if the gateway has it.
+            let peers: Vec<(String, &_, Option<&_>)> = cfg
                 .peers
                 .iter()
                 .map(|p| {
                     let key = keys::encode(&p.public);
                     let state = live.iter().find(|s| s.public_key == key);
-                    serde_json::json!({
-                        "public_key": key,
-                        "allowed_ips": p.allowed,
-                        "preshared_key": p.psk.is_some(),
-                        "live": state,
-                    })
+                    (key, p, state)
                 })
                 .collect();
             if json {
+                let rows: Vec<serde_json::Value> = peers
+                    .iter()
+                    .map(|(key, p, state)| {
+                        serde_json::json!({
+                            "public_key": key,
+                            "allowed_ips": p.allowed,
+                            "preshared_key": p.psk.is_some(),
+                            "live": state,
+                        })
+                    })
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            for (p, row) in cfg.peers.iter().zip(&rows) {
+            for (key, p, state) in &peers {
                 let ips: Vec<String> = p.allowed.iter().map(|n| n.to_string()).collect();
-                let state = match live.iter().find(|s| Some(s.public_key.as_str()) == row["public_key"].as_str()) {
+                let state = match state {
                     Some(s) => match (s.endpoint, s.last_handshake_secs) {
                         (Some(e), Some(h)) => {
                             format!("at {e}, handshake {h} s ago, {} B in, {} B out", s.rx_bytes, s.tx_bytes)
@@ -163,7 +170,7 @@ fn peer(cmd: PeerCmd) -> Result<()> {
                     None if live.is_empty() => "gateway not running".into(),
                     None => "not in the running gateway (restart to load it)".into(),
                 };
-                println!("{}  {}  {state}", row["public_key"].as_str().unwrap_or_default(), ips.join(","));
+                println!("{key}  {}  {state}", ips.join(","));
             }
             Ok(())
         }

@@ -17,9 +17,10 @@ use std::{
 use anyhow::{Context, Result};
 use futures::{FutureExt, TryStreamExt};
 use ipnet::IpNet;
-use tokio::net::UdpSocket;
-
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot},
+};
 
 use super::{
     config::TunnelConfig,
@@ -317,6 +318,7 @@ fn map(a: SocketAddr) -> SocketAddr {
 async fn configure_link(cfg: &TunnelConfig) -> Result<Vec<rtnetlink::packet_route::route::RouteMessage>> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     let conn = tokio::spawn(conn);
+    let mut pinned = Vec::new();
     let result = async {
         let link = handle
             .link()
@@ -341,7 +343,6 @@ async fn configure_link(cfg: &TunnelConfig) -> Result<Vec<rtnetlink::packet_rout
             .execute()
             .await
             .context("setting the link up")?;
-        let mut pinned = Vec::new();
         for p in cfg.peers.iter().flat_map(|p| p.allowed.iter()) {
             if p.prefix_len() == 0 {
                 // Everything goes into the tunnel, except the way to the gateway itself:
@@ -361,11 +362,18 @@ async fn configure_link(cfg: &TunnelConfig) -> Result<Vec<rtnetlink::packet_rout
             }
             add_route(&handle, *p, index).await.with_context(|| format!("routing {p}"))?;
         }
-        anyhow::Ok(pinned)
+        anyhow::Ok(())
     }
     .await;
     conn.abort();
-    result
+    match result {
+        Ok(()) => Ok(pinned),
+        Err(e) => {
+            // A failure after an endpoint's host route was added must not leave it behind.
+            unpin_routes(pinned).await;
+            Err(e)
+        }
+    }
 }
 
 /// 0.0.0.0/0 as 0.0.0.0/1 and 128.0.0.0/1 (::/0 likewise).
