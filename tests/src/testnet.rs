@@ -281,16 +281,6 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     fs::write(dir.join("resolv.conf"), format!("nameserver {DNS_V4}\n"))?;
     // For C tor clients on this network (the benchmark's peer).
     fs::write(dir.join("authorities.torrc"), &authorities)?;
-    // Only the relays that are not exits may be guards: with an exit as its guard, a
-    // client can find no other exit it may use with it (same family) whenever its view
-    // of the second exit is not complete yet, and every stream fails until it is
-    // ("rejected 5/6 as not exiting to desired ports; 1/1 as in same family").
-    let guards = relays
-        .iter()
-        .filter(|r| matches!(r.role, Role::Authority | Role::Middle))
-        .map(|r| format!("${}", r.rsa_id))
-        .collect::<Vec<_>>()
-        .join(",");
     for r in &relays {
         let d = dir.join(&r.nick);
         let mut t = format!(
@@ -298,7 +288,7 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
              Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\nSocksPort 0\n\
              ORPort {addr}:{OR_PORT}\nAddress {addr}\nOutboundBindAddress {addr}\nAssumeReachable 1\n\
              PathsNeededToBuildCircuits 0.67\nTestingDirAuthVoteExit *\nTestingDirAuthVoteHSDir *\n\
-             TestingDirAuthVoteGuard {guards}\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 10\n\
+             TestingDirAuthVoteGuard *\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 10\n\
              ServerDNSDetectHijacking 0\nServerDNSTestAddresses\nServerDNSResolvConfFile {dir}/resolv.conf\n{authorities}",
             d = d.display(),
             nick = r.nick,
