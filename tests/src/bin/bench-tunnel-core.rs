@@ -10,7 +10,7 @@ use boringtun::{
     noise::{Tunn, TunnResult},
     x25519,
 };
-use ttp::tunnel::{
+use ttp_tunnel::{
     handshake::{initiate, respond, Identity, PeerKeys},
     messages::{parse, Message},
 };

@@ -126,7 +126,7 @@ impl CookieJar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::messages::{handshake_message, parse, Message, INITIATION, NOISE_INIT_LEN};
+    use crate::messages::{handshake_message, parse, Message, INITIATION, NOISE_INIT_LEN};
 
     #[test]
     fn a_cookie_works_only_for_its_address_and_only_while_its_secret_lives() {
