@@ -53,6 +53,11 @@ struct Peer {
     /// sending on the session the other one replaced (WireGuard keeps the previous
     /// keypair for the same reasons).
     previous: Option<Session>,
+    /// A session we answered a handshake for, not used for sending until the initiator's
+    /// first data packet on it arrives (its keepalive, at once): until then we cannot know
+    /// the initiator has it. A delayed or replayed initiation therefore never moves our
+    /// sending onto a session the peer never completed (WireGuard's "next" keypair).
+    next: Option<Session>,
     pending: Option<(Initiator, [u8; 16])>,
     jar: CookieJar,
     timers: Timers,
@@ -69,6 +74,7 @@ impl Peer {
             cfg,
             session: None,
             previous: None,
+            next: None,
             pending: None,
             timers: Timers::with_rekey_after(rekey_after),
             newest_initiation: None,
@@ -228,15 +234,20 @@ impl Core {
                 };
                 let idx = self.new_index(peer);
                 debug_assert_eq!(idx, sender);
-                self.replace_session(peer, acc.session);
                 let p = &mut self.peers[peer];
+                if let Some(unconfirmed) = p.next.replace(acc.session) {
+                    self.index.remove(&unconfirmed.local);
+                }
                 p.newest_initiation = Some(acc.timestamp);
                 p.endpoint = Some(src);
-                p.timers.session_started(now, false);
-                p.traffic.handshake_at = Some(now);
                 Action::Network(src, acc.response)
             }
             Ok(Message::Response(r)) => {
+                // Checked before the pending handshake is touched: a response that is not
+                // for us must not cost it (only a holder of our public key can make one).
+                if !r.macs.mac1_ok(&self.me.public) {
+                    return Action::None;
+                }
                 let Some(&peer) = self.index.get(&r.receiver) else { return Action::None };
                 let p = &mut self.peers[peer];
                 let Some((init, mac1)) = p.pending.take() else { return Action::None };
@@ -277,13 +288,22 @@ impl Core {
             Ok(Message::Data(d)) => {
                 let Some(&peer) = self.index.get(&d.receiver) else { return Action::None };
                 let p = &mut self.peers[peer];
-                let s = match (p.session.as_mut(), p.previous.as_mut()) {
-                    (Some(s), _) if s.local == d.receiver => s,
-                    (_, Some(s)) if s.local == d.receiver => s,
+                let confirming = p.next.as_ref().is_some_and(|s| s.local == d.receiver);
+                let s = match (p.session.as_mut(), p.previous.as_mut(), p.next.as_mut()) {
+                    (Some(s), _, _) | (_, Some(s), _) | (_, _, Some(s)) if s.local == d.receiver => s,
                     _ => return Action::None,
                 };
                 match s.open(&d) {
                     Ok(packet) => {
+                        if confirming {
+                            // The initiator has the session: it becomes the current one.
+                            let s = self.peers[peer].next.take().expect("the next session");
+                            self.replace_session(peer, s);
+                            let p = &mut self.peers[peer];
+                            p.timers.session_started(now, false);
+                            p.traffic.handshake_at = Some(now);
+                        }
+                        let p = &mut self.peers[peer];
                         p.endpoint = Some(src); // roaming: the latest authenticated source
                         p.timers.data_received(now);
                         if packet.is_empty() {
@@ -329,7 +349,7 @@ impl Core {
                 }
                 Some(Due::Expire) => {
                     let p = &mut self.peers[peer];
-                    for gone in [p.session.take(), p.previous.take()].into_iter().flatten() {
+                    for gone in [p.session.take(), p.previous.take(), p.next.take()].into_iter().flatten() {
                         self.index.remove(&gone.local);
                     }
                 }
@@ -600,5 +620,52 @@ mod tests {
         let Action::Network(_, bytes) = stolen else { panic!() };
         let answer = t.gw.from_network("198.18.9.9:1000".parse().unwrap(), &bytes, soon);
         assert!(matches!(answer, Action::Network(_, c) if c[0] == messages::COOKIE_REPLY));
+    }
+
+    /// Runs a handshake from the client (at `wall`) to the end: its keepalive reached the
+    /// gateway.
+    fn handshake(t: &mut Pair, now: Instant, wall: SystemTime) {
+        let init = t.client.initiate(0, now, wall);
+        let resp = deliver(&mut t.gw, t.client_addr, init, now);
+        let confirm = deliver(&mut t.client, t.gw_addr, resp, now);
+        assert!(matches!(confirm, Action::Network(..)), "the client confirms");
+        assert_eq!(deliver(&mut t.gw, t.client_addr, confirm, now), Action::None);
+    }
+
+    #[test]
+    fn a_late_initiation_does_not_move_the_gateway_onto_a_session_the_client_lacks() {
+        let mut t = pair();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        handshake(&mut t, now, wall);
+        // An initiation that never arrived (the client gave up on it)...
+        let Action::Network(_, late) = t.client.initiate(0, now, wall + Duration::from_secs(1)) else { panic!() };
+        // ... and the client's next handshake completes.
+        handshake(&mut t, now, wall + Duration::from_secs(2));
+        // The late one turns up, but is older than the last accepted one.
+        assert_eq!(t.gw.from_network(t.client_addr, &late, now), Action::None);
+        // One held back by someone on the path and newer: the gateway answers it, and the
+        // answer goes nowhere (the attacker keeps it).
+        let Action::Network(_, held) = t.client.initiate(0, now, wall + Duration::from_secs(3)) else { panic!() };
+        assert!(matches!(t.gw.from_network(t.client_addr, &held, now), Action::Network(..)));
+        // The gateway still sends on the session the client has.
+        let pkt = ipv4([203, 0, 113, 10], [10, 77, 0, 2], b"still here");
+        let d = t.gw.from_tunnel(&pkt, now, wall);
+        assert_eq!(deliver(&mut t.client, t.gw_addr, d, now), Action::Tunnel(0, pkt));
+    }
+
+    #[test]
+    fn a_response_not_for_us_leaves_the_pending_handshake_alone() {
+        let mut t = pair();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let init = t.client.initiate(0, now, wall);
+        let Action::Network(_, resp) = deliver(&mut t.gw, t.client_addr, init, now) else { panic!("a response") };
+        // Someone who saw the initiation's sender index answers with garbage for it.
+        let mut forged = resp.clone();
+        forged[20] ^= 1;
+        assert_eq!(t.client.from_network(t.gw_addr, &forged, now), Action::None);
+        // The real answer still completes the handshake.
+        assert!(matches!(t.client.from_network(t.gw_addr, &resp, now), Action::Network(..)));
     }
 }
