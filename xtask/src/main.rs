@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 mod setup;
 mod testnet;
 
@@ -41,6 +42,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the tunnel's fuzz targets (cargo fuzz), each for a while.
+    Fuzz(fuzz::Args),
     /// Set up, build and run the datapath demo in throwaway namespaces.
     Demo,
     /// The private Tor network (Debian's tor relays in a namespace of their own).
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Build { release } => build(release),
         Cmd::Test { no_setup, args } => test(no_setup, &args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Demo => demo(),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Testnet { cmd } => testnet::run(cmd),
@@ -118,6 +122,8 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     }
     require_root("the end-to-end tests")?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are a workspace of their own (nightly, sanitizer flags).
+    sh(cargo().args(["fmt", "--manifest-path", "ttp-tunnel/fuzz/Cargo.toml", "--", "--check"]))?;
     sh(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel-side policy, as plain Rust on the host.
     sh(cargo().args(["test", "-p", "ttp-ebpf", "--lib"]))?;
@@ -138,6 +144,9 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
         let _ = Command::new("userdel").arg("ttp").status();
     }
     result?;
+    // The tunnel's parsers and protocol core under a fuzzer, briefly (a smoke run: longer
+    // runs are `cargo xtask fuzz --seconds N`).
+    fuzz::run(&fuzz::Args { seconds: 20, targets: Vec::new() })?;
     eprintln!("==> all tests passed in {:.0?}", t0.elapsed());
     Ok(())
 }

@@ -37,11 +37,13 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
+const CARGO_FUZZ_VERSION: &str = "0.13";
 
 pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("==> setup complete");
     Ok(())
 }
@@ -125,4 +127,18 @@ fn bpf_linker() -> Result<()> {
         .args(["install", "bpf-linker", "--locked", "--version", &format!("^{BPF_LINKER_VERSION}")])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", prefix))
+}
+
+/// cargo-fuzz, for the tunnel's fuzz targets (`cargo xtask fuzz`).
+fn cargo_fuzz() -> Result<()> {
+    let version = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if let Ok(o) = &version {
+        let v = String::from_utf8_lossy(&o.stdout);
+        if o.status.success() && v.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
+            eprintln!("==> {}: present", v.trim());
+            return Ok(());
+        }
+    }
+    eprintln!("==> building cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 minutes)");
+    sh(cargo().args(["install", "cargo-fuzz", "--locked", "--version", &format!("^{CARGO_FUZZ_VERSION}")]))
 }
