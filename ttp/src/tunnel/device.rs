@@ -4,9 +4,10 @@
 //! out here. Addresses, MTU, link state and routes are set through rtnetlink, never by
 //! running `ip`.
 //!
-//! Each wakeup handles whatever is ready (up to [`BATCH`] packets), still one system call
-//! per packet; recvmmsg/sendmmsg and GSO/GRO on the TUN and the socket are the next step
-//! for throughput (BENCHMARKS.md, tunnel).
+//! Each wakeup handles whatever is ready (up to [`BATCH`] packets or GRO runs). Datagrams
+//! leave through [`gso`]: those of one wakeup for one endpoint go out in one system call
+//! (UDP GSO), and arrive several per system call (UDP GRO). The TUN still costs one call
+//! per packet (its offloads, `IFF_VNET_HDR`, are the next step; BENCHMARKS.md, tunnel).
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
@@ -18,12 +19,14 @@ use anyhow::{Context, Result};
 use futures::{FutureExt, TryStreamExt};
 use ipnet::IpNet;
 use tokio::{
+    io::Interest,
     net::UdpSocket,
     sync::{mpsc, oneshot},
 };
 
 use super::{
     config::TunnelConfig,
+    gso::{self, Batch, Offload},
     protocol::{Action, Core, Drops, PeerConfig, PeerError},
 };
 
@@ -200,14 +203,19 @@ async fn run(
     status: Arc<Mutex<Vec<PeerStatus>>>,
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<()> {
+    use std::os::fd::AsRawFd;
     let mut from_tun = vec![0u8; mtu + 64];
-    // The largest datagram: a data header, a full packet and its tag.
-    let mut from_net = vec![0u8; mtu + 64];
+    // A GRO run of datagrams (one datagram if GRO is off).
+    let mut from_net = vec![0u8; gso::GRO_BUFFER];
+    let mut out = Batch::new();
+    let mut offload = Offload::enable(&udp);
+    let io = &mut Io { udp: &udp, tun: &tun, out: &mut out, offload: &mut offload };
     // A client reaches out at once; a gateway waits to be reached.
     for peer in 0..npeers {
         let a = core.initiate(peer, Instant::now(), SystemTime::now());
-        apply(a, &udp, &tun).await?;
+        io.apply(a).await?;
     }
+    io.flush().await;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -218,31 +226,32 @@ async fn run(
                 // per packet (the loop's fixed cost dominates at these rates).
                 for _ in 0..BATCH {
                     let a = core.from_tunnel(&from_tun[..n], now, wall);
-                    apply(a, &udp, &tun).await?;
+                    io.apply(a).await?;
                     match tun.recv(&mut from_tun).now_or_never() {
                         Some(r) => n = r.context("reading the TUN")?,
                         None => break,
                     }
                 }
+                io.flush().await;
             }
-            r = udp.recv_from(&mut from_net) => {
-                let mut r = r;
+            r = udp.readable() => {
+                r.context("waiting for the network")?;
                 let now = Instant::now();
                 for _ in 0..BATCH {
-                    match r {
-                        Ok((n, src)) => {
-                            let a = core.from_network(unmap(src), &from_net[..n], now);
-                            apply(a, &udp, &tun).await?;
+                    match udp.try_io(Interest::READABLE, || gso::recv(udp.as_raw_fd(), &mut from_net)) {
+                        Ok((n, src, segment)) => {
+                            for d in gso::segments(&from_net[..n], segment) {
+                                let a = core.from_network(unmap(src), d, now);
+                                io.apply(a).await?;
+                            }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // An ICMP error for an earlier datagram: not this socket's failure.
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                         Err(e) => return Err(e).context("receiving from the network"),
                     }
-                    r = match udp.try_recv_from(&mut from_net) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        other => other,
-                    };
                 }
+                io.flush().await;
             }
             Some(cmd) = commands.recv() => {
                 let (outcome, reply) = match cmd {
@@ -261,8 +270,9 @@ async fn run(
             }
             _ = tick.tick() => {
                 for a in core.tick(Instant::now(), SystemTime::now()) {
-                    apply(a, &udp, &tun).await?;
+                    io.apply(a).await?;
                 }
+                io.flush().await;
                 let mut st = status.lock().expect("status lock");
                 let now = Instant::now();
                 for (i, s) in st.iter_mut().enumerate() {
@@ -278,20 +288,44 @@ async fn run(
     }
 }
 
-async fn apply(a: Action, udp: &UdpSocket, tun: &tun::AsyncDevice) -> Result<()> {
-    match a {
-        Action::Network(to, d) => {
-            // A peer out of reach is the network's business, not a reason to stop.
-            if let Err(e) = udp.send_to(&d, map(to)).await {
-                tracing::debug!("sending to {to}: {e}");
+/// Where actions go: the TUN at once, datagrams into the batch sent by [`Io::flush`]
+/// at the end of each wakeup.
+struct Io<'a> {
+    udp: &'a UdpSocket,
+    tun: &'a tun::AsyncDevice,
+    out: &'a mut Batch,
+    offload: &'a mut Offload,
+}
+
+impl Io<'_> {
+    async fn apply(&mut self, a: Action) -> Result<()> {
+        match a {
+            Action::Network(to, d) => {
+                if !self.out.push(to, &d) {
+                    self.flush().await;
+                    let empty_takes_any = self.out.push(to, &d);
+                    debug_assert!(empty_takes_any);
+                }
             }
+            Action::Tunnel(_, p) => {
+                self.tun.send(&p).await.context("writing to the TUN")?;
+            }
+            Action::None => {}
         }
-        Action::Tunnel(_, p) => {
-            tun.send(&p).await.context("writing to the TUN")?;
-        }
-        Action::None => {}
+        Ok(())
     }
-    Ok(())
+
+    /// Sends the batch, waiting while the socket's buffer is full.
+    async fn flush(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.udp.as_raw_fd();
+        let (out, offload) = (&mut *self.out, &mut *self.offload);
+        let sent = self.udp.async_io(Interest::WRITABLE, || gso::send(fd, out, offload)).await;
+        // A peer out of reach is the network's business, not a reason to stop.
+        if let Err(e) = sent {
+            tracing::debug!("sending to the network: {e}");
+        }
+    }
 }
 
 /// The socket is IPv6 (dual stack): IPv4 peers appear as ::ffff:a.b.c.d.
@@ -302,13 +336,6 @@ fn unmap(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         v4 => v4,
-    }
-}
-
-fn map(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
-        v6 => v6,
     }
 }
 

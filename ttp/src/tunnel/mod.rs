@@ -10,3 +10,4 @@ pub use ttp_tunnel::{cookie, handshake, keys, messages, protocol, ratelimit, rep
 
 pub mod config;
 pub mod device;
+pub mod gso;
