@@ -59,10 +59,8 @@ pub struct Services {
 #[derive(Default)]
 struct Gateway {
     interfaces: Vec<String>,
-    tunnel: Option<(tunnel::device::Device, TunnelRun)>,
+    tunnel: Option<(tunnel::device::Device, tunnel::device::Runner)>,
 }
-
-type TunnelRun = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 /// Milestones of a start, for whoever waits on it (`ttp start` reads them from the
 /// daemon's stdout: see [`Event::line`]).
@@ -172,8 +170,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     if let Some(cfg) = tunnel_config {
         let udp = crate::privs::owned_by(&service_user, || tunnel::device::bind(cfg.listen_port))?;
         gateway.interfaces.push(cfg.interface.clone());
-        let (device, running) = tunnel::device::start(cfg, udp).await?;
-        gateway.tunnel = Some((device, Box::pin(running)));
+        let (device, runner) = tunnel::device::start(cfg, udp).await?;
+        gateway.tunnel = Some((device, runner));
     }
     // `ttp exec --tor` and `ttp exec --direct` run commands in children of these two.
     cgroup::create(&exec_tor)?;
@@ -376,9 +374,10 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some((device, running)) = gateway.tunnel {
+    if let Some((device, runner)) = gateway.tunnel {
         tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
-        tasks.spawn(running);
+        // Spawned after the privilege drop: the thread starts as the service user.
+        tasks.spawn(runner.spawn());
     }
     for l in listeners.trans {
         tasks.spawn(transport.clone().serve(l));

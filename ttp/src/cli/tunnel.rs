@@ -202,13 +202,13 @@ fn up(path: &Path) -> Result<()> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
         let udp = device::bind(cfg.listen_port)?;
-        let (dev, running) = device::start(cfg, udp).await?;
+        let (dev, runner) = device::start(cfg, udp).await?;
         println!("{} is up; UDP on {}", dev.interface, dev.local);
         // A line of its own for whoever started us (scripts and tests wait for it).
         println!("TUNNEL UP");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let r = tokio::select! {
-            r = running => r,
+            r = runner.run() => r,
             _ = term.recv() => Ok(()),
             _ = tokio::signal::ctrl_c() => Ok(()),
         };

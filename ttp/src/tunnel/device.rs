@@ -160,18 +160,14 @@ fn socket_buffers(s: &std::net::UdpSocket) {
 }
 
 /// Brings the TUN up with its addresses and routes around the bound socket `udp` (from
-/// [`bind`]), and returns the device and the future that runs it (until it fails or is
-/// dropped). Creating and configuring the TUN needs `CAP_NET_ADMIN`; running it does not.
-pub async fn start(
-    cfg: TunnelConfig,
-    udp: std::net::UdpSocket,
-) -> Result<(Device, impl std::future::Future<Output = Result<()>>)> {
+/// [`bind`]), and returns the device and what runs it. Creating and configuring the TUN
+/// needs `CAP_NET_ADMIN`; running it does not.
+pub async fn start(cfg: TunnelConfig, udp: std::net::UdpSocket) -> Result<(Device, Runner)> {
     let mut tc = tun::Configuration::default();
     tc.tun_name(&cfg.interface).mtu(cfg.mtu as u16);
-    let tun = tun::create_as_async(&tc)
+    let tun = tun::create(&tc)
         .with_context(|| format!("creating the TUN device {} (needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface))?;
     let pinned = configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
-    let udp = UdpSocket::from_std(udp)?;
     let local = udp.local_addr()?;
     let status = Arc::new(Mutex::new(
         cfg.peers
@@ -188,10 +184,60 @@ pub async fn start(
         commands,
         pinned: Arc::new(Mutex::new(pinned)),
     };
-    let npeers = cfg.peers.len();
     let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now()).with_rekey_after(cfg.rekey_after);
-    let run = run(core, npeers, tun, udp, cfg.mtu as usize, status, rx);
-    Ok((device, run))
+    Ok((device, Runner { core, npeers: cfg.peers.len(), tun, udp, mtu: cfg.mtu as usize, status, commands: rx }))
+}
+
+/// A device set up and not yet running. Its TUN and socket are registered with the
+/// runtime that runs it: [`Runner::run`] on the caller's, [`Runner::spawn`] on a thread
+/// of its own.
+pub struct Runner {
+    core: Core,
+    npeers: usize,
+    tun: tun::Device,
+    udp: std::net::UdpSocket,
+    mtu: usize,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Runner {
+    /// Runs the device on the current runtime until it fails (or the future is dropped).
+    /// A current-thread runtime suits it: it is one task, and at tens of thousands of
+    /// packets a second worker threads waking each other cost more than the crypto
+    /// (BENCHMARKS.md, tunnel).
+    pub async fn run(self) -> Result<()> {
+        let tun = tun::AsyncDevice::new(self.tun).context("registering the TUN")?;
+        let udp = UdpSocket::from_std(self.udp).context("registering the tunnel's socket")?;
+        run(self.core, self.npeers, tun, udp, self.mtu, self.status, self.commands).await
+    }
+
+    /// Runs the device on a thread of its own with a current-thread runtime (for the
+    /// daemon, whose runtime has worker threads). The future ends when the device does;
+    /// dropping it stops the device.
+    pub fn spawn(self) -> impl std::future::Future<Output = Result<()>> + Send {
+        let (done_tx, done) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("ttp-tunnel".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let r = match rt {
+                Ok(rt) => rt.block_on(async {
+                    tokio::select! {
+                        r = self.run() => r,
+                        // The future below was dropped: its sender with it.
+                        _ = stopped => Ok(()),
+                    }
+                }),
+                Err(e) => Err(e).context("starting the tunnel's runtime"),
+            };
+            let _ = done_tx.send(r);
+        });
+        async move {
+            let _stop = stop;
+            thread.context("starting the tunnel's thread")?;
+            done.await.context("the tunnel's thread ended without a result")?
+        }
+    }
 }
 
 async fn run(

@@ -21,7 +21,8 @@ use std::{
 use nix::{
     errno::Errno,
     sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt::UdpGroSegment, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6,
+        recvmsg, sendmsg, setsockopt, sockopt::UdpGroSegment, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockaddrIn6,
     },
 };
 
