@@ -211,3 +211,24 @@ fn sessions_are_renewed_without_losing_packets() {
     assert!(rekeys >= 3, "{rekeys} handshakes in 8 s with rekey-after = 2");
     assert!(report.contains(" 0% packet loss"), "packets lost across rekeys: {report}");
 }
+
+#[test]
+fn a_restarted_gateway_is_reached_again_without_waiting_for_the_rekey() {
+    let mut p = Pair::up();
+    assert!((0..10).any(|_| ping(&p.peer, GW_INNER)), "the tunnel never came up");
+    // The gateway dies and comes back with no sessions; the client still has its own, two
+    // minutes from its rekey.
+    let mut old = p.sides.remove(0);
+    old.child.kill().unwrap();
+    old.child.wait().unwrap();
+    p.start_side(true);
+    // The client's pings go unanswered; 15 s after the first, it starts a new handshake
+    // (the rekey would be at 120 s: 40 s tells the two apart with room to spare).
+    let t0 = std::time::Instant::now();
+    let mut back = false;
+    while !back && t0.elapsed() < Duration::from_secs(40) {
+        back = ping(&p.peer, GW_INNER);
+    }
+    assert!(back, "the client never found the restarted gateway (waiting for the rekey?)");
+    eprintln!("reached again {:.1?} after the restart", t0.elapsed());
+}

@@ -265,7 +265,7 @@ impl Core {
                         // Confirm the session to the responder at once (an empty packet).
                         match p.session.as_mut().map(|s| s.seal(&[])) {
                             Some(Ok(keepalive)) => {
-                                p.timers.data_sent(now);
+                                p.timers.keepalive_sent(now);
                                 Action::Network(src, keepalive)
                             }
                             _ => Action::None,
@@ -342,7 +342,7 @@ impl Core {
                     let p = &mut self.peers[peer];
                     if let (Some(s), Some(to)) = (p.session.as_mut(), p.endpoint) {
                         if let Ok(k) = s.seal(&[]) {
-                            p.timers.data_sent(now);
+                            p.timers.keepalive_sent(now);
                             out.push(Action::Network(to, k));
                         }
                     }
@@ -667,5 +667,29 @@ mod tests {
         assert_eq!(t.client.from_network(t.gw_addr, &forged, now), Action::None);
         // The real answer still completes the handshake.
         assert!(matches!(t.client.from_network(t.gw_addr, &resp, now), Action::Network(..)));
+    }
+
+    #[test]
+    fn a_restarted_gateway_is_found_again_within_seconds() {
+        let mut t = pair();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let at = |secs| now + Duration::from_secs(secs);
+        handshake(&mut t, now, wall);
+        // The gateway restarts: same keys and peers, no sessions.
+        t.gw = Core::new(t.gw.me.clone(), t.gw.peers.iter().map(|p| p.cfg.clone()).collect(), now);
+        let pkt = ipv4([10, 77, 0, 2], [203, 0, 113, 10], b"anyone there?");
+        let d = t.client.from_tunnel(&pkt, at(1), wall);
+        assert_eq!(deliver(&mut t.gw, t.client_addr, d, at(1)), Action::None, "a session it never had");
+        // Nothing comes back: 15 s after the first unanswered packet, the client starts over
+        // (not at the rekey, two minutes after the handshake).
+        assert_eq!(t.client.tick(at(15), wall), vec![]);
+        let mut due = t.client.tick(at(16), wall + Duration::from_secs(16));
+        assert!(matches!(&due[..], [Action::Network(_, m)] if m[0] == messages::INITIATION), "{due:?}");
+        let resp = deliver(&mut t.gw, t.client_addr, due.remove(0), at(16));
+        let confirm = deliver(&mut t.client, t.gw_addr, resp, at(16));
+        assert_eq!(deliver(&mut t.gw, t.client_addr, confirm, at(16)), Action::None);
+        let d = t.client.from_tunnel(&pkt, at(17), wall);
+        assert_eq!(deliver(&mut t.gw, t.client_addr, d, at(17)), Action::Tunnel(0, pkt));
     }
 }

@@ -10,6 +10,10 @@
 //!   [`REKEY_ATTEMPT_TIME`].
 //! - Having received data and sent nothing for [`KEEPALIVE_TIMEOUT`], a side sends an
 //!   empty data packet, so the peer knows the session (and its NAT mapping) is alive.
+//! - Having sent data and heard nothing back for [`KEEPALIVE_TIMEOUT`] + [`REKEY_TIMEOUT`]
+//!   (the peer's keepalive would have come by then), a side starts a new handshake: the
+//!   peer may have restarted and lost the session, and without this the line would stay
+//!   dead until the next rekey.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,8 @@ pub struct Timers {
     last_received: Option<Instant>,
     /// Received data since our last send (a keepalive is owed).
     owe_keepalive: bool,
+    /// The first data packet sent since anything was last received (see the module).
+    unanswered_since: Option<Instant>,
     /// A cookie came for the pending initiation: retry at once, not after REKEY_TIMEOUT.
     retry_now: bool,
     /// [`REKEY_AFTER_TIME`] unless the configuration says otherwise.
@@ -72,16 +78,26 @@ impl Timers {
     pub fn session_started(&mut self, now: Instant, we_initiated: bool) {
         self.session = Some((now, we_initiated));
         self.attempt = None;
+        self.unanswered_since = None;
     }
 
+    /// A data packet (with a payload) went out.
     pub fn data_sent(&mut self, now: Instant) {
+        self.keepalive_sent(now);
+        self.unanswered_since.get_or_insert(now);
+    }
+
+    /// An empty packet went out: it asks for no answer.
+    pub fn keepalive_sent(&mut self, now: Instant) {
         self.last_sent = Some(now);
         self.owe_keepalive = false;
     }
 
+    /// An authenticated packet (data or keepalive) came in.
     pub fn data_received(&mut self, now: Instant) {
         self.last_received = Some(now);
         self.owe_keepalive = true;
+        self.unanswered_since = None;
     }
 
     /// What is due at `now`, given how many packets the session has sent.
@@ -100,6 +116,10 @@ impl Timers {
             return Some(Due::Expire);
         }
         if ours && (age >= self.rekey_after.unwrap_or(REKEY_AFTER_TIME) || sent >= REKEY_AFTER_MESSAGES) {
+            return Some(Due::Initiate);
+        }
+        if self.unanswered_since.is_some_and(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT) {
+            self.unanswered_since = None;
             return Some(Due::Initiate);
         }
         let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT);
@@ -155,6 +175,19 @@ mod tests {
         assert_eq!(t.due(s(511), 0), None, "owed once");
         t.data_received(s(512));
         t.data_sent(s(513));
-        assert_eq!(t.due(s(530), 0), None, "our data answered it");
+        assert_eq!(t.due(s(525), 0), None, "our data answered it");
+
+        // Data sent and nothing heard for 15 s: the peer may have lost the session.
+        t.data_received(s(526));
+        t.keepalive_sent(s(527));
+        assert_eq!(t.due(s(545), 0), None, "a keepalive asks for no answer");
+        t.data_sent(s(546));
+        t.data_sent(s(550));
+        assert_eq!(t.due(s(560), 0), None, "counted from the first unanswered packet, not yet");
+        t.data_received(s(560));
+        t.data_sent(s(562));
+        assert_eq!(t.due(s(576), 0), None);
+        assert_eq!(t.due(s(577), 0), Some(Due::Initiate));
+        assert_eq!(t.due(s(578), 0), None, "once");
     }
 }
