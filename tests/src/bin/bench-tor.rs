@@ -70,8 +70,8 @@ fn main() -> Result<()> {
         dns_cached.push(dns_rate(s, 2000, false)?);
         dns_uncached.push(dns_rate(s, 100, true)?);
     }
-    let mut rss_idle = vec![];
-    let mut rss_held = vec![];
+    let mut rss_idle: Vec<Mem> = vec![];
+    let mut rss_held: Vec<Mem> = vec![];
     for s in sides.iter().filter(|_| want("memory")) {
         rss_idle.push(rss_mb(s.pid)?);
         rss_held.push(with_streams_held(s, 1000)?);
@@ -96,11 +96,15 @@ fn main() -> Result<()> {
     );
     println!(
         "| daemon RSS (with its helper processes), MB, idle after the runs | {:.1} | {:.1} |",
-        rss_idle[0], rss_idle[1]
+        rss_idle[0].rss, rss_idle[1].rss
     );
     println!(
         "| daemon RSS (with its helper processes), MB, with 1,000 open streams | {:.1} | {:.1} |",
-        rss_held[0], rss_held[1]
+        rss_held[0].rss, rss_held[1].rss
+    );
+    println!(
+        "| of which anonymous (heap, stacks), MB, idle / with 1,000 streams | {:.1} / {:.1} | {:.1} / {:.1} |",
+        rss_idle[0].anon, rss_held[0].anon, rss_idle[1].anon, rss_held[1].anon
     );
     println!("\nthroughput samples MB/s: ttp {:?}; C tor {:?}", round2(&thr[0]), round2(&thr[1]));
     drop(sides);
@@ -201,16 +205,16 @@ fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
 
 /// Opens `n` streams through the redirect to a server that keeps them open, and reads
 /// the daemon's RSS while they are all open.
-fn with_streams_held(s: &Side, n: usize) -> Result<f64> {
+fn with_streams_held(s: &Side, n: usize) -> Result<Mem> {
     let kit = bin("testkit");
     let kit = kit.to_str().unwrap_or_default();
     let mut p =
         s.w.spawn_in(&s.w.governed, GOVERNED, GOVERNED, &[kit, "hold", &format!("{WEB}:7000"), &n.to_string(), "20"])?;
     p.wait_line(&format!("HOLDING {n}"), Duration::from_secs(300))
         .with_context(|| format!("{}: opening {n} streams", s.name))?;
-    let rss = rss_mb(s.pid)?;
-    eprintln!("{}: {n} streams open, RSS {rss:.1} MB", s.name);
-    Ok(rss)
+    let mem = rss_mb(s.pid)?;
+    eprintln!("{}: {n} streams open, RSS {:.1} MB ({:.1} MB anonymous)", s.name, mem.rss, mem.anon);
+    Ok(mem)
 }
 
 /// CPU time (user and system) the process has used, in seconds.
@@ -225,30 +229,38 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
-/// The daemon's resident memory in MB: the process and its children (ttp's root monitor,
+/// Resident memory in MB, all of it and the anonymous part (heap, stacks: what the
+/// process itself allocated, as opposed to its binary's and libraries' pages).
+#[derive(Debug, Clone, Copy)]
+struct Mem {
+    rss: f64,
+    anon: f64,
+}
+
+/// The daemon's resident memory: the process and its children (ttp's root monitor,
 /// counted whole although most of its pages are shared with the daemon). RSS, not PSS: a
 /// C tor client shares its binary's pages with the private network's relays, which would
 /// flatter it.
-fn rss_mb(pid: u32) -> Result<f64> {
+fn rss_mb(pid: u32) -> Result<Mem> {
     let mut pids = vec![pid.to_string()];
     for t in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
         let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
         pids.extend(children.split_whitespace().map(str::to_owned));
     }
-    let mut kb = 0.0;
+    let (mut rss_kb, mut anon_kb) = (0.0, 0.0);
     for p in pids {
         let status = fs::read_to_string(format!("/proc/{p}/status"))?;
-        let rss: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
+        let field = |name: &str| -> Result<f64> {
+            let v = status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next());
+            Ok(v.with_context(|| format!("no {name} in /proc/{p}/status"))?.parse()?)
+        };
+        let (rss, anon) = (field("VmRSS:")?, field("RssAnon:")?);
         let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        eprintln!("  pid {p} ({}): RSS {rss} kB", comm.trim());
-        kb += rss;
+        eprintln!("  pid {p} ({}): RSS {rss} kB, of which anonymous {anon} kB", comm.trim());
+        rss_kb += rss;
+        anon_kb += anon;
     }
-    Ok(kb / 1024.0)
+    Ok(Mem { rss: rss_kb / 1024.0, anon: anon_kb / 1024.0 })
 }
 
 fn median(v: &[f64]) -> f64 {
