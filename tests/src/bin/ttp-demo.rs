@@ -14,7 +14,7 @@ fn main() -> Result<()> {
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(format!("ttp-demo-net-{}", std::process::id()));
     println!(
-        "Starting a private Tor network (3 authorities, a middle with an onion service, 2 exits, an obfs4 bridge)..."
+        "Starting a private Tor network (3 authorities, a middle with an onion service, 3 exits, an obfs4 bridge)..."
     );
     let net = Testnet::start(&dir)?;
     println!("  consensus after {:.1} s; onion service {}\n", net.consensus_after, net.onion);
