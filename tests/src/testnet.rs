@@ -314,11 +314,14 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
                 t,
                 "DirPort {addr}:{DIR_PORT}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\n\
                  ContactInfo {nick}@test.invalid\nAuthDirMaxServersPerAddr 0\nExitRelay 0\n\
-                 ConsensusParams guard-min-filtered-sample-size=3 hsdir_interval={TIME_PERIOD_MIN} hsdir-interval={TIME_PERIOD_MIN}\n\
+                 ConsensusParams guard-min-filtered-sample-size=3 hsdir_interval={TIME_PERIOD_MIN} hsdir-interval={TIME_PERIOD_MIN}{extra}\n\
                  TestingV3AuthInitialVotingInterval 5\nTestingV3AuthInitialVoteDelay 2\n\
                  TestingV3AuthInitialDistDelay 2\nV3AuthVotingInterval {VOTING_INTERVAL}\nV3AuthVoteDelay 2\nV3AuthDistDelay 2\n",
                 addr = r.addr,
-                nick = r.nick
+                nick = r.nick,
+                // For experiments with the network's parameters (congestion control, for
+                // one): `TESTNET_CONSENSUS_PARAMS="cc_alg=0" target/release/bench-tor`.
+                extra = std::env::var("TESTNET_CONSENSUS_PARAMS").map(|p| format!(" {p}")).unwrap_or_default(),
             )?,
             // Its onion service is added later (see `add_onion_service`).
             Role::Middle => t.push_str("ExitRelay 0\n"),
