@@ -1,6 +1,7 @@
 //! A gateway and its client after a real handshake, driven by any sequence of inner
 //! packets, waits, new handshakes and an attacker's datagrams (replays, single-byte
-//! tampering, spoofed inner sources, arbitrary bytes). Whatever the sequence:
+//! tampering, spoofed inner sources, arbitrary bytes, floods of initiations that put the
+//! gateway under load, so that handshakes go through cookies). Whatever the sequence:
 //! - nothing panics;
 //! - every inner packet a side hands to its TUN was sent by the other side, and no more
 //!   often than it was sent (no forgery, no replay);
@@ -20,7 +21,7 @@ use std::{
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ttp_tunnel::{
-    handshake::Identity,
+    handshake::{self, Identity},
     keys,
     messages::DATA,
     protocol::{Action, Core, PeerConfig},
@@ -46,6 +47,25 @@ enum Op {
     Wait { secs: u8 },
     /// The client starts a new handshake.
     Rehandshake,
+    /// Initiations with a valid mac1 from an unknown key, from `n` spoofed sources: enough
+    /// of them put the gateway under load (it answers with cookies, to nowhere).
+    Flood { n: u8 },
+}
+
+/// Initiations from an attacker's key to the gateway, made once (each costs a
+/// Diffie-Hellman): a flood replays them from many addresses.
+fn flood_pool() -> &'static [Vec<u8>] {
+    static POOL: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let attacker = keys::identity([9; 32]);
+        let gw = keys::identity([1; 32]).public;
+        (0..16u32)
+            .map(|i| {
+                let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + u64::from(i));
+                handshake::initiate(&attacker, &handshake::PeerKeys { public: gw, psk: None }, i, wall).unwrap().1
+            })
+            .collect()
+    })
 }
 
 struct World {
@@ -232,6 +252,15 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 for a in w.gw.tick(now, wall) {
                     w.exchange(true, a);
+                }
+            }
+            Op::Flood { n } => {
+                let now = w.now();
+                for i in 0..u32::from(n) {
+                    let src = SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 1000));
+                    let d = &flood_pool()[i as usize % 16];
+                    let a = w.gw.from_network(src, d, now);
+                    assert!(!matches!(a, Action::Tunnel(..)), "a flood reached the gateway's TUN");
                 }
             }
             Op::Rehandshake => {
