@@ -15,6 +15,8 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+    // libfuzzer-sys (the tunnel's fuzz targets) builds libFuzzer, which is C++
+    "g++",
     // arti-client
     "libssl-dev",
     "libsqlite3-dev",
