@@ -88,8 +88,9 @@ pub struct Testnet {
 
 /// The layout: which relays, which roles.
 /// Three exits, not two: a client whose guard is an exit needs another one that accepts
-/// its ports, and twice in full runs (stops 6-8) Arti saw only one exit accepting ("rejected
-/// 5/6 as not exiting to desired ports; 1/1 as in same family") and built no circuit.
+/// its ports, and in full runs at stops 6, 7 and 8 Arti saw only one exit accepting
+/// ("rejected 5/6 as not exiting to desired ports; 1/1 as in same family") and built no
+/// circuit.
 const LAYOUT: [Role; 8] =
     [Role::Authority, Role::Authority, Role::Authority, Role::Middle, Role::Exit, Role::Exit, Role::Exit, Role::Bridge];
 /// How many relays of [`LAYOUT`] are exits.

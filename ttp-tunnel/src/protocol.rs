@@ -295,9 +295,8 @@ impl Core {
                 };
                 match s.open(&d) {
                     Ok(packet) => {
-                        if confirming {
-                            // The initiator has the session: it becomes the current one.
-                            let s = self.peers[peer].next.take().expect("the next session");
+                        // The initiator has the session: it becomes the current one.
+                        if let Some(s) = confirming.then(|| self.peers[peer].next.take()).flatten() {
                             self.replace_session(peer, s);
                             let p = &mut self.peers[peer];
                             p.timers.session_started(now, false);
@@ -691,5 +690,28 @@ mod tests {
         assert_eq!(deliver(&mut t.gw, t.client_addr, confirm, at(16)), Action::None);
         let d = t.client.from_tunnel(&pkt, at(17), wall);
         assert_eq!(deliver(&mut t.gw, t.client_addr, d, at(17)), Action::Tunnel(0, pkt));
+    }
+
+    #[test]
+    fn old_session_data_arriving_before_the_confirmation_keeps_the_new_session() {
+        let mut t = pair();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        handshake(&mut t, now, wall);
+        // Sent on the current session, and still on the way while the client rekeys.
+        let pkt = ipv4([10, 77, 0, 2], [203, 0, 113, 10], b"late");
+        let Action::Network(_, old) = t.client.from_tunnel(&pkt, now, wall) else { panic!("sealed") };
+        let init = t.client.initiate(0, now, wall + Duration::from_secs(1));
+        let resp = deliver(&mut t.gw, t.client_addr, init, now);
+        let confirm = deliver(&mut t.client, t.gw_addr, resp, now);
+        // The old packet arrives between the gateway's answer and the client's confirmation.
+        assert_eq!(t.gw.from_network(t.client_addr, &old, now), Action::Tunnel(0, pkt.clone()));
+        assert_eq!(deliver(&mut t.gw, t.client_addr, confirm, now), Action::None);
+        // Both sides are on the new session.
+        let d = t.client.from_tunnel(&pkt, now, wall);
+        assert_eq!(deliver(&mut t.gw, t.client_addr, d, now), Action::Tunnel(0, pkt.clone()));
+        let back = ipv4([203, 0, 113, 10], [10, 77, 0, 2], b"ok");
+        let d = t.gw.from_tunnel(&back, now, wall);
+        assert_eq!(deliver(&mut t.client, t.gw_addr, d, now), Action::Tunnel(0, back));
     }
 }

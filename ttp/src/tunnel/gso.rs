@@ -88,7 +88,7 @@ impl Batch {
     }
 }
 
-/// The datagrams of a GRO run of `len` bytes with segment size `segment` (none: one).
+/// The datagrams of a GRO run `buf` with segment size `segment` (none: `buf` is one).
 pub fn segments(buf: &[u8], segment: Option<usize>) -> impl Iterator<Item = &[u8]> {
     buf.chunks(segment.filter(|s| *s > 0).unwrap_or(buf.len().max(1)))
 }
