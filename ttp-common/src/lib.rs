@@ -31,6 +31,9 @@ pub mod maps {
     /// `HashMap<u32, u32>`: gateway interface ifindex -> length of its link-layer header.
     /// Traffic arriving on these (tunnel TUN, LAN) is steered into the TransPort/DNSPort.
     pub const GATEWAYS: &str = "GATEWAYS";
+    /// `HashMap<u32, u8>`: this host's own IPv4 addresses (network byte order). A gateway
+    /// client's new TCP connection to one of them goes to the host's own services.
+    pub const LOCAL_V4: &str = "LOCAL_V4";
 }
 
 /// Names of the programs in the eBPF object, one per hook.
@@ -243,10 +246,13 @@ pub enum Counter {
     GwNoListener,
     /// Gateway interfaces: DNS answers given source port 53 on their way out.
     GwDnsReplies,
+    /// Gateway interfaces: TCP connections (their SYN) to one of this host's own
+    /// addresses, passed to its own services (an admin's SSH), not into Tor.
+    GwLocal,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::GwDnsReplies as u32 + 1;
+    pub const COUNT: u32 = Counter::GwLocal as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
@@ -276,6 +282,7 @@ impl Counter {
         Counter::GwDropped,
         Counter::GwNoListener,
         Counter::GwDnsReplies,
+        Counter::GwLocal,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -308,6 +315,7 @@ impl Counter {
             Counter::GwDropped => "gateway_dropped",
             Counter::GwNoListener => "gateway_no_listener",
             Counter::GwDnsReplies => "gateway_dns_replies",
+            Counter::GwLocal => "gateway_local",
         }
     }
 }

@@ -5,8 +5,11 @@
 //! this program decides which local socket gets it. A new TCP connection is handed to the
 //! TransPort's listener with `bpf_sk_assign` (as Cilium and dae do for their proxies), so
 //! the accepted socket's local address is the destination the client asked for; a DNS
-//! query is handed to the DNSPort likewise. Everything else is dropped. A dead daemon
-//! leaves this program attached and its sockets gone: every packet is dropped.
+//! query is handed to the DNSPort likewise. A new TCP connection to one of this host's own
+//! addresses (LOCAL_V4, kept by the daemon) goes to the host's own services: an admin's
+//! SSH from the LAN keeps working. Everything else is dropped. A dead daemon leaves this
+//! program attached and its sockets gone: nothing gets into Tor or past this host, and
+//! every packet but those to the host's own services is dropped.
 //!
 //! On egress one small fix: the DNSPort's answers leave from port 53, the port the client
 //! asked (a socket has one port, and the DNSPort's is not 53).
@@ -21,10 +24,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ttp_common::Counter;
-use ttp_ebpf::{gateway_decide, gateway_reply_port, GatewayAction, IPPROTO_TCP};
+use ttp_ebpf::{gateway_decide, gateway_reply_port, GatewayAction, IPPROTO_TCP, TCP_FLAG_SYN};
 
 use crate::{
-    maps::{config, count, GATEWAYS},
+    maps::{config, count, GATEWAYS, LOCAL_V4},
     packet::ETH_P_IP,
 };
 
@@ -110,8 +113,12 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<i32> {
     let sport: u16 = ctx.load(l4).ok()?;
     let dport: u16 = ctx.load(l4 + 2).ok()?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP { ctx.load(l4 + 13).ok()? } else { 0 };
+    // Looked up for a connection's first segment only; its later ones pass as
+    // `Established` once the local service's socket exists.
+    // SAFETY: only tested for presence.
+    let to_local = proto == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN != 0 && unsafe { LOCAL_V4.get(&daddr) }.is_some();
     let cfg = config();
-    Some(match gateway_decide(&cfg, proto, u16::from_be(dport), tcp_flags) {
+    Some(match gateway_decide(&cfg, proto, u16::from_be(dport), tcp_flags, to_local) {
         GatewayAction::SteerTcp { port, counter } => {
             let mut t = tuple(saddr, sport, LOOPBACK_BE, port.to_be());
             // SAFETY: the tuple lives on our stack for the call; the socket it returns is
@@ -148,6 +155,10 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<i32> {
         }
         GatewayAction::Pass => {
             count(Counter::GwPassed);
+            TC_ACT_UNSPEC
+        }
+        GatewayAction::Local => {
+            count(Counter::GwLocal);
             TC_ACT_UNSPEC
         }
         GatewayAction::Drop => {

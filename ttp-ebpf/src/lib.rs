@@ -147,6 +147,9 @@ pub enum GatewayAction {
     Established,
     /// The stack may have it: a DHCP request to the gateway itself.
     Pass,
+    /// A new TCP connection to one of this host's own addresses: the stack takes it to
+    /// the host's own service (an admin's SSH from the LAN), not into Tor.
+    Local,
     Drop,
 }
 
@@ -156,9 +159,14 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The gateway's whole policy for one packet: `proto` and `dport` (host order) of an
-/// unfragmented IPv4 packet, `tcp_flags` the TCP header's flag byte (0 for others). IPv6,
+/// unfragmented IPv4 packet, `tcp_flags` the TCP header's flag byte (0 for others),
+/// `to_local` whether its destination is one of this host's own addresses. IPv6,
 /// fragments and anything unparsable are dropped by the caller before this.
-pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8) -> GatewayAction {
+///
+/// Passing a connection to a local address cannot leak: ttp's routing rule delivers
+/// whatever arrives on a gateway interface to this host, so the stack never forwards it.
+/// DNS to the gateway's own address is still the DNSPort's: clients use it as resolver.
+pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8, to_local: bool) -> GatewayAction {
     if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
         return GatewayAction::Drop;
     }
@@ -166,6 +174,8 @@ pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8) -> Gat
         IPPROTO_TCP if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN => {
             if dport == 53 {
                 GatewayAction::SteerTcp { port: cfg.dns_port, counter: Counter::GwDnsSteered }
+            } else if to_local {
+                GatewayAction::Local
             } else {
                 GatewayAction::SteerTcp { port: cfg.trans_port, counter: Counter::GwTcpSteered }
             }
@@ -316,32 +326,43 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_steers_tcp_and_dns_and_drops_the_rest() {
+    fn the_gateway_steers_tcp_and_dns_passes_its_own_services_and_drops_the_rest() {
         let c = cfg(0);
         let syn = TCP_FLAG_SYN;
         assert_eq!(
-            gateway_decide(&c, IPPROTO_TCP, 80, syn),
+            gateway_decide(&c, IPPROTO_TCP, 80, syn, false),
             GatewayAction::SteerTcp { port: 9040, counter: Counter::GwTcpSteered }
         );
         assert_eq!(
-            gateway_decide(&c, IPPROTO_TCP, 53, syn),
+            gateway_decide(&c, IPPROTO_TCP, 53, syn, false),
             GatewayAction::SteerTcp { port: 9053, counter: Counter::GwDnsSteered }
         );
         // A SYN-ACK is not a new connection from the client: never steered to a listener.
-        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, syn | TCP_FLAG_ACK), GatewayAction::Established);
-        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, TCP_FLAG_ACK), GatewayAction::Established);
-        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 53, 0), GatewayAction::SteerUdp { port: 9053 });
-        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 67, 0), GatewayAction::Pass);
-        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 443, 0), GatewayAction::Drop);
-        assert_eq!(gateway_decide(&c, 1, 0, 0), GatewayAction::Drop); // ICMP
-                                                                      // LAN bypass is for this host's applications, not for machines behind the gateway.
-        assert_eq!(gateway_decide(&cfg(flags::LAN_BYPASS), IPPROTO_UDP, 5353, 0), GatewayAction::Drop);
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, syn | TCP_FLAG_ACK, false), GatewayAction::Established);
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 80, TCP_FLAG_ACK, false), GatewayAction::Established);
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 53, 0, false), GatewayAction::SteerUdp { port: 9053 });
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 67, 0, false), GatewayAction::Pass);
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 443, 0, false), GatewayAction::Drop);
+        assert_eq!(gateway_decide(&c, 1, 0, 0, false), GatewayAction::Drop); // ICMP
+                                                                             // LAN bypass is for this host's applications, not for machines behind the gateway.
+        assert_eq!(gateway_decide(&cfg(flags::LAN_BYPASS), IPPROTO_UDP, 5353, 0, false), GatewayAction::Drop);
+        // The gateway's own services: a new connection to its own address is the stack's,
+        // but DNS to it is still the DNSPort's, and only TCP is passed.
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 22, syn, true), GatewayAction::Local);
+        assert_eq!(
+            gateway_decide(&c, IPPROTO_TCP, 53, syn, true),
+            GatewayAction::SteerTcp { port: 9053, counter: Counter::GwDnsSteered }
+        );
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 53, 0, true), GatewayAction::SteerUdp { port: 9053 });
+        assert_eq!(gateway_decide(&c, IPPROTO_UDP, 5000, 0, true), GatewayAction::Drop);
+        assert_eq!(gateway_decide(&c, IPPROTO_TCP, 22, TCP_FLAG_ACK, true), GatewayAction::Established);
         assert_eq!(gateway_reply_port(&c, IPPROTO_UDP, 9053), Some(53));
         assert_eq!(gateway_reply_port(&c, IPPROTO_UDP, 9054), None);
         assert_eq!(gateway_reply_port(&c, IPPROTO_TCP, 9053), None); // TCP answers from 53 already
         for closed in [cfg(flags::LOCKDOWN), Config { flags: 0, ..cfg(0) }] {
-            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 80, syn), GatewayAction::Drop);
-            assert_eq!(gateway_decide(&closed, IPPROTO_UDP, 53, 0), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 80, syn, false), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 22, syn, true), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_UDP, 53, 0, false), GatewayAction::Drop);
         }
     }
 

@@ -374,6 +374,17 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
+    if transparent {
+        let following = crate::gateway::follow_local_addresses(maps.clone()).await?;
+        // Losing track of address changes is no reason to stop protecting the host: the
+        // list stays as it was.
+        tasks.spawn(async move {
+            if let Err(e) = following.await {
+                tracing::warn!("no longer following this host's addresses for the gateway: {e:#}");
+            }
+            std::future::pending().await
+        });
+    }
     if let Some((device, runner)) = gateway.tunnel {
         tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
         // Spawned after the privilege drop: the thread starts as the service user.

@@ -10,15 +10,28 @@
 //! drops what no ttp socket takes. Set up as root before the daemon gives up root; removed
 //! by the monitor at a clean stop, and by `ttp stop` after a crash. Only this table and
 //! rules pointing at it are touched: the host's own routes never are.
+//!
+//! The daemon also keeps the program's list of this host's own addresses current
+//! ([`follow_local_addresses`]): connections to them go to the host's own services.
 
-use std::net::Ipv4Addr;
-
-use anyhow::{Context, Result};
-use futures::TryStreamExt;
-use rtnetlink::packet_route::{
-    route::{RouteMessage, RouteScope, RouteType},
-    rule::{RuleAction, RuleAttribute, RuleMessage},
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex},
 };
+
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        route::{RouteMessage, RouteScope, RouteType},
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+    },
+    MulticastGroup,
+};
+
+use crate::datapath::maps::Maps;
 
 /// The routing table ttp owns ("tp").
 pub const TABLE: u32 = 0x7470;
@@ -104,4 +117,62 @@ fn local_default() -> Result<RouteMessage> {
         .scope(RouteScope::Host)
         .output_interface(lo)
         .build())
+}
+
+/// Keeps LOCAL_V4 equal to this host's IPv4 addresses, so that the gateway program hands
+/// a gateway client's new connection to one of them (an admin's SSH from the LAN) to the
+/// host's own services instead of the TransPort. Writes the first list before it returns;
+/// the future it returns follows address changes (run it as a task). Every change
+/// rtnetlink announces re-reads the whole list: a host has a handful of addresses, and a
+/// full read cannot drift the way counting additions and removals could. Needs no
+/// privilege beyond the map's open descriptor.
+pub async fn follow_local_addresses(maps: Arc<Mutex<Maps>>) -> Result<impl Future<Output = Result<()>>> {
+    // Subscribed before the first read, so a change in between is not missed.
+    let (conn, handle, mut changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+        .context("opening rtnetlink for address changes")?;
+    // The connection is a future that must run beside every request: driven here, in the
+    // same select, so that nothing outlives the task.
+    let mut conn = Box::pin(conn);
+    tokio::select! {
+        _ = &mut conn => bail!("rtnetlink closed while listing addresses"),
+        r = write_local_addresses(&handle, &maps) => r?,
+    }
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = &mut conn => bail!("rtnetlink closed"),
+                change = changes.next() => if change.is_none() { bail!("rtnetlink closed") },
+            }
+            tokio::select! {
+                _ = &mut conn => bail!("rtnetlink closed while listing addresses"),
+                r = write_local_addresses(&handle, &maps) => r?,
+            }
+        }
+    })
+}
+
+async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &Mutex<Maps>) -> Result<()> {
+    let mut addrs: Vec<Ipv4Addr> = handle
+        .address()
+        .get()
+        .execute()
+        .map_ok(|m| {
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer's on a
+            // point-to-point link).
+            m.attributes.into_iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(v4)) => Some(v4),
+                _ => None,
+            })
+        })
+        .try_filter_map(|a| async move { Ok(a) })
+        .try_collect()
+        .await
+        .context("listing this host's addresses")?;
+    // Loopback never arrives from outside: the stack drops it as a martian.
+    addrs.retain(|a| !a.is_loopback());
+    addrs.sort();
+    addrs.dedup();
+    maps.lock().expect("maps lock").set_local_v4(&addrs)?;
+    tracing::debug!("this host's addresses, for the gateway: {addrs:?}");
+    Ok(())
 }

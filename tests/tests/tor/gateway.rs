@@ -2,7 +2,8 @@
 //! host namespace) reach the internet through Tor only. A tunnel peer in its own
 //! namespace, over the real tunnel, and a LAN client on a veth named with `--gateway`;
 //! each resolves a name and fetches a page, and the uplink capture shows relay traffic
-//! only, also while they try UDP and ICMP to the internet directly.
+//! only, also while they try UDP and ICMP to the internet directly. Both still reach the
+//! gateway's own services.
 
 use ttp_tests::{bin, Netns, Proc, TempDir};
 
@@ -201,8 +202,24 @@ fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
     }
     assert_only_relay_traffic(&cap.stop().unwrap());
 
+    // The gateway's own services stay reachable from behind it (an admin's SSH): a
+    // connection to one of its addresses reaches its socket, not the TransPort (which
+    // would ask an exit for a private address and fail). Other ports of other addresses
+    // went through Tor above.
+    let mut own = w.host.cmd(&kit);
+    own.args(["serve-tcp", &format!("{GW_LAN}:2222"), &format!("{GW_INNER}:2222")]);
+    let mut own = Proc::spawn(own).unwrap();
+    own.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    for (ns, addr) in [(&b.lan, GW_LAN), (&b.peer, GW_INNER)] {
+        let out = ns.cmd(&kit).args(["connect", &format!("{addr}:2222")]).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.trim(), format!("DIRECT {addr}:2222"), "the gateway's own service at {addr}");
+    }
+    drop(own);
+
     let after = w.counters().unwrap();
     let grew = |name: &str| after[name] > before[name];
+    assert!(grew("gateway_local"), "{after:?}");
     assert!(grew("gateway_tcp_steered"), "{after:?}");
     assert!(grew("gateway_dns_steered"), "{after:?}");
     assert!(grew("gateway_dropped"), "{after:?}");

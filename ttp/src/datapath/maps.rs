@@ -1,6 +1,6 @@
 //! Typed handles on the datapath's maps, whether just loaded or reopened from their pins.
 //!
-//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS and GATEWAYS; the programs own
+//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4; the programs own
 //! ORIG_DST, EXEMPT_SOCK and CONN_DST (userspace only deletes what it consumed).
 
 use std::{
@@ -38,11 +38,12 @@ pub struct Maps {
     conn_dst: HashMap<MapData, SockAddr, Origin>,
     uplinks: HashMap<MapData, u32, u32>,
     gateways: HashMap<MapData, u32, u32>,
+    local_v4: HashMap<MapData, u32, u8>,
 }
 
 /// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
 /// that `bpftool` can inspect a crashed instance, though userspace never touches them.
-pub const PINNED: [&str; 11] = [
+pub const PINNED: [&str; 12] = [
     names::CONFIG,
     names::COUNTERS,
     names::BYPASS_UID,
@@ -52,6 +53,7 @@ pub const PINNED: [&str; 11] = [
     names::CONN_DST,
     names::UPLINKS,
     names::GATEWAYS,
+    names::LOCAL_V4,
     names::ORIG_DST,
     names::EXEMPT_SOCK,
 ];
@@ -77,6 +79,7 @@ impl Maps {
             conn_dst: get!(names::CONN_DST),
             uplinks: get!(names::UPLINKS),
             gateways: get!(names::GATEWAYS),
+            local_v4: get!(names::LOCAL_V4),
         })
     }
 
@@ -139,6 +142,12 @@ impl Maps {
     /// Marks an interface as a gateway interface (its ingress is steered into Tor).
     pub fn set_gateway(&mut self, ifindex: u32, l2_len: u32) -> Result<()> {
         self.gateways.insert(ifindex, l2_len, 0).context("writing GATEWAYS")
+    }
+
+    /// Makes LOCAL_V4 this host's addresses: the gateway program passes a gateway
+    /// client's new TCP connection to one of them to the host's own services.
+    pub fn set_local_v4(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        sync(&mut self.local_v4, addrs.iter().map(|a| u32::from_ne_bytes(a.octets())), "LOCAL_V4")
     }
 
     /// Every counter, summed over CPUs.
