@@ -343,8 +343,9 @@ mod tests {
         assert_eq!(gateway_decide(&c, IPPROTO_UDP, 53, 0, false), GatewayAction::SteerUdp { port: 9053 });
         assert_eq!(gateway_decide(&c, IPPROTO_UDP, 67, 0, false), GatewayAction::Pass);
         assert_eq!(gateway_decide(&c, IPPROTO_UDP, 443, 0, false), GatewayAction::Drop);
-        assert_eq!(gateway_decide(&c, 1, 0, 0, false), GatewayAction::Drop); // ICMP
-                                                                             // LAN bypass is for this host's applications, not for machines behind the gateway.
+        // ICMP.
+        assert_eq!(gateway_decide(&c, 1, 0, 0, false), GatewayAction::Drop);
+        // LAN bypass is for this host's applications, not for machines behind the gateway.
         assert_eq!(gateway_decide(&cfg(flags::LAN_BYPASS), IPPROTO_UDP, 5353, 0, false), GatewayAction::Drop);
         // The gateway's own services: a new connection to its own address is the stack's,
         // but DNS to it is still the DNSPort's, and only TCP is passed.
