@@ -305,6 +305,14 @@ fn a_killed_gateway_forwards_nothing() {
     assert!(out.iter().all(|l| !l.contains(&format!("> {WEB}."))), "left after the crash: {out:#?}");
     let counters = b.run.w.counters().unwrap();
     assert!(counters["gateway_no_listener"] + counters["gateway_dropped"] > 0, "{counters:?}");
+    // The gateway's own services stay reachable, so an admin can still log in to fix it.
+    let mut own = b.run.w.host.cmd(&kit);
+    own.args(["serve-tcp", &format!("{GW_LAN}:2222")]);
+    let mut own = Proc::spawn(own).unwrap();
+    own.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    let out = b.lan.cmd(&kit).args(["connect", &format!("{GW_LAN}:2222")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("DIRECT {GW_LAN}:2222"), "after the crash");
+    drop(own);
     assert!(!gateway_rules(&b.run.w).is_empty(), "the rules went with the daemon");
 
     // `ttp stop` recovers: programs and rules gone.
