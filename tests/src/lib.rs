@@ -21,6 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod exitlog;
 pub mod testnet;
 
 /// Addresses of the test topology. Public ranges from the documentation blocks, so LAN

@@ -349,7 +349,15 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
             Role::Middle => t.push_str("ExitRelay 0\n"),
             // The last line matters: without it the microdescriptor summary says "reject all".
             // IPv6Exit: so that exits resolve AAAA too.
-            Role::Exit => t.push_str("ExitRelay 1\nIPv6Exit 1\nExitPolicyRejectPrivate 0\nExitPolicy accept *:*\n"),
+            Role::Exit => {
+                t.push_str("ExitRelay 1\nIPv6Exit 1\nExitPolicyRejectPrivate 0\nExitPolicy accept *:*\n");
+                // For looking into the exits' congestion control: `TESTNET_EXIT_LOG="[circ]info"`
+                // logs each SENDME's Vegas state (RTT, CWND, QUSE) to NICK/exit.log, with
+                // milliseconds (crate::exitlog reads it).
+                if let Ok(level) = std::env::var("TESTNET_EXIT_LOG") {
+                    writeln!(t, "Log {level} file {}/exit.log\nLogTimeGranularity 1", d.display())?;
+                }
+            }
             // obfs4proxy writes the bridge line's cert to pt_state/obfs4_bridgeline.txt.
             Role::Bridge => write!(
                 t,
