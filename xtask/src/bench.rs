@@ -11,8 +11,10 @@ pub enum Which {
     /// Connections/s and connect-to-first-byte latency: no redirect, ttp's eBPF redirect,
     /// an nftables REDIRECT rule; and each program's cost from the kernel's BPF stats.
     Datapath,
-    /// ttp's TransPort/DNSPort (Arti) against C tor's behind nftables, on the private Tor
-    /// network: first byte, 50 MB throughput, DNS answers/s, memory with 1,000 streams.
+    /// ttp's TransPort/DNSPort (Arti) against C tor's behind nftables (as it comes, and with
+    /// conflux off), on the private Tor network: first byte, 50 MB throughput, DNS
+    /// answers/s, memory with 1,000 streams. With TESTNET_EXIT_LOG="[circ]info", also the
+    /// exits' congestion window and RTT for each download's circuits.
     Tor,
     /// `ttp start` to kill-switch and to ready (cold and warm Tor state) and `ttp stop`,
     /// against C tor's bootstrap and an nftables ruleset load.

@@ -1,11 +1,15 @@
 //! `cargo xtask bench tor`: ttp's TransPort and DNSPort (eBPF redirect, embedded Arti)
 //! against C tor's TransPort and DNSPort behind an nftables redirect, the setup older
-//! transparent-proxy tools use. Same private Tor network, same run, interleaved rounds;
-//! each side in its own host namespace joined to the network by its own veth.
+//! transparent-proxy tools use. C tor twice: as it comes, and with `ConfluxEnabled 0`
+//! (one circuit per stream, as Arti 0.47). Same private Tor network, same run,
+//! interleaved rounds; each side in its own host namespace joined to the network by its
+//! own veth.
 //!
 //! Measures: first byte of a small GET (median of 20), 50 MB throughput (median of 5),
 //! DNS answers per second through the redirect (cached: one name; uncached: new names),
-//! and the daemon's resident memory with 1,000 open streams.
+//! and the daemon's resident memory with 1,000 open streams. With
+//! `TESTNET_EXIT_LOG="[circ]info"`, also how many circuits carried each download and the
+//! congestion window and round-trip time the exit gave each (see ttp_tests::exitlog).
 use std::{
     fs,
     time::{Duration, Instant},
@@ -21,6 +25,8 @@ struct Side {
     name: &'static str,
     w: World,
     pid: u32,
+    /// The client's state directory, removed after the run.
+    state: std::path::PathBuf,
     _daemon: Option<Daemon>,
     _tor: Option<Proc>,
 }
@@ -34,7 +40,10 @@ fn main() -> Result<()> {
     let mut hold_server = Proc::spawn(hold_server)?;
     hold_server.wait_line("LISTENING", Duration::from_secs(10))?;
 
-    let sides = [ttp_side(&net)?, ctor_side(&net)?];
+    // C tor twice: as it comes (its client links two circuits to the exit per stream with
+    // conflux, which Arti 0.47 cannot do) and with conflux off (one circuit per stream,
+    // like Arti): the second isolates what each client does with one circuit.
+    let sides = [ttp_side(&net)?, ctor_side(&net, "C tor", "")?, ctor_side(&net, "C tor 1c", "ConfluxEnabled 0\n")?];
     for s in &sides {
         warm_up(s)?;
     }
@@ -43,26 +52,32 @@ fn main() -> Result<()> {
     // from complete runs only.
     let only = std::env::var("BENCH_ONLY").ok();
     let want = |part: &str| only.as_deref().is_none_or(|o| o == part);
-    let mut ttfb: Vec<Vec<f64>> = vec![vec![], vec![]];
-    let mut thr: Vec<Vec<f64>> = vec![vec![], vec![]];
-    let mut cpu: Vec<Vec<f64>> = vec![vec![], vec![]];
+    let n = sides.len();
+    let (mut ttfb, mut thr, mut cpu) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    // Each 50 MB download: the side, and when it ran (seconds since local midnight, as the
+    // exits' logs have it).
+    let mut downloads: Vec<(usize, f64, f64)> = vec![];
     for round in 0..if want("speed") { 20 } else { 0 } {
         for (i, s) in sides.iter().enumerate() {
             ttfb[i].push(curl_metric(s, "/index.txt", "%{time_starttransfer}")? * 1000.0);
             if round < 5 {
-                let (cpu0, t0) = (cpu_secs(s.pid)?, Instant::now());
+                let (cpu0, t0, from) = (cpu_secs(s.pid)?, Instant::now(), local_seconds_of_day());
                 thr[i].push(curl_metric(s, "/50M.bin", "%{speed_download}")? / 1e6);
+                downloads.push((i, from, local_seconds_of_day()));
                 // The client's share of a core while it moved the data: near 1.0 means it
                 // was bound by its own per-cell work, not by the network or flow control.
                 cpu[i].push((cpu_secs(s.pid)? - cpu0) / t0.elapsed().as_secs_f64());
                 eprintln!(
-                    "round {round} {:<6} 50 MB at {:.1} MB/s, client busy {:.0}% of a core",
+                    "round {round} {:<8} 50 MB at {:.1} MB/s, client busy {:.0}% of a core",
                     s.name,
                     thr[i].last().unwrap(),
                     cpu[i].last().unwrap() * 100.0
                 );
             }
         }
+    }
+    if std::env::var_os("TESTNET_EXIT_LOG").is_some() && !downloads.is_empty() {
+        exits_view(&net, &sides, &downloads)?;
     }
     let mut dns_cached = vec![];
     let mut dns_uncached = vec![];
@@ -77,39 +92,127 @@ fn main() -> Result<()> {
         rss_held.push(with_streams_held(s, 1000)?);
     }
     if only.is_some() {
+        println!("sides {:?}", sides.iter().map(|s| s.name).collect::<Vec<_>>());
         println!("ttfb ms {ttfb:?}\nthroughput MB/s {thr:?}\nclient CPU (cores) {cpu:?}\ndns/s cached {dns_cached:?} new {dns_uncached:?}");
         println!("memory MB idle {rss_idle:?} with 1,000 streams {rss_held:?}");
-        drop(sides);
-        let _ = fs::remove_dir_all(&dir);
+        finish(sides, &dir);
         return Ok(());
     }
 
-    println!("\n| measure (median) | ttp (Arti, eBPF redirect) | C tor 0.4.9 (TransPort, nftables redirect) |");
-    println!("|---|---|---|");
-    println!("| first byte of a small GET, ms (20 runs) | {:.1} | {:.1} |", median(&ttfb[0]), median(&ttfb[1]));
-    println!("| 50 MB download, MB/s (5 runs) | {:.2} | {:.2} |", median(&thr[0]), median(&thr[1]));
-    println!("| client CPU during the download, cores | {:.2} | {:.2} |", median(&cpu[0]), median(&cpu[1]));
-    println!("| DNS answers/s, cached name (2,000 queries) | {:.0} | {:.0} |", dns_cached[0], dns_cached[1]);
-    println!(
-        "| DNS answers/s, new names (100 queries, resolved by the exit) | {:.0} | {:.0} |",
-        dns_uncached[0], dns_uncached[1]
+    let row = |what: &str, v: Vec<String>| println!("| {what} | {} |", v.join(" | "));
+    println!();
+    row(
+        "measure (median)",
+        ["ttp (Arti, eBPF redirect)", "C tor 0.4.9 (TransPort, nftables redirect)", "C tor, `ConfluxEnabled 0`"]
+            .map(String::from)
+            .to_vec(),
     );
-    println!(
-        "| daemon RSS (with its helper processes), MB, idle after the runs | {:.1} | {:.1} |",
-        rss_idle[0].rss, rss_idle[1].rss
+    println!("|---|---|---|---|");
+    let f1 = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>();
+    let f0 = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>();
+    row("first byte of a small GET, ms (20 runs)", f1(&ttfb.iter().map(|v| median(v)).collect::<Vec<_>>()));
+    row("50 MB download, MB/s (5 runs)", thr.iter().map(|v| format!("{:.2}", median(v))).collect());
+    row("client CPU during the download, cores", cpu.iter().map(|v| format!("{:.2}", median(v))).collect());
+    row("DNS answers/s, cached name (2,000 queries)", f0(&dns_cached));
+    row("DNS answers/s, new names (100 queries, resolved by the exit)", f0(&dns_uncached));
+    row(
+        "daemon RSS (with its helper processes), MB, idle after the runs",
+        f1(&rss_idle.iter().map(|m| m.rss).collect::<Vec<_>>()),
     );
-    println!(
-        "| daemon RSS (with its helper processes), MB, with 1,000 open streams | {:.1} | {:.1} |",
-        rss_held[0].rss, rss_held[1].rss
+    row(
+        "daemon RSS (with its helper processes), MB, with 1,000 open streams",
+        f1(&rss_held.iter().map(|m| m.rss).collect::<Vec<_>>()),
     );
-    println!(
-        "| of which anonymous (heap, stacks), MB, idle / with 1,000 streams | {:.1} / {:.1} | {:.1} / {:.1} |",
-        rss_idle[0].anon, rss_held[0].anon, rss_idle[1].anon, rss_held[1].anon
+    row(
+        "of which anonymous (heap, stacks), MB, idle / with 1,000 streams",
+        rss_idle.iter().zip(&rss_held).map(|(i, h)| format!("{:.1} / {:.1}", i.anon, h.anon)).collect(),
     );
-    println!("\nthroughput samples MB/s: ttp {:?}; C tor {:?}", round2(&thr[0]), round2(&thr[1]));
-    drop(sides);
-    let _ = fs::remove_dir_all(&dir);
+    println!();
+    for (s, t) in sides.iter().zip(&thr) {
+        println!("throughput samples MB/s, {}: {:?}", s.name, round2(t));
+    }
+    finish(sides, &dir);
     Ok(())
+}
+
+/// What the exits' congestion control gave each side's downloads (with
+/// `TESTNET_EXIT_LOG="[circ]info"`): how many circuits carried one download, and each
+/// circuit's window and round-trip time. A side's throughput is about its circuits'
+/// windows per round trip, summed.
+fn exits_view(net: &Testnet, sides: &[Side], downloads: &[(usize, f64, f64)]) -> Result<()> {
+    let mut samples = vec![];
+    for e in fs::read_dir(&net.dir)?.flatten() {
+        if let Ok(log) = fs::read_to_string(e.path().join("exit.log")) {
+            samples.extend(ttp_tests::exitlog::parse(&log));
+        }
+    }
+    println!("\nAt the exits, per 50 MB download (circuits: SENDMEs, mean RTT ms, mean cwnd cells, cwnd/RTT MB/s):");
+    let mut per_side: Vec<Vec<ttp_tests::exitlog::Leg>> = vec![vec![]; sides.len()];
+    let mut count: Vec<Vec<f64>> = vec![vec![]; sides.len()];
+    for &(i, from, to) in downloads {
+        let mut legs = ttp_tests::exitlog::legs(&samples, from, to);
+        // Other circuits' SENDMEs in the same seconds (directory fetches, the end of the
+        // previous download): a handful, where a download's circuits carry thousands.
+        let total: usize = legs.iter().map(|l| l.sendmes).sum();
+        legs.retain(|l| l.sendmes * 20 >= total);
+        count[i].push(legs.len() as f64);
+        per_side[i].extend(legs.iter().cloned());
+        let each: Vec<String> = legs
+            .iter()
+            .map(|l| format!("{} {:.1} {:.0} {:.1}", l.sendmes, l.mean_rtt_ms, l.mean_cwnd, l.window_rate_mb_s()))
+            .collect();
+        let sum: f64 = legs.iter().map(|l| l.window_rate_mb_s()).sum();
+        println!(
+            "  {:<8} {:.1} s, {} circuit(s), together {sum:.1} MB/s: {}",
+            sides[i].name,
+            to - from,
+            legs.len(),
+            each.join(" | ")
+        );
+    }
+    println!(
+        "\n| client | circuits per download (median) | per circuit: mean cwnd, cells | mean RTT, ms | cwnd/RTT, MB/s |"
+    );
+    println!("|---|---|---|---|---|");
+    for ((s, legs), c) in sides.iter().zip(&per_side).zip(&count) {
+        if legs.is_empty() {
+            continue;
+        }
+        let n = legs.len() as f64;
+        let mean = |f: fn(&ttp_tests::exitlog::Leg) -> f64| legs.iter().map(f).sum::<f64>() / n;
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.1} |",
+            s.name,
+            median(c),
+            mean(|l| l.mean_cwnd),
+            mean(|l| l.mean_rtt_ms),
+            mean(|l| l.window_rate_mb_s())
+        );
+    }
+    Ok(())
+}
+
+/// Now, in seconds since the local midnight (C tor logs local time).
+fn local_seconds_of_day() -> f64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: an all-zero `tm` is valid (integers and a null pointer), and localtime_r
+    // writes only into it.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    f64::from(tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec) + f64::from(now.subsec_millis()) / 1000.0
+}
+
+/// Stops the clients, then removes their state and the network's directory.
+fn finish<const N: usize>(sides: [Side; N], net_dir: &std::path::Path) {
+    let states: Vec<_> = sides.iter().map(|s| s.state.clone()).collect();
+    drop(sides);
+    for d in states.iter().map(|p| p.as_path()).chain([net_dir]) {
+        let _ = fs::remove_dir_all(d);
+    }
 }
 
 fn ttp_side(net: &Testnet) -> Result<Side> {
@@ -121,14 +224,18 @@ fn ttp_side(net: &Testnet) -> Result<Side> {
         &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--max-streams", "5000"],
     )?;
     let pid = d.proc.child.id();
-    Ok(Side { name: "ttp", w, pid, _daemon: Some(d), _tor: None })
+    Ok(Side { name: "ttp", w, pid, state, _daemon: Some(d), _tor: None })
 }
 
 /// C tor as a client with TransPort and DNSPort, and nftables redirecting uid 1001's
-/// traffic to them, in a host namespace of its own.
-fn ctor_side(net: &Testnet) -> Result<Side> {
+/// traffic to them, in a host namespace of its own; `extra` is added to its torrc.
+fn ctor_side(net: &Testnet, name: &'static str, extra: &str) -> Result<Side> {
     let w = World::with_testnet(net)?;
-    let d = std::env::temp_dir().join(format!("ttp-bench-ctor-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "ttp-bench-ctor-{}-{}",
+        std::process::id(),
+        w.pin_dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d)?;
     {
@@ -138,7 +245,7 @@ fn ctor_side(net: &Testnet) -> Result<Side> {
     let torrc = format!(
         "TestingTorNetwork 1\nDataDirectory {d}\nRunAsDaemon 0\nSocksPort 0\nTransPort 127.0.0.1:9040\n\
          DNSPort 127.0.0.1:9053\nAutomapHostsOnResolve 1\nPathsNeededToBuildCircuits 0.67\n\
-         Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\n%include {auth}\n",
+         Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\n{extra}%include {auth}\n",
         d = d.display(),
         auth = net.dir.join("authorities.torrc").display()
     );
@@ -150,11 +257,11 @@ fn ctor_side(net: &Testnet) -> Result<Side> {
     let t0 = Instant::now();
     while !fs::read_to_string(d.join("notice.log")).unwrap_or_default().contains("Bootstrapped 100%") {
         if t0.elapsed() > Duration::from_secs(120) {
-            bail!("C tor did not bootstrap; see {}", d.join("notice.log").display());
+            bail!("{name} did not bootstrap; see {}", d.join("notice.log").display());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("C tor bootstrapped in {:.1?}", t0.elapsed());
+    eprintln!("{name} bootstrapped in {:.1?}", t0.elapsed());
     let rules = format!(
         "table ip ttpbench {{\n  chain out {{\n    type nat hook output priority -100; policy accept;\n    \
          meta skuid {GOVERNED} udp dport 53 redirect to :9053\n    \
@@ -163,7 +270,7 @@ fn ctor_side(net: &Testnet) -> Result<Side> {
     let file = d.join("rules.nft");
     fs::write(&file, rules)?;
     run(w.host.cmd("nft").arg("-f").arg(&file))?;
-    Ok(Side { name: "C tor", w, pid, _daemon: None, _tor: Some(tor) })
+    Ok(Side { name, w, pid, state: d, _daemon: None, _tor: Some(tor) })
 }
 
 fn governed(s: &Side, argv: &[&str]) -> Result<String> {
