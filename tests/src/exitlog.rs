@@ -56,6 +56,10 @@ pub fn parse(log: &str) -> Vec<Sample> {
         if let (Some(Some(min_rtt_ms)), Some(Some(rtt_ms)), Some(cwnd), Some(queue)) =
             (rtts.next(), rtts.next(), field("CWND: "), field("QUSE: "))
         {
+            // Tor computes the queue as cwnd - BDP in unsigned arithmetic: when its BDP
+            // estimate exceeds the window (RTT below the old minimum), it logs a wrapped
+            // number near 2^64. Nothing is queued then.
+            let queue = if queue > cwnd { 0 } else { queue };
             out.push(Sample { at, circuit, min_rtt_ms, rtt_ms, cwnd, queue });
         }
     }
@@ -74,6 +78,8 @@ fn seconds_of_day(t: &str) -> Option<f64> {
 pub struct Leg {
     pub circuit: String,
     pub sendmes: usize,
+    /// The circuit's smallest RTT by the end of the transfer: the path without queues.
+    pub min_rtt_ms: u64,
     pub mean_rtt_ms: f64,
     pub mean_cwnd: f64,
     pub mean_queue: f64,
@@ -90,7 +96,10 @@ impl Leg {
 }
 
 /// The circuits among `samples` that carried a transfer between `from` and `to` (seconds
-/// since midnight), in order of their first SENDME.
+/// since midnight), in order of their first SENDME. A circuit with under a twentieth of
+/// the window's SENDMEs is left out: other traffic in the same seconds (a directory
+/// fetch, the tail of the previous transfer) brings a handful, where a transfer's
+/// circuits bring thousands.
 pub fn legs<'a>(samples: impl IntoIterator<Item = &'a Sample>, from: f64, to: f64) -> Vec<Leg> {
     let mut by: BTreeMap<&str, (f64, Vec<&Sample>)> = BTreeMap::new();
     for s in samples.into_iter().filter(|s| s.at >= from && s.at <= to) {
@@ -104,6 +113,7 @@ pub fn legs<'a>(samples: impl IntoIterator<Item = &'a Sample>, from: f64, to: f6
             let leg = Leg {
                 circuit: circuit.to_owned(),
                 sendmes: v.len(),
+                min_rtt_ms: v.iter().map(|s| s.min_rtt_ms).min().unwrap_or_default(),
                 mean_rtt_ms: mean(|s| s.rtt_ms),
                 mean_cwnd: mean(|s| s.cwnd),
                 mean_queue: mean(|s| s.queue),
@@ -111,6 +121,8 @@ pub fn legs<'a>(samples: impl IntoIterator<Item = &'a Sample>, from: f64, to: f6
             (first, leg)
         })
         .collect();
+    let total: usize = legs.iter().map(|(_, l)| l.sendmes).sum();
+    legs.retain(|(_, l)| l.sendmes * 20 >= total);
     legs.sort_by(|a, b| a.0.total_cmp(&b.0));
     legs.into_iter().map(|(_, l)| l).collect()
 }
@@ -128,13 +140,15 @@ Dec 05 08:01:40.300 [info] congestion_control_vegas_process_sendme(): CC: TOR_VE
 Dec 05 08:01:40.400 [info] congestion_control_update_circuit_bdp(): CC: Circuit 4:-12 SENDME RTT: 8, 10, 19, 45, 410
 Dec 05 08:01:40.400 [info] congestion_control_vegas_process_sendme(): CC: TOR_VEGAS RTT: 8, 10, 45, CWND: 500, INFL: 480, VBDP: 300, QUSE: 200, BWE: 20000, SS: 0
 Dec 05 08:01:41.000 [info] congestion_control_vegas_process_sendme(): CC: TOR_VEGAS RTT: 8, 10, 45, CWND: 1, INFL: 1, VBDP: 1, QUSE: 1, BWE: 1, SS: 0
+Dec 05 08:01:42.000 [info] congestion_control_update_circuit_bdp(): CC: Circuit 3:77 SENDME RTT: 7, 7, 29, 45, 300
+Dec 05 08:01:42.000 [info] congestion_control_vegas_process_sendme(): CC: TOR_VEGAS RTT: 7, 7, 45, CWND: 300, INFL: 290, VBDP: 310, QUSE: 18446744073709551606, BWE: 5000, SS: 0
 ";
 
     #[test]
     fn pairs_each_vegas_line_with_its_circuit() {
         let s = parse(LOG);
-        // The last Vegas line has no SENDME line before it: not attributed to anyone.
-        assert_eq!(s.len(), 3);
+        // The Vegas line at :41 has no SENDME line before it: not attributed to anyone.
+        assert_eq!(s.len(), 4);
         assert_eq!(
             s[0],
             Sample {
@@ -147,6 +161,8 @@ Dec 05 08:01:41.000 [info] congestion_control_vegas_process_sendme(): CC: TOR_VE
             }
         );
         assert_eq!((s[1].circuit.as_str(), s[1].cwnd, s[1].rtt_ms), ("3:77", 300, 30));
+        // A queue estimate wrapped below zero is an empty queue.
+        assert_eq!((s[3].cwnd, s[3].queue), (300, 0));
     }
 
     #[test]
@@ -156,9 +172,30 @@ Dec 05 08:01:41.000 [info] congestion_control_vegas_process_sendme(): CC: TOR_VE
         let l = legs(&s, t(40.0), t(40.5));
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].circuit.as_str(), l[0].sendmes, l[0].mean_cwnd, l[0].mean_rtt_ms), ("4:-12", 2, 450.0, 15.0));
+        assert_eq!((l[0].min_rtt_ms, l[0].mean_queue), (8, 207.5));
         // 450 cells of 498 bytes per 15 ms.
         assert!((l[0].window_rate_mb_s() - 14.94).abs() < 0.01);
         assert_eq!(legs(&s, t(40.25), t(40.35)).len(), 1);
-        assert!(legs(&s, t(41.0), t(42.0)).is_empty());
+        assert!(legs(&s, t(41.0), t(41.5)).is_empty());
+    }
+
+    #[test]
+    fn a_circuit_with_under_a_twentieth_of_the_sendmes_is_not_a_leg() {
+        let sample = |i: usize, circuit: &str| Sample {
+            at: i as f64,
+            circuit: circuit.into(),
+            min_rtt_ms: 8,
+            rtt_ms: 20,
+            cwnd: 400,
+            queue: 200,
+        };
+        let mut s: Vec<Sample> = (0..19).map(|i| sample(i, "download")).collect();
+        s.push(sample(19, "stray"));
+        // 1 of 20: exactly a twentieth, kept.
+        assert_eq!(legs(&s, 0.0, 100.0).len(), 2);
+        s.push(sample(20, "download"));
+        // 1 of 21: under it, left out.
+        let l = legs(&s, 0.0, 100.0);
+        assert_eq!((l.len(), l[0].circuit.as_str(), l[0].sendmes), (1, "download", 20));
     }
 }

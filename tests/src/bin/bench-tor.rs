@@ -22,7 +22,10 @@ const WEB: &str = ttp_tests::testnet::WEB_V4;
 const GOVERNED: u32 = 1001;
 
 struct Side {
+    /// Short, for progress lines.
     name: &'static str,
+    /// For the table's header.
+    label: &'static str,
     w: World,
     pid: u32,
     /// The client's state directory, removed after the run.
@@ -43,7 +46,11 @@ fn main() -> Result<()> {
     // C tor twice: as it comes (its client links two circuits to the exit per stream with
     // conflux, which Arti 0.47 cannot do) and with conflux off (one circuit per stream,
     // like Arti): the second isolates what each client does with one circuit.
-    let sides = [ttp_side(&net)?, ctor_side(&net, "C tor", "")?, ctor_side(&net, "C tor 1c", "ConfluxEnabled 0\n")?];
+    let sides = [
+        ttp_side(&net)?,
+        ctor_side(&net, "C tor", "C tor 0.4.9 (TransPort, nftables redirect)", "")?,
+        ctor_side(&net, "C tor 1c", "C tor, `ConfluxEnabled 0`", "ConfluxEnabled 0\n")?,
+    ];
     for s in &sides {
         warm_up(s)?;
     }
@@ -101,13 +108,8 @@ fn main() -> Result<()> {
 
     let row = |what: &str, v: Vec<String>| println!("| {what} | {} |", v.join(" | "));
     println!();
-    row(
-        "measure (median)",
-        ["ttp (Arti, eBPF redirect)", "C tor 0.4.9 (TransPort, nftables redirect)", "C tor, `ConfluxEnabled 0`"]
-            .map(String::from)
-            .to_vec(),
-    );
-    println!("|---|---|---|---|");
+    row("measure (median)", sides.iter().map(|s| s.label.to_string()).collect());
+    println!("|---|{}", "---|".repeat(n));
     let f1 = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>();
     let f0 = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>();
     row("first byte of a small GET, ms (20 runs)", f1(&ttfb.iter().map(|v| median(v)).collect::<Vec<_>>()));
@@ -146,20 +148,27 @@ fn exits_view(net: &Testnet, sides: &[Side], downloads: &[(usize, f64, f64)]) ->
             samples.extend(ttp_tests::exitlog::parse(&log));
         }
     }
-    println!("\nAt the exits, per 50 MB download (circuits: SENDMEs, mean RTT ms, mean cwnd cells, cwnd/RTT MB/s):");
+    println!(
+        "\nAt the exits, per 50 MB download (circuits: SENDMEs, min/mean RTT ms, mean cwnd cells, cwnd/RTT MB/s):"
+    );
     let mut per_side: Vec<Vec<ttp_tests::exitlog::Leg>> = vec![vec![]; sides.len()];
     let mut count: Vec<Vec<f64>> = vec![vec![]; sides.len()];
     for &(i, from, to) in downloads {
-        let mut legs = ttp_tests::exitlog::legs(&samples, from, to);
-        // Other circuits' SENDMEs in the same seconds (directory fetches, the end of the
-        // previous download): a handful, where a download's circuits carry thousands.
-        let total: usize = legs.iter().map(|l| l.sendmes).sum();
-        legs.retain(|l| l.sendmes * 20 >= total);
+        let legs = ttp_tests::exitlog::legs(&samples, from, to);
         count[i].push(legs.len() as f64);
         per_side[i].extend(legs.iter().cloned());
         let each: Vec<String> = legs
             .iter()
-            .map(|l| format!("{} {:.1} {:.0} {:.1}", l.sendmes, l.mean_rtt_ms, l.mean_cwnd, l.window_rate_mb_s()))
+            .map(|l| {
+                format!(
+                    "{} {}/{:.1} {:.0} {:.1}",
+                    l.sendmes,
+                    l.min_rtt_ms,
+                    l.mean_rtt_ms,
+                    l.mean_cwnd,
+                    l.window_rate_mb_s()
+                )
+            })
             .collect();
         let sum: f64 = legs.iter().map(|l| l.window_rate_mb_s()).sum();
         println!(
@@ -171,21 +180,24 @@ fn exits_view(net: &Testnet, sides: &[Side], downloads: &[(usize, f64, f64)]) ->
         );
     }
     println!(
-        "\n| client | circuits per download (median) | per circuit: mean cwnd, cells | mean RTT, ms | cwnd/RTT, MB/s |"
+        "\n| client | circuits per download (median) | per circuit: mean cwnd, cells | min / mean RTT, ms | \
+         Vegas' queue estimate, cells | cwnd/RTT, MB/s |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for ((s, legs), c) in sides.iter().zip(&per_side).zip(&count) {
         if legs.is_empty() {
             continue;
         }
         let n = legs.len() as f64;
         let mean = |f: fn(&ttp_tests::exitlog::Leg) -> f64| legs.iter().map(f).sum::<f64>() / n;
+        let min_rtt = legs.iter().map(|l| l.min_rtt_ms).min().unwrap_or_default();
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} |",
-            s.name,
+            "| {} | {} | {:.0} | {min_rtt} / {:.1} | {:.0} | {:.1} |",
+            s.label,
             median(c),
             mean(|l| l.mean_cwnd),
             mean(|l| l.mean_rtt_ms),
+            mean(|l| l.mean_queue),
             mean(|l| l.window_rate_mb_s())
         );
     }
@@ -224,12 +236,12 @@ fn ttp_side(net: &Testnet) -> Result<Side> {
         &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--max-streams", "5000"],
     )?;
     let pid = d.proc.child.id();
-    Ok(Side { name: "ttp", w, pid, state, _daemon: Some(d), _tor: None })
+    Ok(Side { name: "ttp", label: "ttp (Arti, eBPF redirect)", w, pid, state, _daemon: Some(d), _tor: None })
 }
 
 /// C tor as a client with TransPort and DNSPort, and nftables redirecting uid 1001's
 /// traffic to them, in a host namespace of its own; `extra` is added to its torrc.
-fn ctor_side(net: &Testnet, name: &'static str, extra: &str) -> Result<Side> {
+fn ctor_side(net: &Testnet, name: &'static str, label: &'static str, extra: &str) -> Result<Side> {
     let w = World::with_testnet(net)?;
     let d = std::env::temp_dir().join(format!(
         "ttp-bench-ctor-{}-{}",
@@ -270,7 +282,7 @@ fn ctor_side(net: &Testnet, name: &'static str, extra: &str) -> Result<Side> {
     let file = d.join("rules.nft");
     fs::write(&file, rules)?;
     run(w.host.cmd("nft").arg("-f").arg(&file))?;
-    Ok(Side { name, w, pid, state: d, _daemon: None, _tor: Some(tor) })
+    Ok(Side { name, label, w, pid, state: d, _daemon: None, _tor: Some(tor) })
 }
 
 fn governed(s: &Side, argv: &[&str]) -> Result<String> {
