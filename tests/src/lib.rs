@@ -521,9 +521,20 @@ impl World {
     /// Starts the real daemon (`ttp run`) in the host namespace with this world's cgroups,
     /// uplink and pin directory, plus `extra` options; waits until it prints READY.
     pub fn start_ttp(&self, state_dir: &std::path::Path, extra: &[&str]) -> Result<Daemon> {
+        self.start_ttp_with(state_dir, extra, |_| {})
+    }
+
+    /// [`World::start_ttp`], with the command changed by `adjust` first (limits...).
+    pub fn start_ttp_with(
+        &self,
+        state_dir: &std::path::Path,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Daemon> {
         let mut c = self.ttp_cmd("run", state_dir);
         c.args(extra)
             .env("RUST_LOG", std::env::var("TTP_TEST_LOG").unwrap_or_else(|_| "info,tor_guardmgr=warn".into()));
+        adjust(&mut c);
         self.spawn_daemon(c, Duration::from_secs(120))
     }
 
@@ -606,6 +617,19 @@ impl Drop for World {
         self.servers.clear();
         // A test that SIGKILLed its daemon leaves pins: remove them so links detach.
         let _ = ttp::datapath::teardown(&ttp::datapath::PinLayout::new(&self.pin_dir));
+    }
+}
+
+/// Makes `cmd` run with an open-files limit of `n` (soft and hard), as a shell's or an
+/// old init's default would start it.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

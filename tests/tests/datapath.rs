@@ -257,31 +257,54 @@ fn start_after_a_crash_takes_over_the_stale_pins() {
 }
 
 #[test]
-fn a_daemon_that_fails_to_start_leaves_the_host_as_it_was() {
+fn a_daemon_that_fails_before_its_kill_switch_changes_nothing_and_after_it_stays_closed() {
     let w = world();
     let state = std::env::temp_dir().join(format!("ttpt-fail-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let run = |extra: &[&str]| {
-        let mut c = w.daemon_cmd("ttp", &["run"]);
-        c.arg("--state-dir").arg(&state).arg("--runtime-dir").arg(state.join("run"));
-        // Never the default user: that one is created on the host if missing.
-        c.args(["--user", &ttp_tests::SERVICE_UID.to_string()]).args(extra);
+    let ttp = |args: &[&str]| {
+        let mut c = if args[0] == "run" {
+            let mut c = w.daemon_cmd("ttp", args);
+            // Never the default user: that one is created on the host if missing.
+            c.args(["--user", &ttp_tests::SERVICE_UID.to_string()]).arg("--state-dir").arg(&state);
+            c
+        } else {
+            let mut c = w.host.cmd(ttp_tests::bin("ttp"));
+            c.args(args).arg("--pin-dir").arg(&w.pin_dir);
+            c
+        };
+        c.arg("--runtime-dir").arg(state.join("run"));
         let out = c.output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
     // Bad configuration is refused before anything on the host changes.
-    let (code, stderr) = run(&["--arti-config", "/nonexistent/arti.toml"]);
+    let (code, stderr, _) = ttp(&["run", "--arti-config", "/nonexistent/arti.toml"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/arti.toml") && stderr.contains("does not exist"), "{stderr}");
     assert!(!stderr.contains("kill-switch active"), "{stderr}");
     assert!(!w.pin_dir.exists(), "pins left behind");
+    assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
     // A failure after the kill-switch is up (Tor cannot bootstrap: the namespace reaches no
-    // Tor network) tears everything down again.
-    let (code, stderr) = run(&["--bootstrap-timeout", "2"]);
+    // Tor network) fails closed: the kill-switch stays, in lockdown, and says why.
+    let (code, stderr, _) = ttp(&["run", "--bootstrap-timeout", "2"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("kill-switch active") && stderr.contains("bootstrap"), "{stderr}");
-    assert!(stderr.contains("links detached"), "{stderr}");
+    assert!(stderr.contains("the kill-switch stays closed"), "{stderr}");
+    assert!(!stderr.contains("links detached"), "torn down after a failure: {stderr}");
+    let connect = w.governed(GOVERNED, &["connect", &s4(80)]);
+    assert!(connect.starts_with("ERR"), "a governed connect after the failure: {connect}");
+    assert!(w.governed(GOVERNED, &["udp", &s4(443)]).starts_with("ERR"));
+    let (_, _, status) = ttp(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "lockdown", "{status}");
+    assert!(status["fault"].as_str().unwrap_or_default().contains("bootstrap"), "{status}");
+    // Root's stop opens it again, and leaves nothing.
+    let (code, stderr, _) = ttp(&["stop"]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!w.pin_dir.exists(), "pins left behind");
-    assert!(!w.governed.path.join("ttp.tor").exists(), "exec cgroups left behind");
+    assert!(!w.governed.path.join("ttp.tor").exists(), "exec cgroups left behind: {stderr}");
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
     let _ = std::fs::remove_dir_all(&state);
 }

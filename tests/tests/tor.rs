@@ -413,6 +413,8 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     );
 }
 
+#[path = "tor/faults.rs"]
+mod faults;
 #[path = "tor/gateway.rs"]
 mod gateway;
 #[path = "tor/lifecycle.rs"]

@@ -98,6 +98,24 @@ pub struct Status {
     /// The tunnel gateway's peers, if it runs one.
     #[serde(default)]
     pub tunnel_peers: Vec<crate::tunnel::device::PeerStatus>,
+    /// Limits and what load did (absent from older daemons).
+    #[serde(default)]
+    pub load: Option<LoadStatus>,
+}
+
+/// The daemon's limits and what load did to it, since start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadStatus {
+    pub budget: crate::load::Budget,
+    pub descriptors_open: u64,
+    /// Transient accept errors (out of descriptors, memory...), waited out.
+    pub accept_errors: u64,
+    /// Streams refused because their client held its whole share of the slots.
+    pub refused_share: u64,
+    pub refused_dns_tcp: u64,
+    pub refused_control: u64,
+    /// Connections closed for sending nothing in time.
+    pub idle_closed: u64,
 }
 
 /// The outcome of a `test-connect`.
@@ -135,6 +153,8 @@ pub struct Control {
     pub stop: Arc<Notify>,
     /// Check endpoints, in order.
     pub check_urls: Vec<String>,
+    pub load: Arc<crate::load::LoadStats>,
+    pub budget: crate::load::Budget,
 }
 
 impl Control {
@@ -159,6 +179,19 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    fn load_status(&self) -> LoadStatus {
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        LoadStatus {
+            budget: self.budget,
+            descriptors_open: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
+            accept_errors: self.load.accept_errors.get(),
+            refused_share: n(&self.load.refused_share),
+            refused_dns_tcp: n(&self.load.refused_dns_tcp),
+            refused_control: n(&self.load.refused_control),
+            idle_closed: n(&self.load.idle_closed),
+        }
     }
 
     async fn answer(&self, req: Request) -> Reply {
@@ -202,6 +235,7 @@ impl Control {
                         exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
                         counters,
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
+                        load: Some(self.load_status()),
                     }),
                 }
             }
@@ -263,35 +297,127 @@ pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The longest request line; a longer one ends the connection.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// A connection that sends no complete request for this long is closed.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Who is asking, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Root,
+    /// A member of the `ttp` group (primary or supplementary): may read.
+    Reader,
+    Stranger,
+}
+
+impl Caller {
+    /// From the peer's uid, primary gid and supplementary groups.
+    pub fn of(uid: u32, gid: u32, groups: &[u32], ttp_group: Option<u32>) -> Caller {
+        match ttp_group {
+            _ if uid == 0 => Caller::Root,
+            Some(g) if gid == g || groups.contains(&g) => Caller::Reader,
+            _ => Caller::Stranger,
+        }
+    }
+}
+
+impl Request {
+    /// Whether `caller` may make this request. Everything that changes the daemon's state,
+    /// or makes it reach a destination the caller chose, is root's alone; the `ttp` group
+    /// reads (status, streams, a check against the configured endpoints).
+    pub fn allowed_for(&self, caller: Caller) -> bool {
+        match (caller, self) {
+            (Caller::Root, _) => true,
+            (Caller::Reader, Request::Status | Request::Streams { .. }) => true,
+            (Caller::Reader, Request::Check { urls }) => urls.is_empty(),
+            _ => false,
+        }
+    }
+}
+
 pub async fn serve(listener: UnixListener, ctl: Arc<Control>) -> Result<()> {
     let group = nix::unistd::Group::from_name(GROUP).ok().flatten().map(|g| g.gid.as_raw());
+    let slots = Arc::new(tokio::sync::Semaphore::new(crate::load::MAX_CONTROL));
     loop {
-        let (stream, _) = listener.accept().await.context("control socket accept")?;
-        let cred = stream.peer_cred().ok();
-        let root = cred.is_some_and(|c| c.uid() == 0);
-        let allowed = root || cred.is_some_and(|c| Some(c.gid()) == group);
+        let (stream, _) = crate::accept::next("control socket", &ctl.load.accept_errors, || listener.accept())
+            .await
+            .context("control socket: the listener failed")?;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            crate::load::LoadStats::count(&ctl.load.refused_control);
+            continue;
+        };
+        let caller = match (stream.peer_cred(), peer_groups(&stream)) {
+            (Ok(c), Ok(groups)) => Caller::of(c.uid(), c.gid(), &groups, group),
+            _ => Caller::Stranger,
+        };
         let ctl = ctl.clone();
         tokio::spawn(async move {
-            let _ = session(stream, &ctl, allowed, root).await;
+            if let Err(e) = session(stream, &ctl, caller).await {
+                tracing::debug!("control connection: {e:#}");
+            }
+            drop(slot);
         });
     }
 }
 
-async fn session(stream: UnixStream, ctl: &Control, allowed: bool, root: bool) -> Result<()> {
+/// The peer's supplementary groups (`SO_PEERGROUPS`: as they were when it connected).
+/// By hand: nix has no wrapper for this option.
+fn peer_groups(s: &UnixStream) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * 4) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes; the kernel writes at most that and says how
+        // many it needs when they do not fit (ERANGE).
+        let r = unsafe {
+            libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len)
+        };
+        if r == 0 {
+            groups.truncate(len as usize / 4);
+            return Ok(groups);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || len as usize / 4 <= groups.len() || groups.len() > 65536 {
+            return Err(e);
+        }
+        groups.resize(len as usize / 4, 0);
+    }
+}
+
+async fn session(stream: UnixStream, ctl: &Control, caller: Caller) -> Result<()> {
+    use tokio::io::AsyncReadExt;
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
-        let reply = if !allowed {
+    let mut r = BufReader::new(r);
+    loop {
+        let mut line = Vec::new();
+        let mut limited = (&mut r).take(MAX_REQUEST as u64 + 1);
+        match tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line)).await {
+            Err(_) => {
+                crate::load::LoadStats::count(&ctl.load.idle_closed);
+                bail!("idle for {IDLE:?}");
+            }
+            Ok(n) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        let too_long = line.len() > MAX_REQUEST;
+        let reply = if too_long {
+            Reply::Error { ok: false, error: format!("request longer than {MAX_REQUEST} bytes") }
+        } else if caller == Caller::Stranger {
             Reply::Error {
                 ok: false,
                 error: "permission denied: only root and the ttp group may use ttp's control socket".into(),
             }
         } else {
-            match serde_json::from_str::<Request>(&line) {
-                // Who may use the gateway is root's decision alone.
-                Ok(Request::TunnelPeer(_)) if !root => Reply::Error {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) if !req.allowed_for(caller) => Reply::Error {
                     ok: false,
-                    error: "permission denied: only root may change the tunnel's peers".into(),
+                    error: "permission denied: only root may change ttp's state or choose where it connects \
+                            (the ttp group may read: status, streams, check)"
+                        .into(),
                 },
                 Ok(req) => ctl.answer(req).await,
                 Err(e) => Reply::Error { ok: false, error: format!("bad request: {e}") },
@@ -299,9 +425,11 @@ async fn session(stream: UnixStream, ctl: &Control, allowed: bool, root: bool) -
         };
         let mut out = serde_json::to_vec(&reply)?;
         out.push(b'\n');
-        w.write_all(&out).await?;
+        tokio::time::timeout(IDLE, w.write_all(&out)).await.context("reply not taken in time")??;
+        if too_long {
+            bail!("request too long");
+        }
     }
-    Ok(())
 }
 
 /// The CLI side: one request, one reply.
@@ -367,6 +495,33 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>("not json").is_err());
+    }
+
+    #[test]
+    fn the_ttp_group_reads_and_only_root_changes_anything() {
+        let ttp = Some(990);
+        // Primary or supplementary membership, both count.
+        assert_eq!(Caller::of(1000, 990, &[], ttp), Caller::Reader);
+        assert_eq!(Caller::of(1000, 1000, &[27, 990], ttp), Caller::Reader);
+        assert_eq!(Caller::of(1000, 1000, &[27], ttp), Caller::Stranger);
+        assert_eq!(Caller::of(1000, 1000, &[990], None), Caller::Stranger);
+        assert_eq!(Caller::of(0, 0, &[], None), Caller::Root);
+        let reads = [Request::Status, Request::Streams { recent: true }, Request::Check { urls: vec![] }];
+        let changes = [
+            Request::Stop,
+            Request::Refresh,
+            Request::Check { urls: vec!["http://192.0.2.1/".into()] },
+            Request::TestConnect { host: "example.org".into(), port: 80 },
+            Request::TunnelPeer(PeerChange::Remove { public_key: "K".into() }),
+        ];
+        for r in &reads {
+            assert!(r.allowed_for(Caller::Reader) && r.allowed_for(Caller::Root), "{r:?}");
+            assert!(!r.allowed_for(Caller::Stranger), "{r:?}");
+        }
+        for r in &changes {
+            assert!(!r.allowed_for(Caller::Reader) && !r.allowed_for(Caller::Stranger), "{r:?}");
+            assert!(r.allowed_for(Caller::Root), "{r:?}");
+        }
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //! 5. The ports are served, the control socket opens.
 //! 6. Lockdown off: governed traffic now flows through Tor.
 //!
-//! On SIGTERM/SIGINT/`stop`: lockdown on, services stop, and the monitor (root) destroys
-//! the applications' sockets through us, detaches and unpins the datapath, and removes
-//! the runtime files.
+//! On SIGTERM/SIGINT/`stop` from root, and only then: lockdown on, services stop, and the
+//! monitor (root) destroys the applications' sockets through us, detaches and unpins the
+//! datapath, and removes the runtime files.
+//!
+//! On anything else once the kill-switch is attached (a service that ends, Tor that does
+//! not bootstrap, any error): lockdown on, and the monitor is told why and leaves the
+//! datapath attached. The host stays closed until root says `ttp stop` or a new start
+//! takes the pins over. [`run`] is where this is decided, in one `match`.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -28,8 +33,9 @@ use crate::{
     control::{self, Control, Ports},
     datapath::{Datapath, DatapathOptions, Maps, Policy},
     dns::{self, Automap, Cache, DnsService},
+    load::{Budget, LoadStats},
     lock::SessionLock,
-    monitor::{Cleanup, Monitor},
+    monitor::{Cleanup, Monitor, StopRequested},
     options::StartOptions,
     socks::SocksPort,
     tor::{self, Isolation, TorResolver},
@@ -152,12 +158,23 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
             anyhow::bail!("--gateway {iface} is also an uplink: a gateway interface faces the machines behind it");
         }
     }
+    // Descriptors: as many as we may have, and the slots sized against them (load.rs).
+    let budget = Budget::new(crate::load::raise_nofile()?, opts.max_streams);
+    if budget.streams < opts.max_streams {
+        tracing::info!(
+            "{} stream slots, not --max-streams {}: the open-files limit is {}",
+            budget.streams,
+            opts.max_streams,
+            budget.nofile
+        );
+    }
     // The first change to the host, if the default user is missing: creating it.
     let service_user = user::resolve(&opts.user)?;
     for dir in [&opts.state_dir, &opts.runtime_dir] {
         user::check_reachable(dir, &service_user)?;
     }
     let config = tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), Some(service_user.uid))?;
+    crate::rootfs::ensure_dir(&opts.runtime_dir)?;
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
@@ -207,53 +224,91 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         let _ = std::fs::remove_dir(&exec_tor);
         let _ = std::fs::remove_dir(&exec_direct);
     })?;
-    // From here on a clean stop (or a failure) ends with the monitor's teardown: the host
-    // as it was. A monitor already gone leaves it to us, while we are still root.
+    // Armed: from here on only root's stop opens the host again (through the monitor's
+    // teardown). A monitor already gone leaves it to us, while we are still root.
     if let Err(e) = monitor.armed() {
         let _ = datapath.stop();
         return Err(e);
     }
     tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
     events(Event::KillSwitch(t0.elapsed()));
+    // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
+    // from now on) and the control socket.
+    let lock = SessionLock {
+        pid: std::process::id(),
+        started_unix: control::unix_now(),
+        args: own_args(),
+        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
+        cgroup: governed.clone(),
+        pin_dir: opts.pin_dir.clone(),
+    };
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
-    let setup = Setup {
-        config,
-        service_user: &service_user,
-        gateway,
-        governed: &governed,
-        maps_dir: datapath.layout().maps(),
-        t0,
+    let setup = Setup { config, service_user: &service_user, gateway, maps_dir: datapath.layout().maps(), t0, budget };
+    let stop = StopSignals::new()?;
+    let outcome = match lock.write(&opts.runtime_dir) {
+        Ok(()) => serve(opts, setup, stop, &mut events).await,
+        Err(e) => Err(e),
     };
-    let result = serve(opts, setup, &mut events).await;
-    SessionLock::remove(&opts.runtime_dir);
-    // Our descriptors go first, so that unpinning detaches the links at once.
-    let layout = datapath.layout().clone();
-    drop(datapath);
-    if let Err(e) = monitor.finish() {
-        tracing::error!("{e:#}");
-        // Root is gone by now, unless setup failed before giving it up.
-        if let Err(e) = crate::datapath::teardown(&layout) {
-            tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it");
+    // The one place where a daemon's end is decided.
+    match outcome {
+        // Root asked: the monitor tears down. Our descriptors go first, so that unpinning
+        // detaches the links at once.
+        Ok(stopped) => {
+            drop(datapath);
+            monitor.finish(stopped).inspect_err(|e| tracing::error!("{e:#}"))
+        }
+        // Anything else fails closed: lockdown stays on (serve set it, or never lifted
+        // it), the links stay attached, and the monitor records why. Only `ttp stop` (or a
+        // new start, which takes the pins over) opens the host.
+        Err(fault) => {
+            let why = format!("{fault:#}");
+            tracing::error!("{why}");
+            tracing::error!("the kill-switch stays closed: nothing governed leaves; `ttp start` recovers, `ttp stop` opens the host");
+            drop(datapath);
+            monitor.fault(&why);
+            Err(fault.context("the daemon failed; the host stays closed (`ttp status` says why)"))
         }
     }
-    result
+}
+
+/// Root's ways of asking the daemon to stop: SIGTERM, SIGINT, or `stop` on the control
+/// socket (root only, see [`control::Request::allowed_for`]). Listened for from before
+/// Tor's bootstrap, so a stop during it is a clean stop too.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    control: Arc<tokio::sync::Notify>,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            control: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Waits for root's stop request; the only maker of [`StopRequested`].
+    async fn requested(&mut self) -> StopRequested {
+        tokio::select! {
+            _ = self.term.recv() => StopRequested { by: "SIGTERM" },
+            _ = self.int.recv() => StopRequested { by: "SIGINT" },
+            _ = self.control.notified() => StopRequested { by: "stop on the control socket" },
+        }
+    }
 }
 
 /// The directories the service user writes, made its own (the state may be root's from an
 /// older version, or a run with `--user root`).
+/// The runtime directory stays root's (see [`crate::rootfs`]): the daemon keeps the
+/// descriptors of what it writes there (the log, the control socket).
 fn hand_over_dirs(opts: &StartOptions, user: &ServiceUser) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     private_dir(&opts.state_dir)?;
-    user::chown_tree(&opts.state_dir, user)?;
-    std::fs::create_dir_all(&opts.runtime_dir).with_context(|| format!("creating {}", opts.runtime_dir.display()))?;
-    std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o755))?;
-    user::chown_tree(&opts.runtime_dir, user)?;
-    if let Some(log) = &opts.log_file {
-        // The file only: its directory may be shared (a rotation then truncates instead).
-        let _ = std::os::unix::fs::chown(log, Some(user.uid), Some(user.gid));
-    }
+    user::chown_tree(&opts.state_dir, user, &opts.runtime_dir)?;
     Ok(())
 }
 
@@ -319,14 +374,22 @@ struct Setup<'a> {
     config: tor::TorClientConfig,
     service_user: &'a ServiceUser,
     gateway: Gateway,
-    governed: &'a Path,
     maps_dir: PathBuf,
     t0: Instant,
+    budget: Budget,
 }
 
-async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Event)) -> Result<()> {
-    let Setup { config, service_user, gateway, governed, maps_dir, t0 } = setup;
+/// Serves until root asks to stop ([`StopRequested`]); anything else that ends it is an
+/// error, and leaves the datapath in lockdown.
+async fn serve(
+    opts: &StartOptions,
+    setup: Setup<'_>,
+    mut stop: StopSignals,
+    events: &mut impl FnMut(Event),
+) -> Result<StopRequested> {
+    let Setup { config, service_user, gateway, maps_dir, t0, budget } = setup;
     hand_over_dirs(opts, service_user)?;
+    let control_listener = control::bind(&opts.runtime_dir)?;
     let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
     let transparent = !gateway.interfaces.is_empty();
     if transparent {
@@ -337,11 +400,14 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
     // Set up: from here on the daemon needs only map access, through open descriptors.
     crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
     tracing::info!("now uid {} with CAP_BPF only; bootstrapping Tor", service_user.uid);
-    let tor = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
+    let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
-    })
-    .await?;
+    });
+    let tor = tokio::select! {
+        tor = bootstrap => tor?,
+        stopped = stop.requested() => return Ok(stopped),
+    };
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
     release_freed_memory();
 
@@ -358,13 +424,16 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
     } else {
         opts.check_urls.clone()
     };
+    let load = Arc::new(LoadStats::default());
     // One stream limit for both proxy ports.
     let ports = Arc::new(PortContext {
         tor: tor.clone(),
         automap: services.automap.clone(),
         isolation: services.isolation.clone(),
         streams: services.streams.clone(),
-        limit: Arc::new(tokio::sync::Semaphore::new(opts.max_streams)),
+        limit: Arc::new(tokio::sync::Semaphore::new(budget.streams)),
+        shares: crate::load::Shares::new(budget.per_key),
+        load: load.clone(),
     });
     let transport = Arc::new(TransPort { ctx: ports.clone(), origins: maps.clone() });
     let dns = Arc::new(DnsService::new(
@@ -394,44 +463,36 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
         tasks.spawn(transport.clone().serve(l));
     }
     for l in listeners.dns_udp {
-        tasks.spawn(dns::server::serve_udp(l, dns.clone()));
+        tasks.spawn(dns::server::serve_udp(l, dns.clone(), load.clone()));
     }
     for l in listeners.dns_tcp {
-        tasks.spawn(dns::server::serve_tcp(l, dns.clone()));
+        tasks.spawn(dns::server::serve_tcp(l, dns.clone(), budget.dns_tcp, load.clone()));
     }
 
-    let stop = Arc::new(tokio::sync::Notify::new());
     let control = Arc::new(Control {
         services: services.clone(),
         maps: maps.clone(),
         ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
         started: t0,
         started_unix: control::unix_now(),
-        stop: stop.clone(),
+        stop: stop.control.clone(),
         check_urls: check_urls.clone(),
+        load,
+        budget,
     });
-    tasks.spawn(control::serve(control::bind(&opts.runtime_dir)?, control));
+    tasks.spawn(control::serve(control_listener, control));
 
-    let socks = Arc::new(SocksPort { ctx: ports.clone() });
+    let socks = Arc::new(SocksPort {
+        ctx: ports.clone(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(budget.handshakes)),
+    });
     for l in listeners.socks {
         tasks.spawn(socks.clone().serve(l));
     }
 
-    let lock = SessionLock {
-        pid: std::process::id(),
-        started_unix: control::unix_now(),
-        args: own_args(),
-        exit_address: None,
-        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
-        cgroup: governed.to_path_buf(),
-        pin_dir: opts.pin_dir.clone(),
-    };
-    lock.write(&opts.runtime_dir)?;
-
     // Verify the exit through Tor, in the background: a check endpoint out of reach must
     // not keep the host from being protected and usable.
     let verifying = services.clone();
-    let runtime_dir = opts.runtime_dir.clone();
     tokio::spawn(async move {
         match crate::check::check_any(&verifying.tor, &check_urls).await {
             Ok(c) => {
@@ -442,10 +503,6 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
                     c.latency_ms,
                     c.url
                 );
-                let lock = SessionLock { exit_address: Some(c.exit_address.to_string()), ..lock };
-                if let Err(e) = lock.write(&runtime_dir) {
-                    tracing::warn!("{e:#}");
-                }
                 *verifying.exit.lock().expect("exit lock") = Some(c);
             }
             Err(e) => tracing::warn!("exit not verified: {e:#} (`ttp check` retries)"),
@@ -456,31 +513,29 @@ async fn serve(opts: &StartOptions, setup: Setup<'_>, events: &mut impl FnMut(Ev
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
     events(Event::Ready(t0.elapsed()));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let result = serve_until_stopped(&mut term, &stop, &mut tasks).await;
-    maps.lock().expect("maps lock").set_lockdown(true)?;
-    tracing::info!("lockdown on");
+    // Every service runs until root's stop; none may end before it. One that does (an
+    // error, a panic, or just returning) is a fault.
+    let outcome = tokio::select! {
+        stopped = stop.requested() => Ok(stopped),
+        Some(ended) = tasks.join_next() => Err(match ended {
+            Ok(Ok(())) => anyhow::anyhow!("a service ended on its own"),
+            Ok(Err(e)) => e.context("a service failed"),
+            Err(e) => anyhow::anyhow!("a service panicked: {e}"),
+        }),
+    };
+    // Lockdown first, whatever ended it. Should even that fail, the links stay attached
+    // and the monitor tries again.
+    let locked = maps.lock().unwrap_or_else(|p| p.into_inner()).set_lockdown(true);
+    match &locked {
+        Ok(()) => tracing::info!("lockdown on"),
+        Err(e) => tracing::error!("setting lockdown: {e:#}"),
+    }
     // Our ends of the applications' connections close here; the monitor destroys theirs.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    let _ = std::fs::remove_file(opts.runtime_dir.join(control::SOCKET));
-    result
-}
-
-async fn serve_until_stopped(
-    term: &mut tokio::signal::unix::Signal,
-    stop: &tokio::sync::Notify,
-    tasks: &mut tokio::task::JoinSet<Result<()>>,
-) -> Result<()> {
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        _ = stop.notified() => tracing::info!("stop requested on the control socket"),
-        Some(r) = tasks.join_next() => {
-            return Err(anyhow::anyhow!("a service stopped: {:?}", r));
-        }
-    }
-    Ok(())
+    let stopped = outcome?;
+    locked?;
+    Ok(stopped)
 }
 
 /// Hands the heap's free pages back to the kernel. Setting up parses the kernel's BTF

@@ -8,8 +8,11 @@
 //!   (being built).
 //! - [`daemon`]: wires them together, as [`user`] once set up, with [`monitor`] (root) to
 //!   finish each stop; [`options`]: what it is told; [`lock`]: the session
-//!   lock; [`logfile`]: the volatile, rotated log.
+//!   lock; [`logfile`]: the volatile, rotated log; [`rootfs`]: root's runtime directory
+//!   and what root reads back from it.
+//! - [`accept`] and [`load`]: listeners that no load ends, descriptors and fair shares.
 
+pub mod accept;
 pub mod cgroup;
 pub mod check;
 pub mod config;
@@ -19,11 +22,13 @@ pub mod datapath;
 pub mod diagnose;
 pub mod dns;
 pub mod gateway;
+pub mod load;
 pub mod lock;
 pub mod logfile;
 pub mod monitor;
 pub mod options;
 pub mod privs;
+pub mod rootfs;
 pub mod sockdestroy;
 pub mod socks;
 pub mod tor;

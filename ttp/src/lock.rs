@@ -1,7 +1,8 @@
 //! The session lock: `<runtime-dir>/ttp.lock`, one JSON object describing the running
-//! session (pid, start time, options, exit address). The daemon writes it when it is
-//! ready, rewrites it when the exit is verified, and removes it on stop. `ttp restart`
-//! and the watchdog read the options back from it; scripts may read it too.
+//! session (pid, start time, options). The daemon writes it while it is still root, once
+//! the kill-switch is attached, and the monitor removes it at a clean stop. `ttp restart`
+//! and the watchdog replay its options as root, so it lives in root's runtime directory
+//! and is read back only if root alone could have written it (see [`crate::rootfs`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +19,6 @@ pub struct SessionLock {
     /// The options the daemon was started with, as command-line arguments after the
     /// subcommand (what `ttp restart` passes to `ttp start` again).
     pub args: Vec<String>,
-    /// The exit's address, once a check endpoint has confirmed it.
-    pub exit_address: Option<String>,
     pub ports: crate::control::Ports,
     /// The cgroup2 directory governed.
     pub cgroup: PathBuf,
@@ -31,10 +30,10 @@ impl SessionLock {
         runtime_dir.join(FILE)
     }
 
-    /// The lock, if there is one.
+    /// The lock, if there is one; one that root did not write is an error.
     pub fn read(runtime_dir: &Path) -> Result<Option<SessionLock>> {
         let p = Self::path(runtime_dir);
-        match std::fs::read_to_string(&p) {
+        match crate::rootfs::read_small(&p) {
             Ok(t) => serde_json::from_str(&t)
                 .map(Some)
                 .with_context(|| format!("{} is not a ttp session lock (remove it if no ttp runs)", p.display())),
@@ -43,13 +42,9 @@ impl SessionLock {
         }
     }
 
-    /// Written whole or not at all (a temporary file renamed over the lock).
+    /// Written whole or not at all, by root (see [`crate::rootfs::write_file`]).
     pub fn write(&self, runtime_dir: &Path) -> Result<()> {
-        let p = Self::path(runtime_dir);
-        let tmp = runtime_dir.join(format!(".{FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+        crate::rootfs::write_file(runtime_dir, FILE, serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     pub fn remove(runtime_dir: &Path) {
@@ -63,6 +58,9 @@ mod tests {
 
     #[test]
     fn round_trips_and_a_foreign_file_is_a_clear_error() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the lock is root's file
+        }
         let dir = std::env::temp_dir().join(format!("ttp-lock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(SessionLock::read(&dir).unwrap(), None);
@@ -70,16 +68,21 @@ mod tests {
             pid: 42,
             started_unix: 1,
             args: vec!["--uplink".into(), "eth0".into()],
-            exit_address: Some("192.0.2.5".into()),
             ports: crate::control::Ports { trans: 9040, dns: 9053, socks: 9055 },
             cgroup: "/sys/fs/cgroup".into(),
             pin_dir: "/sys/fs/bpf/ttp".into(),
         };
         l.write(&dir).unwrap();
-        assert_eq!(SessionLock::read(&dir).unwrap(), Some(l));
+        assert_eq!(SessionLock::read(&dir).unwrap(), Some(l.clone()));
         std::fs::write(SessionLock::path(&dir), "garbage").unwrap();
         let e = SessionLock::read(&dir).unwrap_err().to_string();
         assert!(e.contains("not a ttp session lock"), "{e}");
+        // A lock another user could have written (the service user's, from an older ttp, or
+        // a forged one) is never replayed as root's command line.
+        std::fs::write(SessionLock::path(&dir), serde_json::to_string(&l).unwrap()).unwrap();
+        std::os::unix::fs::chown(SessionLock::path(&dir), Some(65534), None).unwrap();
+        let e = format!("{:#}", SessionLock::read(&dir).unwrap_err());
+        assert!(e.contains("not root's alone"), "{e}");
         SessionLock::remove(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -46,9 +46,10 @@ impl RotatingLog {
     }
 }
 
-/// Mode 0640: the log names destinations, which are nobody else's business.
+/// Mode 0640: the log names destinations, which are nobody else's business. Opened as
+/// root, so never through a link.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    OpenOptions::new().create(true).append(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 impl Write for RotatingLog {

@@ -461,6 +461,17 @@ fn run(cmd: Cmd) -> Result<()> {
                         "exit:       {}",
                         status.exit_address.as_deref().unwrap_or("not verified yet (`ttp check`)")
                     );
+                    if let Some(l) = &status.load {
+                        println!(
+                            "load:       {} of {} descriptors open; {} stream slots ({} per client), {} DNS/TCP",
+                            l.descriptors_open, l.budget.nofile, l.budget.streams, l.budget.per_key, l.budget.dns_tcp
+                        );
+                        println!(
+                            "            {} accept errors waited out; refused: {} over a client's share, {} DNS/TCP, \
+                             {} control; {} idle connections closed",
+                            l.accept_errors, l.refused_share, l.refused_dns_tcp, l.refused_control, l.idle_closed
+                        );
+                    }
                     for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
                         println!("  {name:<24} {n}");
                     }
@@ -482,6 +493,8 @@ fn run(cmd: Cmd) -> Result<()> {
             let counters = maps.counters()?;
             let links = layout.link_pins()?.len();
             let lockdown = cfg.has(ttp_common::flags::LOCKDOWN);
+            // Why the last daemon failed, as its monitor (root) recorded it.
+            let fault = ttp::monitor::last_fault(&paths.runtime_dir);
             if json {
                 let c: serde_json::Map<String, serde_json::Value> =
                     counters.iter().map(|(c, n)| (c.name().to_string(), (*n).into())).collect();
@@ -491,6 +504,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     "pid": null,
                     "exit_address": null,
                     "links": links,
+                    "fault": fault,
                     "ports": { "trans": cfg.trans_port, "dns": cfg.dns_port },
                     "counters": c,
                 });
@@ -500,6 +514,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     "state:    {} (no daemon: the kill-switch holds the host closed; `ttp stop` or `ttp start`)",
                     if lockdown { "lockdown" } else { "daemon dead" }
                 );
+                if let Some(f) = &fault {
+                    println!("fault:    {f}");
+                }
                 println!("links:    {links} attached (pinned under {})", paths.pin_dir.display());
                 println!("ports:    trans {}  dns {}", cfg.trans_port, cfg.dns_port);
                 for (c, n) in counters.iter().filter(|(_, n)| *n > 0) {

@@ -8,9 +8,16 @@
 //! pipe (OpenSSH's privilege separation, reduced to one job):
 //!
 //! - `ARMED`: the datapath is attached and its pins are this daemon's;
-//! - `CLEAN`: the daemon stopped on purpose; the monitor tears down, then answers `DONE`;
-//! - end of file without `CLEAN`: the daemon crashed. The monitor touches nothing: the
-//!   kill-switch holds the host closed until `ttp stop` or the next start.
+//! - `CLEAN`: root asked the daemon to stop; the monitor tears down, then answers `DONE`;
+//! - `FAULT <why>`, or end of file without `CLEAN`: the daemon failed or crashed. The
+//!   monitor puts the datapath in lockdown (so that no connection is redirected to ports
+//!   nobody serves, which any local user could bind), writes why to
+//!   `<runtime-dir>/fault` for `ttp status`, and touches nothing else: the kill-switch
+//!   holds the host closed until `ttp stop` or the next start.
+//!
+//! The rule this carries (ARCHITECTURE.md): only an explicit stop by root releases the
+//! kill-switch. [`Monitor::finish`], the only way to ask for a teardown, takes a
+//! [`StopRequested`], which only the places that receive root's stop request make.
 //!
 //! The daemon keeps its pid (the one `ttp start`, systemd and `ttp status` know), and
 //! waits for `DONE` before it exits, so a stop is complete when the daemon is gone.
@@ -24,7 +31,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::datapath::{teardown, PinLayout};
+use crate::{
+    datapath::{teardown, PinLayout, Teardown},
+    lock::SessionLock,
+};
 
 /// What the monitor removes at a clean stop.
 #[derive(Debug, Clone)]
@@ -37,6 +47,24 @@ pub struct Cleanup {
     pub ports: Vec<u16>,
     /// Gateway mode ran: its routing rules go (see [`crate::gateway`]).
     pub gateway: bool,
+}
+
+/// Proof that root asked the daemon to stop: SIGTERM or SIGINT (which only root, or the
+/// service user itself, may send it), or `stop` on the control socket from root. Made
+/// only where such a request is received ([`crate::daemon`]'s stop signals); a fault
+/// never has one, so a fault can never end in a teardown.
+#[derive(Debug)]
+pub struct StopRequested {
+    /// How it was asked for, for the log.
+    pub by: &'static str,
+}
+
+/// Where the monitor records why a daemon failed (in the root-owned runtime directory).
+pub const FAULT_FILE: &str = "fault";
+
+/// Why the last daemon of this runtime directory failed, if one did.
+pub fn last_fault(runtime_dir: &std::path::Path) -> Option<String> {
+    crate::rootfs::read_small(&runtime_dir.join(FAULT_FILE)).ok().map(|s| s.trim().to_string())
 }
 
 /// The daemon's end of the pipes to its monitor.
@@ -80,8 +108,9 @@ impl Monitor {
         self.send("ARMED")
     }
 
-    /// The daemon stops on purpose: the monitor tears down. Returns once it is done.
-    pub fn finish(mut self) -> Result<()> {
+    /// Root asked the daemon to stop: the monitor tears down. Returns once it is done.
+    pub fn finish(mut self, stop: StopRequested) -> Result<()> {
+        tracing::info!("stopping ({}): the monitor tears the datapath down", stop.by);
         self.send("CLEAN")?;
         let mut line = String::new();
         self.from.read_line(&mut line).context("waiting for the monitor")?;
@@ -91,6 +120,19 @@ impl Monitor {
             bail!("the monitor ended before the teardown was done: run `ttp stop` to finish it");
         }
         Ok(())
+    }
+
+    /// The daemon failed: the monitor puts the datapath in lockdown, records why, and
+    /// leaves everything else as it is. Returns once the monitor is gone.
+    pub fn fault(mut self, why: &str) {
+        let line = format!("FAULT {}", why.replace(['\n', '\r'], " "));
+        if self.send(&line).is_ok() {
+            self.to = None; // end of file: the monitor's last word
+            let mut rest = String::new();
+            let _ = self.from.read_line(&mut rest);
+        }
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
     }
 
     fn send(&mut self, word: &str) -> Result<()> {
@@ -122,45 +164,111 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
             libc::signal(sig, libc::SIG_IGN);
         }
     }
-    let mut armed = false;
+    // This instance's maps, opened when armed: a late lockdown must reach this instance's
+    // maps, never those of a newer one that took the pins over since.
+    let mut armed: Option<crate::datapath::Maps> = None;
+    let mut why = String::from("the daemon died without a word (killed, or it crashed)");
     for line in from_daemon.lines() {
         match line.as_deref().map(str::trim) {
-            Ok("ARMED") => armed = true,
+            Ok("ARMED") => {
+                match crate::datapath::Maps::open_pinned(&PinLayout::new(&cleanup.pin_dir).maps()) {
+                    Ok(m) => armed = Some(m),
+                    Err(e) => bail!("opening the pinned maps: {e:#}"),
+                }
+                let _ = std::fs::remove_file(cleanup.runtime_dir.join(FAULT_FILE));
+            }
             Ok("CLEAN") => {
-                if armed {
+                if armed.is_some() {
                     tear_down(cleanup);
                 }
                 let _ = writeln!(to_daemon, "DONE");
                 return Ok(());
             }
+            Ok(l) if l.starts_with("FAULT ") => {
+                // The daemon's words, kept as text for `ttp status`; nothing acts on them.
+                why = l["FAULT ".len()..].chars().take(4096).collect();
+                break;
+            }
             _ => break,
         }
     }
-    if armed {
-        tracing::error!("the daemon died: the kill-switch holds the host closed; `ttp start` or `ttp stop` recovers");
+    if let Some(maps) = armed {
+        hold_closed(cleanup, maps, &why);
     }
     Ok(())
 }
 
-/// Each step on its own: one failing must not leave the others undone.
-fn tear_down(c: &Cleanup) {
-    match crate::sockdestroy::destroy_connected_to(&c.ports) {
-        Ok(n) => tracing::info!("{n} application sockets through ttp destroyed"),
-        Err(e) => tracing::warn!("destroying application sockets failed: {e} (they fail on next use)"),
+/// A failed or dead daemon: lockdown, and why, for `ttp status`; nothing is detached.
+fn hold_closed(c: &Cleanup, mut maps: crate::datapath::Maps, why: &str) {
+    match maps.set_lockdown(true) {
+        Ok(()) => tracing::error!(
+            "the daemon failed ({why}): lockdown on; the host stays closed until `ttp stop` or the next `ttp start`"
+        ),
+        Err(e) => tracing::error!(
+            "the daemon failed ({why}); lockdown could not be set ({e:#}), but the kill-switch holds: \
+             redirected connections find no listener; `ttp stop` or `ttp start` recovers"
+        ),
     }
-    match teardown(&PinLayout::new(&c.pin_dir)) {
-        Ok(r) => tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned),
-        Err(e) => tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it"),
+    let when = crate::control::unix_now();
+    if let Err(e) = crate::rootfs::write_file(&c.runtime_dir, FAULT_FILE, format!("{when} {why}\n").as_bytes()) {
+        tracing::warn!("recording the fault: {e:#}");
     }
+}
+
+impl Cleanup {
+    /// What a session recorded, for `ttp stop` after its daemon is gone: its lock (root's
+    /// file: the governed cgroup and ports) and its pins (whether it ran a gateway).
+    pub fn recorded(runtime_dir: &std::path::Path, pin_dir: &std::path::Path, lock: Option<&SessionLock>) -> Cleanup {
+        let layout = PinLayout::new(pin_dir);
+        let gateway =
+            layout.link_pins().unwrap_or_default().iter().any(|p| {
+                p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(ttp_common::programs::TC_GATEWAY))
+            });
+        Cleanup {
+            pin_dir: pin_dir.to_path_buf(),
+            runtime_dir: runtime_dir.to_path_buf(),
+            cgroups: lock.map(|l| vec![l.cgroup.join("ttp.tor"), l.cgroup.join("ttp.direct")]).unwrap_or_default(),
+            ports: lock.map(|l| vec![l.ports.trans, l.ports.dns, l.ports.socks]).unwrap_or_default(),
+            gateway,
+        }
+    }
+}
+
+/// The one teardown: what a clean stop removes, whether the monitor does it or `ttp stop`
+/// after a crash. Each step on its own: one failing must not leave the others undone.
+/// Returns what the datapath's part did, if it could be done.
+pub fn tear_down(c: &Cleanup) -> Option<Teardown> {
+    if !c.ports.is_empty() {
+        match crate::sockdestroy::destroy_connected_to(&c.ports) {
+            Ok(n) => tracing::info!("{n} application sockets through ttp destroyed"),
+            Err(e) => tracing::warn!("destroying application sockets failed: {e} (they fail on next use)"),
+        }
+    }
+    let report = match teardown(&PinLayout::new(&c.pin_dir)) {
+        Ok(r) => {
+            tracing::info!("stopped: {} links detached, {} maps unpinned", r.links_detached, r.maps_unpinned);
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!("teardown failed: {e:#}; run `ttp stop` to finish it");
+            None
+        }
+    };
     if c.gateway {
         match crate::gateway::remove_blocking() {
             Ok(n) => tracing::info!("gateway routing removed ({n} rules)"),
-            Err(e) => tracing::error!("removing the gateway routing failed: {e:#}; `ttp stop` retries"),
+            Err(e) => tracing::error!(
+                "removing the gateway routing failed: {e:#}; `ttp stop` retries (`ip rule` shows them: table {})",
+                crate::gateway::TABLE
+            ),
         }
     }
     for cg in &c.cgroups {
+        // Removed if empty: a command still running in one keeps it, harmlessly.
         let _ = std::fs::remove_dir(cg);
     }
-    crate::lock::SessionLock::remove(&c.runtime_dir);
+    SessionLock::remove(&c.runtime_dir);
     let _ = std::fs::remove_file(c.runtime_dir.join(crate::control::SOCKET));
+    let _ = std::fs::remove_file(c.runtime_dir.join(FAULT_FILE));
+    report
 }

@@ -16,6 +16,7 @@ use arti_client::StreamPrefs;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tor_socksproto::{
     Handshake, NextStep, SocksAddr, SocksAuth, SocksCmd, SocksProxyHandshake, SocksRequest, SocksStatus,
@@ -24,7 +25,9 @@ use tor_socksproto::{
 pub use crate::transport::Target;
 use crate::{dns::Automap, tor::IsolationKey, transport::PortContext};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that has not finished its handshake by then is closed (and counted): an idle
+/// handshake holds a stream slot and a descriptor.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a SOCKS request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,18 @@ pub enum Plan {
     },
     /// Answer with this status and close.
     Refuse(SocksStatus),
+}
+
+impl Plan {
+    /// The isolation key the plan acts for, if it opens or resolves anything.
+    pub fn isolation(&self) -> Option<&IsolationKey> {
+        match self {
+            Plan::Connect { isolation, .. } | Plan::Resolve { isolation, .. } | Plan::ResolvePtr { isolation, .. } => {
+                Some(isolation)
+            }
+            Plan::Refuse(_) => None,
+        }
+    }
 }
 
 /// Reads a request. A virtual address from the DNSPort is turned back into its name.
@@ -78,22 +93,31 @@ pub fn plan(req: &SocksRequest, automap: &Mutex<Automap>) -> Plan {
 
 pub struct SocksPort {
     pub ctx: Arc<PortContext>,
+    /// Clients still in their handshake ([`crate::load::Budget::handshakes`]).
+    pub handshakes: Arc<Semaphore>,
 }
 
 impl SocksPort {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let ctx = self.ctx.clone();
-        ctx.serve(listener, "SOCKS", move |client, _peer| {
+        let handshakes = self.handshakes.clone();
+        ctx.serve(listener, "SOCKS", handshakes, move |client, _peer, handshake_slot| {
             let this = self.clone();
-            async move { this.handle(client).await }
+            async move { this.handle(client, handshake_slot).await }
         })
         .await
     }
 
-    async fn handle(&self, mut client: TcpStream) -> Result<()> {
-        let (req, early_data) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client))
-            .await
-            .context("SOCKS handshake timed out")??;
+    /// A client is admitted by a handshake slot; once its request is read, it needs a
+    /// stream slot and a place in its key's share like any stream, and gives the handshake
+    /// slot back. So clients that connect and say nothing can take only handshake slots,
+    /// never the streams of others.
+    async fn handle(&self, mut client: TcpStream, handshake_slot: OwnedSemaphorePermit) -> Result<()> {
+        let Ok(handshake) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client)).await else {
+            crate::load::LoadStats::count(&self.ctx.load.idle_closed);
+            bail!("SOCKS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
+        };
+        let (req, early_data) = handshake?;
         if !early_data.is_empty() {
             // Data before our reply: the client did not wait for the handshake to finish.
             let _ = client.write_all(&req.reply(SocksStatus::GENERAL_FAILURE, None)?).await;
@@ -101,6 +125,15 @@ impl SocksPort {
         }
         let plan = plan(&req, &self.ctx.automap);
         let reply_with = |status: SocksStatus, addr: Option<SocksAddr>| req.reply(status, addr.as_ref());
+        let slots = plan.isolation().map(|k| Ok::<_, anyhow::Error>((self.ctx.stream_slot()?, self.ctx.share(k)?)));
+        let _slots = match slots.transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = client.write_all(&reply_with(SocksStatus::GENERAL_FAILURE, None)?).await;
+                return Err(e);
+            }
+        };
+        drop(handshake_slot);
         match plan {
             Plan::Refuse(status) => {
                 client.write_all(&reply_with(status, None)?).await?;

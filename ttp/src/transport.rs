@@ -24,12 +24,13 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 
 use crate::{
     datapath::maps::{ConnOrigin, Maps},
     dns::Automap,
+    load::{LoadStats, Share, Shares},
     tor::{Isolation, IsolationKey, Tor},
 };
 
@@ -148,8 +149,12 @@ pub struct PortContext {
     pub automap: Arc<Mutex<Automap>>,
     pub isolation: Arc<Isolation>,
     pub streams: Arc<Streams>,
-    /// At most this many streams at once; connections past it are closed at once.
+    /// At most this many streams at once ([`crate::load::Budget::streams`]); connections
+    /// past it are closed at once.
     pub limit: Arc<Semaphore>,
+    /// What one key may hold of them.
+    pub shares: Arc<Shares<IsolationKey>>,
+    pub load: Arc<LoadStats>,
 }
 
 /// `ip` as a stream target: a virtual address from the DNSPort becomes its name again
@@ -172,29 +177,54 @@ pub enum Target {
 }
 
 impl PortContext {
-    /// Accepts forever; each connection is handled under a stream permit. Past the limit
-    /// a connection is closed at once and counted, never queued.
-    pub async fn serve<F, Fut>(self: Arc<Self>, listener: TcpListener, what: &'static str, handle: F) -> Result<()>
+    /// Accepts forever; each connection is handled under a permit of `admission` (the
+    /// stream slots, or for SOCKS the handshake slots), which `handle` holds as long as it
+    /// needs. Past the limit a connection is closed at once and counted, never queued.
+    pub async fn serve<F, Fut>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        what: &'static str,
+        admission: Arc<Semaphore>,
+        handle: F,
+    ) -> Result<()>
     where
-        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
         let handle = Arc::new(handle);
         loop {
-            let (client, peer) = listener.accept().await.with_context(|| format!("{what} accept"))?;
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            let (client, peer) = crate::accept::next(what, &self.load.accept_errors, || listener.accept())
+                .await
+                .with_context(|| format!("{what}: the listener failed"))?;
+            let Ok(permit) = admission.clone().try_acquire_owned() else {
                 self.streams.refused.fetch_add(1, Ordering::Relaxed);
                 drop(client);
                 continue;
             };
             let handle = handle.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(client, peer).await {
+                if let Err(e) = handle(client, peer, permit).await {
                     tracing::info!(%peer, "{what} stream failed: {e:#}");
                 }
-                drop(permit);
             });
         }
+    }
+
+    /// A stream slot, for a client admitted by another kind of slot (a SOCKS handshake).
+    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.limit.clone().try_acquire_owned().map_err(|_| {
+            self.streams.refused.fetch_add(1, Ordering::Relaxed);
+            anyhow::anyhow!("refused: every stream slot is taken")
+        })
+    }
+
+    /// A slot of `key`'s share, held for the stream's life; a key holding its whole share
+    /// is refused (and counted), so that it cannot take every slot.
+    pub fn share(&self, key: &IsolationKey) -> Result<Share<IsolationKey>> {
+        self.shares.try_take(key).ok_or_else(|| {
+            LoadStats::count(&self.load.refused_share);
+            anyhow::anyhow!("refused: this client holds its whole share of the stream slots")
+        })
     }
 
     /// A virtual address from the DNSPort becomes its name again.
@@ -275,9 +305,14 @@ pub struct TransPort {
 impl TransPort {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let ctx = self.ctx.clone();
-        ctx.serve(listener, "TransPort", move |client, peer| {
+        let slots = ctx.limit.clone();
+        ctx.serve(listener, "TransPort", slots, move |client, peer, slot| {
             let this = self.clone();
-            async move { this.handle(client, peer).await }
+            async move {
+                let r = this.handle(client, peer).await;
+                drop(slot);
+                r
+            }
         })
         .await
     }
@@ -299,6 +334,7 @@ impl TransPort {
                 _ => anyhow::bail!("no original destination recorded for {peer}: not a redirected connection"),
             },
         };
+        let _share = self.ctx.share(&key)?;
         let target = self.ctx.unmap(dst.ip())?;
         let (destination, tor_stream) = self
             .ctx

@@ -99,13 +99,17 @@ pub fn create_system_user() -> Result<nix::unistd::User> {
 }
 
 /// Gives `path` and everything below it to `user` (symlinks themselves, not their targets).
-pub fn chown_tree(path: &Path, user: &ServiceUser) -> Result<()> {
+pub fn chown_tree(path: &Path, user: &ServiceUser, keep: &Path) -> Result<()> {
+    // Root's runtime directory may lie inside the state directory: it stays root's.
+    if path == keep {
+        return Ok(());
+    }
     let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
         .with_context(|| format!("giving {} to uid {}", path.display(), user.uid))?;
     if meta.is_dir() {
         for e in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
-            chown_tree(&e?.path(), user)?;
+            chown_tree(&e?.path(), user, keep)?;
         }
     }
     Ok(())

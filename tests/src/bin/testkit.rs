@@ -20,6 +20,8 @@
 //! testkit serve-hold ADDR        answer "HELD", keep the connection until the client closes
 //! testkit serve-check ADDR       HTTP: answer every GET like the Tor check API, with the peer's address
 //! testkit hold ADDR N SECS       open N connections, read one line from each, hold SECS
+//! testkit hold-open ADDR N SECS  open N connections as fast as it can (reading nothing),
+//!                                print OPENED n FAILED m, hold what opened for SECS
 //! testkit dns-rate ADDR N UNIQUE  N sequential A queries; UNIQUE=1 asks a new name each time
 use std::{
     io::{BufRead, BufReader, ErrorKind},
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         "serve-hold" => serve_hold(&rest[0]),
         "serve-check" => serve_check(&rest[0]),
         "hold" => hold(addr(), rest[1].parse().expect("count"), rest[2].parse().expect("seconds")),
+        "hold-open" => hold_open(addr(), rest[1].parse().expect("count"), rest[2].parse().expect("seconds")),
         "dns-rate" => dns_rate(addr(), rest[1].parse().expect("count"), rest[2] == "1"),
         "tcp-garbage" => tcp_garbage(addr(), rest[1].parse().expect("count")),
         "dns-flood" => dns_flood(addr(), rest[1].parse().expect("count")),
@@ -166,6 +169,24 @@ fn hold(addr: SocketAddr, n: usize, secs: u64) -> std::io::Result<()> {
         held.push(s);
     }
     println!("HOLDING {}", held.len());
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
+}
+
+/// What a program with many connections does (a BitTorrent client, a browser with many
+/// tabs): opens them all and keeps them. Failures are counted, not fatal.
+fn hold_open(addr: SocketAddr, n: usize, secs: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => held.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    println!("OPENED {} FAILED {failed}", held.len());
+    std::io::stdout().flush()?;
     std::thread::sleep(Duration::from_secs(secs));
     Ok(())
 }

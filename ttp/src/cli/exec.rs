@@ -34,8 +34,25 @@ pub fn exec(runtime_dir: &std::path::Path, route: Route, user: Option<&str>, arg
         bail!("ttp is not running (no session lock in {}): `sudo ttp start` first", runtime_dir.display());
     };
     let Some((program, args)) = argv.split_first() else { bail!("no command given: ttp exec --tor -- CMD [ARGS]") };
+    // The lock is root's own file (rootfs), and still: commands go only into a child of
+    // the governed tree that the daemon made, never into some other cgroup it names.
+    let root = cgroup::cgroup2_root()?;
+    if !lock.cgroup.is_absolute()
+        || !lock.cgroup.starts_with(&root)
+        || lock.cgroup.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        bail!(
+            "the session lock names {} as the governed cgroup, which is not under {}",
+            lock.cgroup.display(),
+            root.display()
+        );
+    }
     let base = route.cgroup(&lock.cgroup);
-    if !base.exists() {
+    let meta = std::fs::symlink_metadata(&base);
+    if meta.as_ref().is_ok_and(|m| !m.is_dir()) {
+        bail!("{} is not a cgroup directory", base.display());
+    }
+    if meta.is_err() {
         bail!("{} does not exist: the running daemon is older than `ttp exec`; `ttp restart` it", base.display());
     }
     let own = base.join(format!("exec-{}", std::process::id()));

@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, IsTerminal, Write},
-    os::unix::process::CommandExt,
+    os::unix::{fs::OpenOptionsExt, process::CommandExt},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use ttp::{
     control::{self, Reply, Request},
     daemon::Event,
-    datapath::{teardown, PinLayout},
+    datapath::PinLayout,
     lock::SessionLock,
     logfile,
     options::StartOptions,
@@ -32,7 +32,7 @@ pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
     if let Ok(Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &Request::Status) {
         bail!("ttp is already running (pid {}); `ttp stop` first, or `ttp restart`", status.pid);
     }
-    std::fs::create_dir_all(&opts.runtime_dir).with_context(|| format!("creating {}", opts.runtime_dir.display()))?;
+    ttp::rootfs::ensure_dir(&opts.runtime_dir)?;
     let log = log_path(opts);
     let mut run_args = vec!["run".to_string()];
     run_args.extend_from_slice(args);
@@ -43,6 +43,8 @@ pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -58,9 +60,12 @@ pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut show = Progress::new();
     let t0 = Instant::now();
+    let mut armed = false;
     for line in std::io::BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        match Event::parse(&line) {
+        let event = Event::parse(&line);
+        armed |= matches!(event, Some(Event::KillSwitch(_)));
+        match event {
             Some(Event::Ready(_)) => {
                 show.finish();
                 println!(
@@ -83,8 +88,14 @@ pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
     let tail = logfile::tail(&log, 8).unwrap_or_default();
     let lines: Vec<String> =
         tail.iter().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("ttp:")).cloned().collect();
+    let host = if armed {
+        "the kill-switch stays closed: nothing governed leaves. Fix the cause and `ttp start` again \
+         (it takes over without a gap), or `ttp stop` to open the host"
+    } else {
+        "the host is as it was"
+    };
     bail!(
-        "the daemon exited ({status}) before it was ready; the host is as it was.\n{}\n(the whole log: {}, or `ttp logs`)",
+        "the daemon exited ({status}) before it was ready; {host}.\n{}\n(the whole log: {}, or `ttp logs`)",
         if lines.is_empty() { tail.join("\n") } else { lines.join("\n") },
         log.display()
     )
@@ -160,24 +171,10 @@ pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let layout = PinLayout::new(pin_dir);
-    // A crashed gateway leaves its routing rules too (harmless: they never forward).
-    let gateway = layout
-        .link_pins()
-        .unwrap_or_default()
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(ttp_common::programs::TC_GATEWAY)));
-    let r = teardown(&layout)?;
-    if gateway {
-        if let Err(e) = ttp::gateway::remove_blocking() {
-            eprintln!(
-                "warning: removing the gateway routing rules: {e:#} (`ip rule` shows them: table {})",
-                ttp::gateway::TABLE
-            );
-        }
-    }
-    SessionLock::remove(runtime_dir);
-    let _ = std::fs::remove_file(runtime_dir.join(control::SOCKET));
+    // The same teardown as the monitor's, from what the session recorded.
+    let cleanup = ttp::monitor::Cleanup::recorded(runtime_dir, pin_dir, lock.as_ref());
+    let r = ttp::monitor::tear_down(&cleanup)
+        .with_context(|| format!("the datapath under {} could not be torn down (see above)", pin_dir.display()))?;
     if r.links_detached == 0 && r.maps_unpinned == 0 && lock.is_none() {
         println!("ttp was not running (nothing pinned under {})", pin_dir.display());
     } else if r.links_detached == 0 && r.maps_unpinned == 0 {
@@ -193,19 +190,41 @@ pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `ttp restart`: stop, then start with the options of the running session.
+/// `ttp restart`: a new daemon with the options of the running session, without a gap:
+/// the old one is ended without a teardown (as if it had crashed: its kill-switch stays),
+/// and the new one takes its pins over, as after a crash. If the new one fails, the old
+/// kill-switch is still there: the host stays closed, never open.
 pub fn restart(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
     let Some(lock) = SessionLock::read(runtime_dir)? else {
         bail!("nothing to restart: no session lock in {} (start ttp with `ttp start`)", runtime_dir.display());
     };
-    stop(runtime_dir, pin_dir)?;
+    end_without_teardown(&lock, pin_dir);
     // The exact same command line as the first start (its --config is read again).
     let status =
         Command::new(std::env::current_exe()?).arg("start").args(&lock.args).status().context("running ttp start")?;
     if !status.success() {
-        bail!("ttp start failed after the stop (see above); the host is not governed by ttp now");
+        bail!(
+            "ttp start failed (see above); the host stays closed (the previous kill-switch holds): \
+             fix the cause and `ttp start` again, or `ttp stop` to open the host"
+        );
     }
     Ok(())
+}
+
+/// Ends a running daemon the way a crash would: lockdown first (so nothing is redirected
+/// to ports about to close), then SIGKILL. Its monitor leaves the pins; a new start takes
+/// them over.
+pub fn end_without_teardown(lock: &SessionLock, pin_dir: &Path) {
+    if let Ok(mut maps) = ttp::datapath::Maps::open_pinned(&PinLayout::new(pin_dir).maps()) {
+        let _ = maps.set_lockdown(true);
+    }
+    if pid_alive(lock.pid) && is_ttp(lock.pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lock.pid as i32), nix::sys::signal::SIGKILL);
+        let t0 = Instant::now();
+        while pid_alive(lock.pid) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 pub fn pid_alive(pid: u32) -> bool {

@@ -67,7 +67,8 @@ pub fn spawn(runtime_dir: &Path, pin_dir: &Path) -> Result<u32> {
 
 /// The running watchdog's pid, if any.
 pub fn running(runtime_dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(runtime_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    // Root signals this pid: only a file root wrote is believed.
+    let pid: u32 = ttp::rootfs::read_small(&runtime_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let is_watchdog = cmdline.split(|b| *b == 0).any(|a| a == b"watchdog");
     is_watchdog.then_some(pid)
@@ -90,7 +91,7 @@ pub fn stop(runtime_dir: &Path) -> Option<u32> {
 pub fn status(runtime_dir: &Path, json: bool) -> Result<()> {
     let pid = running(runtime_dir);
     let round: Option<Round> =
-        std::fs::read_to_string(runtime_dir.join(STATE_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+        ttp::rootfs::read_small(&runtime_dir.join(STATE_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
     if json {
         println!(
             "{}",
@@ -115,11 +116,11 @@ pub fn status(runtime_dir: &Path, json: bool) -> Result<()> {
 
 /// The loop itself (`ttp watchdog run`).
 pub fn run(runtime_dir: &Path, pin_dir: &Path, interval: Duration) -> Result<()> {
-    std::fs::create_dir_all(runtime_dir).with_context(|| format!("creating {}", runtime_dir.display()))?;
+    ttp::rootfs::ensure_dir(runtime_dir)?;
     if let Some(pid) = running(runtime_dir).filter(|p| *p != std::process::id()) {
         bail!("a watchdog already runs (pid {pid})");
     }
-    std::fs::write(runtime_dir.join(PID_FILE), std::process::id().to_string())?;
+    ttp::rootfs::write_file(runtime_dir, PID_FILE, std::process::id().to_string().as_bytes())?;
     tracing::info!("watchdog started (pid {}), checking every {interval:?}", std::process::id());
     let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -150,7 +151,7 @@ pub fn run(runtime_dir: &Path, pin_dir: &Path, interval: Duration) -> Result<()>
             }
         }
         let round = Round { at_unix: control::unix_now(), faults: faults.clone(), repairs };
-        let _ = std::fs::write(runtime_dir.join(STATE_FILE), serde_json::to_string(&round)?);
+        let _ = ttp::rootfs::write_file(runtime_dir, STATE_FILE, serde_json::to_string(&round)?.as_bytes());
         last_faults = faults;
         let mut slept = Duration::ZERO;
         while slept < interval && !term.load(std::sync::atomic::Ordering::Relaxed) {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use super::DnsService;
+use crate::load::LoadStats;
 
 /// Queries in flight at once; past this, UDP queries are dropped (the client retries) and
 /// TCP connections wait. Above the service's cap on lookups through Tor, so that slow
@@ -28,17 +29,26 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// to (`IP_PKTINFO`): a query the gateway program handed over was sent to some resolver's
 /// address (the client's own choice), and the client only accepts the answer from there.
 /// For this host's redirected queries that address is 127.0.0.1, as before.
-pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>) -> Result<()> {
+pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<LoadStats>) -> Result<()> {
     let sock = Arc::new(sock);
     let pktinfo = sock.local_addr()?.is_ipv4();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 65535];
     loop {
-        let (n, peer, dst) = if pktinfo {
-            sock.async_io(Interest::READABLE, || recv_v4(&sock, &mut buf)).await?
+        let received = if pktinfo {
+            sock.async_io(Interest::READABLE, || recv_v4(&sock, &mut buf)).await
         } else {
-            let (n, peer) = sock.recv_from(&mut buf).await?;
-            (n, peer, None)
+            sock.recv_from(&mut buf).await.map(|(n, peer)| (n, peer, None))
+        };
+        // A receive error that is not the socket's own (no memory, an ICMP error) is
+        // waited out like an accept error: it must not end the DNSPort.
+        let (n, peer, dst) = match received {
+            Ok(r) => r,
+            Err(e) if !crate::accept::is_fatal(&e) => {
+                crate::accept::wait_out("DNSPort (UDP)", &load.accept_errors, &e).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("DNSPort (UDP): the socket failed"),
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
@@ -85,30 +95,58 @@ fn send_v4(sock: &UdpSocket, data: &[u8], from: Ipv4Addr, to: SocketAddrV4) -> s
     Ok(())
 }
 
-pub async fn serve_tcp(listener: TcpListener, service: Arc<DnsService>) -> Result<()> {
-    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+/// Answers DNS over TCP: at most `max_conns` connections at once (each holds a
+/// descriptor); past that a connection is closed at once and counted. A connection that
+/// idles, or does not take its answer, for [`TCP_IDLE`] is closed.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    service: Arc<DnsService>,
+    max_conns: usize,
+    load: Arc<LoadStats>,
+) -> Result<()> {
+    let limit = Arc::new(Semaphore::new(max_conns));
     loop {
-        let (stream, _) = listener.accept().await?;
-        let permit = limit.clone().acquire_owned().await?;
-        let service = service.clone();
+        let (stream, _) = crate::accept::next("DNSPort (TCP)", &load.accept_errors, || listener.accept())
+            .await
+            .context("DNSPort (TCP): the listener failed")?;
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            LoadStats::count(&load.refused_dns_tcp);
+            drop(stream);
+            continue;
+        };
+        let (service, load) = (service.clone(), load.clone());
         tokio::spawn(async move {
-            let _ = tcp_session(stream, &service).await;
+            if let Err(TcpEnd::Idle) = tcp_session(stream, &service).await {
+                LoadStats::count(&load.idle_closed);
+            }
             drop(permit);
         });
     }
 }
 
+/// How a DNS-over-TCP connection ended other than by the client closing it.
+enum TcpEnd {
+    Idle,
+    Failed,
+}
+
 /// Length-prefixed queries until the client closes or idles.
-async fn tcp_session(mut s: TcpStream, service: &DnsService) -> Result<()> {
+async fn tcp_session(mut s: TcpStream, service: &DnsService) -> Result<(), TcpEnd> {
+    async fn within<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, TcpEnd> {
+        match tokio::time::timeout(TCP_IDLE, f).await {
+            Err(_) => Err(TcpEnd::Idle),
+            Ok(r) => r.map_err(|_| TcpEnd::Failed),
+        }
+    }
     loop {
         let mut len = [0u8; 2];
-        tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len)).await??;
+        within(s.read_exact(&mut len)).await?;
         let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
-        tokio::time::timeout(TCP_IDLE, s.read_exact(&mut q)).await??;
+        within(s.read_exact(&mut q)).await?;
         let Some(answer) = service.handle(&q).await else { return Ok(()) };
         let mut out = Vec::with_capacity(answer.len() + 2);
         out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         out.extend_from_slice(&answer);
-        s.write_all(&out).await?;
+        within(s.write_all(&out)).await?;
     }
 }

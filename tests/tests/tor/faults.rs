@@ -1,0 +1,137 @@
+//! Failing closed under load and faults (issue 16): no error, exhaustion or ended service
+//! may open the host. Each test captures the uplink on the receiving side and proves that
+//! nothing but relay traffic left, and that the daemon (or its kill-switch) held.
+
+use ttp_tests::{limit_open_files, Capture};
+
+use super::*;
+
+/// A world whose daemon was started with `nofile` open files, soft and hard (a shell's
+/// default soft limit is 1,024; here the hard one is too, so ttp cannot raise it).
+fn start_limited(nofile: u64) -> Running {
+    let net = net();
+    let w = World::with_testnet(net).expect("test world on the Tor network");
+    let state = std::env::temp_dir().join(format!("ttpt-load-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net.arti_toml().display().to_string();
+    let args = ["--arti-config", arti.as_str(), "--check-url", ttp_tests::testnet::CHECK_URL];
+    let daemon = w.start_ttp_with(&state, &args, |c| limit_open_files(c, nofile)).expect("ttp run");
+    let r = Running { daemon: Some(daemon), w, state };
+    let t0 = Instant::now();
+    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no stream through Tor within 60 s:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    r
+}
+
+fn pid_of(r: &Running) -> u32 {
+    r.daemon.as_ref().expect("daemon").proc.child.id()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn status(r: &Running) -> serde_json::Value {
+    serde_json::from_str(&ttp(r, &["status", "--json"])).unwrap()
+}
+
+/// What once opened the host: one program holding more connections than the daemon had
+/// descriptors made the TransPort's accept() fail (EMFILE), the daemon took the ended task
+/// for a stop, tore the kill-switch down, and the program's next connections went direct.
+#[test]
+fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_nothing() {
+    let r = start_limited(1024);
+    let pid = pid_of(&r);
+    let kit = ttp_tests::bin("testkit");
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    let web = format!("{WEB}:80");
+    let mut flood =
+        r.w.spawn_in(&r.w.governed, GOVERNED, GOVERNED, &[kit.to_str().unwrap(), "hold-open", &web, "2000", "120"])
+            .unwrap();
+    flood.wait_line("OPENED", Duration::from_secs(90)).expect("the flood opened its connections");
+    // While the flood holds its connections: the daemon is the same process, and another
+    // program's fetch still goes through Tor.
+    let other =
+        r.w.run_in(&r.w.governed, 1002, 1002, &["curl", "-sS", "--max-time", "30", &format!("http://{web}/index.txt")]);
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout).trim(),
+        PAGE,
+        "another program during the flood: {}",
+        r.failures()
+    );
+    assert!(alive(pid), "the daemon died under the flood:\n{}", r.failures());
+    let s = status(&r);
+    let load = &s["load"];
+    assert_eq!(load["budget"]["nofile"], 1024, "{s}");
+    assert!(load["refused_share"].as_u64().unwrap() > 0, "the flood was never refused: {s}");
+    drop(flood);
+    // And after it.
+    assert_eq!(curl(&r.w, &format!("http://{web}/index.txt")), PAGE, "{}", r.failures());
+    assert!(alive(pid) && status(&r)["pid"] == pid, "a new daemon, or none");
+    assert_only_relay_traffic(&cap.stop().unwrap());
+}
+
+/// Another local user holds idle connections to the SOCKS port and the DNSPort's TCP
+/// listener, far more than the daemon has descriptors. They take only handshake and
+/// DNS-over-TCP slots (refused at once past them, closed when idle): the daemon lives on
+/// and a governed program's fetch (TransPort, DNS over UDP) still goes through Tor.
+#[test]
+fn idle_connections_to_the_socks_and_dns_ports_do_not_take_the_daemon_down() {
+    let r = start_limited(1024);
+    let pid = pid_of(&r);
+    let kit = ttp_tests::bin("testkit");
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    let idle: Vec<_> = ["127.0.0.1:9055", "127.0.0.1:9053"]
+        .iter()
+        .map(|addr| {
+            let argv = [kit.to_str().unwrap(), "hold-open", addr, "1500", "60"];
+            let mut p = r.w.spawn_in(&r.w.governed, 1003, 1003, &argv).unwrap();
+            p.wait_line("OPENED", Duration::from_secs(60)).expect("idle connections opened");
+            p
+        })
+        .collect();
+    assert_eq!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "a governed fetch: {}", r.failures());
+    assert_eq!(dig(&r.w, &["@9.9.9.9", "during.idle.test", "A"]), WEB);
+    let s = status(&r);
+    assert!(s["load"]["refused_dns_tcp"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["streams_refused"].as_u64().unwrap() > 0, "SOCKS handshakes past their slots: {s}");
+    drop(idle);
+    assert!(alive(pid) && status(&r)["pid"] == pid);
+    assert_only_relay_traffic(&cap.stop().unwrap());
+}
+
+/// A service that fails (here the TransPort's listening socket is destroyed from outside,
+/// `ss -K`, so its accept() fails for good) ends the daemon in lockdown, never in a
+/// teardown: nothing governed leaves, `ttp status` says why, and only `ttp stop` opens.
+#[test]
+fn a_service_that_fails_leaves_the_host_closed_and_says_why() {
+    let mut r = start_limited(4096);
+    let pid = pid_of(&r);
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    let killed = r.w.host.cmd("ss").args(["-K", "-t", "state", "listening", "sport", "=", ":9040"]).output().unwrap();
+    assert!(killed.status.success(), "ss -K: {}", String::from_utf8_lossy(&killed.stderr));
+    let t0 = Instant::now();
+    while alive(pid) {
+        // A redirected connect wakes the listener up, if nothing else does.
+        let _ = curl(&r.w, &format!("http://{WEB}/index.txt"));
+        assert!(t0.elapsed() < Duration::from_secs(20), "the daemon went on without its TransPort");
+    }
+    // Closed: TCP and DNS of a governed application get nowhere.
+    assert_ne!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "a governed curl worked after the fault");
+    let dns = dig(&r.w, &["@9.9.9.9", "after.fault.test", "A"]);
+    assert!(dns.is_empty() || !dns.starts_with("203."), "DNS answered after the fault: {dns}");
+    let packets = cap.stop().unwrap();
+    assert!(matching(&packets, &format!("> {WEB}.")).is_empty(), "direct traffic after the fault: {packets:#?}");
+    assert!(matching(&packets, ".53:").is_empty(), "DNS left after the fault: {packets:#?}");
+    // status says why, from the pins and the monitor's record.
+    let s = status(&r);
+    assert!(s["pid"].is_null() && s["links"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["state"], "lockdown", "{s}");
+    let fault = s["fault"].as_str().unwrap_or_default();
+    assert!(fault.contains("TransPort"), "status gives no reason: {s}");
+    // Only root's stop opens the host.
+    r.daemon.take().unwrap().kill(); // already dead: keeps the pins for `ttp stop`
+    ttp(&r, &["stop"]);
+    assert!(!r.w.pin_dir.exists(), "pins left after ttp stop");
+}
