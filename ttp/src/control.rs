@@ -285,8 +285,7 @@ pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
     let path = runtime_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    // The service user is a member of the group (see `user::resolve`), so it may hand the
-    // socket over; if it cannot, the socket is root's and the service user's alone.
+    // Bound while the daemon is still root: the socket is root's, readable by the group.
     let group = nix::unistd::Group::from_name(GROUP).ok().flatten().filter(|g| {
         nix::unistd::chown(&path, None, Some(g.gid))
             .inspect_err(|e| tracing::warn!("control socket not given to the group {GROUP}: {e}"))

@@ -34,7 +34,8 @@ struct Paths {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the daemon in the background; returns once the host is protected and
-    /// traffic flows through Tor (or fails, leaving the host as it was).
+    /// traffic flows through Tor (or fails: before the kill-switch with the host as it
+    /// was, after it with the host closed until `ttp stop`).
     Start {
         #[command(flatten)]
         opts: Box<ttp::options::StartOptions>,

@@ -129,18 +129,51 @@ pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
             return Err(std::io::Error::from_raw_os_error(errno)).context("dropping capabilities in a thread");
         }
     }
-    // Proof, from the kernel's point of view.
+    // Proof, from the kernel's point of view, for every thread.
     for tid in threads()? {
         let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
-        let eff =
-            status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
-        if eff.is_some_and(|e| e & !KEEP != 0) {
-            bail!("thread {tid} still has capabilities {:x}", eff.unwrap_or_default());
+        check_dropped(&status, user).with_context(|| format!("thread {tid}"))?;
+    }
+    Ok(())
+}
+
+/// Checks one thread's `/proc/.../status`: every uid and gid the service user's, its own
+/// groups and no others, no capability but [`KEEP`] in the effective, permitted and
+/// bounding sets, none inheritable or ambient, and `no_new_privs` set. A field that is
+/// missing fails the check: unproven is not dropped.
+pub fn check_dropped(status: &str, user: &ServiceUser) -> Result<()> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .with_context(|| format!("no {name} in the thread's status"))
+    };
+    let caps = |name: &str| -> Result<u64> {
+        u64::from_str_radix(field(name)?, 16).with_context(|| format!("{name} is not a capability set"))
+    };
+    for (name, allowed) in [("CapEff", KEEP), ("CapPrm", KEEP), ("CapBnd", KEEP), ("CapInh", 0), ("CapAmb", 0)] {
+        let set = caps(name)?;
+        if set & !allowed != 0 {
+            bail!("{name} still holds capabilities {:x}", set & !allowed);
         }
-        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
-        if uids.split_whitespace().any(|u| u.parse() != Ok(user.uid)) {
-            bail!("thread {tid} did not become uid {}: {}", user.uid, uids.trim());
+    }
+    for (name, want) in [("Uid", user.uid), ("Gid", user.gid)] {
+        let ids = field(name)?;
+        if ids.split_whitespace().any(|u| u.parse() != Ok(want)) {
+            bail!("{name} is {ids}, not {want} throughout");
         }
+    }
+    let mut groups: Vec<u32> = field("Groups")?.split_whitespace().filter_map(|g| g.parse().ok()).collect();
+    let mut want = user.groups.clone();
+    groups.sort_unstable();
+    want.sort_unstable();
+    want.dedup();
+    if groups != want {
+        bail!("supplementary groups are {groups:?}, not {want:?}");
+    }
+    if field("NoNewPrivs")? != "1" {
+        bail!("no_new_privs is not set");
     }
     Ok(())
 }
@@ -229,4 +262,33 @@ pub fn owned_by<T>(user: &ServiceUser, f: impl FnOnce() -> T) -> T {
         libc::setfsgid(old_gid as libc::gid_t);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DROPPED: &str = "Name:\tttp\nUid:\t64123\t64123\t64123\t64123\nGid:\t64123\t64123\t64123\t64123\n\
+        Groups:\t64123 \nNoNewPrivs:\t1\nCapInh:\t0000000000000000\nCapPrm:\t0000008000000000\n\
+        CapEff:\t0000008000000000\nCapBnd:\t0000008000000000\nCapAmb:\t0000000000000000\n";
+
+    #[test]
+    fn the_self_check_proves_every_set_and_id_not_only_the_effective_ones() {
+        let user = ServiceUser { uid: 64123, gid: 64123, groups: vec![64123] };
+        check_dropped(DROPPED, &user).unwrap();
+        for (from, to, what) in [
+            ("CapPrm:\t0000008000000000", "CapPrm:\t000001ffffffffff", "CapPrm"),
+            ("CapBnd:\t0000008000000000", "CapBnd:\t000001ffffffffff", "CapBnd"),
+            ("CapAmb:\t0000000000000000", "CapAmb:\t0000000000000400", "CapAmb"),
+            ("CapInh:\t0000000000000000", "CapInh:\t0000000000000001", "CapInh"),
+            ("NoNewPrivs:\t1", "NoNewPrivs:\t0", "no_new_privs"),
+            ("Groups:\t64123 ", "Groups:\t0 64123 ", "groups"),
+            ("Gid:\t64123\t64123\t64123\t64123", "Gid:\t64123\t0\t64123\t64123", "Gid"),
+            ("Uid:\t64123\t64123\t64123\t64123", "Uid:\t64123\t64123\t0\t64123", "Uid"),
+            ("NoNewPrivs:\t1\n", "", "NoNewPrivs"),
+        ] {
+            let e = format!("{:#}", check_dropped(&DROPPED.replace(from, to), &user).unwrap_err());
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
 }

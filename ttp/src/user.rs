@@ -19,7 +19,7 @@ pub const CONTROL_GROUP: &str = "ttp";
 pub struct ServiceUser {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups: the control group, so the daemon can hand its socket to it.
+    /// Supplementary groups: its own group alone.
     pub groups: Vec<u32>,
 }
 
@@ -63,13 +63,10 @@ pub fn resolve(spec: &str) -> Result<ServiceUser> {
                 .as_raw(),
         },
     };
-    let mut groups = vec![gid];
-    if let Some(c) = nix::unistd::Group::from_name(CONTROL_GROUP).ok().flatten() {
-        if c.gid.as_raw() != gid {
-            groups.push(c.gid.as_raw());
-        }
-    }
-    Ok(ServiceUser { uid, gid, groups })
+    // Its own group only. (It was once in the control group too, to hand its socket over;
+    // root binds the socket now, and a member of that group could read the daemon's status
+    // through it, which the daemon itself has no need to.)
+    Ok(ServiceUser { uid, gid, groups: vec![gid] })
 }
 
 /// `useradd --system`: the standard tool keeps /etc/passwd, /etc/shadow and their locks

@@ -21,7 +21,7 @@
 //! testkit serve-check ADDR       HTTP: answer every GET like the Tor check API, with the peer's address
 //! testkit hold ADDR N SECS       open N connections, read one line from each, hold SECS
 //! testkit hold-open ADDR N SECS  open N connections as fast as it can (reading nothing),
-//!                                print OPENED n FAILED m, hold what opened for SECS
+//!                                print "n opened, m failed" and OPENED, hold them SECS
 //! testkit dns-rate ADDR N UNIQUE  N sequential A queries; UNIQUE=1 asks a new name each time
 use std::{
     io::{BufRead, BufReader, ErrorKind},
@@ -185,7 +185,8 @@ fn hold_open(addr: SocketAddr, n: usize, secs: u64) -> std::io::Result<()> {
             Err(_) => failed += 1,
         }
     }
-    println!("OPENED {} FAILED {failed}", held.len());
+    println!("{} opened, {failed} failed", held.len());
+    println!("OPENED");
     std::io::stdout().flush()?;
     std::thread::sleep(Duration::from_secs(secs));
     Ok(())

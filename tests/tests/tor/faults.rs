@@ -28,8 +28,9 @@ fn pid_of(r: &Running) -> u32 {
     r.daemon.as_ref().expect("daemon").proc.child.id()
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the daemon still runs (a dead child of ours stays in /proc until reaped).
+fn alive(r: &mut Running) -> bool {
+    matches!(r.daemon.as_mut().expect("daemon").proc.child.try_wait(), Ok(None))
 }
 
 fn status(r: &Running) -> serde_json::Value {
@@ -41,7 +42,7 @@ fn status(r: &Running) -> serde_json::Value {
 /// for a stop, tore the kill-switch down, and the program's next connections went direct.
 #[test]
 fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_nothing() {
-    let r = start_limited(1024);
+    let mut r = start_limited(1024);
     let pid = pid_of(&r);
     let kit = ttp_tests::bin("testkit");
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
@@ -60,7 +61,7 @@ fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_noth
         "another program during the flood: {}",
         r.failures()
     );
-    assert!(alive(pid), "the daemon died under the flood:\n{}", r.failures());
+    assert!(alive(&mut r), "the daemon died under the flood:\n{}", r.failures());
     let s = status(&r);
     let load = &s["load"];
     assert_eq!(load["budget"]["nofile"], 1024, "{s}");
@@ -68,7 +69,7 @@ fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_noth
     drop(flood);
     // And after it.
     assert_eq!(curl(&r.w, &format!("http://{web}/index.txt")), PAGE, "{}", r.failures());
-    assert!(alive(pid) && status(&r)["pid"] == pid, "a new daemon, or none");
+    assert!(alive(&mut r) && status(&r)["pid"] == pid, "a new daemon, or none");
     assert_only_relay_traffic(&cap.stop().unwrap());
 }
 
@@ -78,7 +79,7 @@ fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_noth
 /// and a governed program's fetch (TransPort, DNS over UDP) still goes through Tor.
 #[test]
 fn idle_connections_to_the_socks_and_dns_ports_do_not_take_the_daemon_down() {
-    let r = start_limited(1024);
+    let mut r = start_limited(1024);
     let pid = pid_of(&r);
     let kit = ttp_tests::bin("testkit");
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
@@ -97,7 +98,7 @@ fn idle_connections_to_the_socks_and_dns_ports_do_not_take_the_daemon_down() {
     assert!(s["load"]["refused_dns_tcp"].as_u64().unwrap() > 0, "{s}");
     assert!(s["streams_refused"].as_u64().unwrap() > 0, "SOCKS handshakes past their slots: {s}");
     drop(idle);
-    assert!(alive(pid) && status(&r)["pid"] == pid);
+    assert!(alive(&mut r) && status(&r)["pid"] == pid);
     assert_only_relay_traffic(&cap.stop().unwrap());
 }
 
@@ -107,12 +108,11 @@ fn idle_connections_to_the_socks_and_dns_ports_do_not_take_the_daemon_down() {
 #[test]
 fn a_service_that_fails_leaves_the_host_closed_and_says_why() {
     let mut r = start_limited(4096);
-    let pid = pid_of(&r);
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
     let killed = r.w.host.cmd("ss").args(["-K", "-t", "state", "listening", "sport", "=", ":9040"]).output().unwrap();
     assert!(killed.status.success(), "ss -K: {}", String::from_utf8_lossy(&killed.stderr));
     let t0 = Instant::now();
-    while alive(pid) {
+    while alive(&mut r) {
         // A redirected connect wakes the listener up, if nothing else does.
         let _ = curl(&r.w, &format!("http://{WEB}/index.txt"));
         assert!(t0.elapsed() < Duration::from_secs(20), "the daemon went on without its TransPort");
