@@ -42,6 +42,12 @@ fn start(w: &World, extra: &[&str]) -> ttp_tests::Daemon {
     w.start_probe(&refs).expect("starting the probe daemon")
 }
 
+/// 1 if the kernel let the datapath attach its BPF LSM program (socket_create), else 0:
+/// the link counts depend on it.
+fn lsm_link(w: &World) -> usize {
+    usize::from(w.pin_dir.join("links").join("socket_create").exists())
+}
+
 fn s4(port: u16) -> String {
     format!("{}:{port}", addr::SERVER_V4)
 }
@@ -152,6 +158,57 @@ fn leaky_protocols_never_reach_the_uplink() {
     assert!(d.log().contains("refused a governed connect/send"), "no eBPF log line in:\n{}", d.log());
 }
 
+/// Packet sockets write whole frames below the cgroup hooks, and with
+/// `PACKET_QDISC_BYPASS` below TC egress too: a governed root process gets none, of any
+/// kind. A frame socket opened before start (the LSM cannot refuse it any more) still
+/// meets the TC kill-switch, which reads the frame's own type: an IPv4 frame whose socket
+/// claims ARP is no link control. The capture runs on the receiving side, which sees
+/// bypassed frames too (the exempt controls prove it).
+#[test]
+fn frame_sockets_of_governed_root_never_put_a_frame_on_the_uplink() {
+    let w = world();
+    let kit = ttp_tests::bin("testkit");
+    let src = addr::HOST_V4;
+    // Opened in the governed cgroup before ttp starts, as root, with a spoofed protocol.
+    let go = ttp_tests::TempDir::new("frames");
+    let go_file = go.0.join("go");
+    let go_path = go_file.display().to_string();
+    let early_dst = s4(9990);
+    let argv = [kit.to_str().unwrap(), "packet-when", &go_path, UPLINK, src, &early_dst, "raw-as-arp"];
+    let mut early = w.spawn_in(&w.governed, 0, 0, &argv).unwrap();
+    early.wait_line("OPENED", Duration::from_secs(10)).unwrap();
+    let d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    // With BPF LSM the sockets themselves are refused; without it (this kernel refuses
+    // LSM programs: EPERM) the options that skip TC are, and TC reads what each frame is.
+    let lsm = lsm_link(&w) == 1;
+    for (mode, port) in [("dgram", 9991), ("dgram-bypass", 9992), ("raw-as-arp", 9993), ("raw-as-arp-bypass", 9994)] {
+        let got = w.governed(0, &["packet", UPLINK, src, &s4(port), mode]);
+        if lsm || mode.ends_with("-bypass") {
+            assert_eq!(got, "ERR EPERM", "a governed root packet socket ({mode}):\n{}", d.log());
+        }
+    }
+    std::fs::write(&go_file, "").unwrap();
+    // It reports SENT or the error its send met (TC's drop is ENOBUFS): the capture judges.
+    let sent = early.wait_line("SENT", Duration::from_secs(10));
+    eprintln!("the early socket's send: {sent:?}");
+    // Positive controls, same capture: the exempt cgroup's frames leave, bypass or not.
+    for (mode, port) in [("raw-as-arp-bypass", 9995), ("dgram", 9996)] {
+        assert_eq!(w.kit(&w.bypass, 0, 0, &["packet", UPLINK, src, &s4(port), mode]), "SENT", "{mode}");
+    }
+    let pkts = cap.stop().unwrap();
+    let to = |port: u16| matching(&pkts, &format!("> {}.{port}:", addr::SERVER_V4)).len();
+    for port in [9990, 9991, 9992, 9993, 9994] {
+        assert_eq!(to(port), 0, "a governed frame to port {port} left: {pkts:#?}");
+    }
+    assert_eq!((to(9995), to(9996)), (1, 1), "the exempt controls were not captured: {pkts:#?}");
+    let c = w.counters().unwrap();
+    assert!(c["frame_socket_refused"] >= if lsm { 4 } else { 2 }, "{c:?}");
+    if !lsm {
+        assert!(d.log().contains("packet sockets are NOT refused"), "the missing LSM was not reported:\n{}", d.log());
+    }
+}
+
 #[test]
 fn exempt_uid_gid_and_cgroup_go_direct_and_lan_bypass_switches() {
     let w = world();
@@ -217,8 +274,9 @@ fn sigkill_leaves_the_host_closed_and_stop_reopens_it() {
     assert!(after["tc_dropped"] > before["tc_dropped"], "{before:?} -> {after:?}");
 
     // `ttp stop` after a crash: lockdown, detach, unpin; the host is open again.
+    let lsm = lsm_link(&w);
     let report = ttp::datapath::teardown(&ttp::datapath::PinLayout::new(&w.pin_dir)).unwrap();
-    assert_eq!(report.links_detached, 13, "{report:?}");
+    assert_eq!(report.links_detached, 14 + lsm, "{report:?}");
     assert!(!w.pin_dir.exists(), "pins left behind");
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
 }
@@ -228,8 +286,9 @@ fn clean_stop_restores_direct_connectivity_and_leaves_no_pins() {
     let w = world();
     let d = start(&w, &[]);
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
+    let lsm = lsm_link(&w);
     let log = d.stop().unwrap();
-    assert!(log.contains("links_detached: 13"), "{log}");
+    assert!(log.contains(&format!("links_detached: {}", 14 + lsm)), "{log}");
     assert!(!w.pin_dir.exists(), "pin dir {} left behind", w.pin_dir.display());
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("DIRECT {}", s4(80)));
     assert!(w.governed(GOVERNED, &["udp", &s4(443)]).starts_with("DIRECT"));
@@ -244,14 +303,15 @@ fn start_after_a_crash_takes_over_the_stale_pins() {
         let out = ttp_tests::run(std::process::Command::new("bpftool").args(["cgroup", "show", &cg])).unwrap();
         String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count()
     };
-    assert_eq!(attached(), 12, "the crashed instance's cgroup programs should still be attached");
+    let lsm = lsm_link(&w);
+    assert_eq!(attached(), 13 + lsm, "the crashed instance's cgroup programs should still be attached");
 
     let d = start(&w, &[]);
     assert_eq!(w.governed(GOVERNED, &["connect", &s4(80)]), format!("ORIG {}", s4(80)));
-    assert_eq!(attached(), 12, "the stale programs were not released");
-    assert!(d.log().contains("took over 13 stale links"), "{}", d.log());
+    assert_eq!(attached(), 13 + lsm, "the stale programs were not released");
+    assert!(d.log().contains(&format!("took over {} stale links", 14 + lsm)), "{}", d.log());
     let links = std::fs::read_dir(w.pin_dir.join("links")).unwrap().count();
-    assert_eq!(links, 13);
+    assert_eq!(links, 14 + lsm);
     d.stop().unwrap();
     assert_eq!(attached(), 0);
 }

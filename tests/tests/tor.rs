@@ -392,10 +392,12 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     assert_eq!(status["exit_address"], exit.as_str());
     // The warm-up fetch went through the TransPort: its bytes are counted.
     assert!(status["bytes_down"].as_u64().unwrap() > 0 && status["bytes_up"].as_u64().unwrap() > 0, "{status}");
-    // diagnose gathers the same picture, plus the kernel side.
+    // diagnose gathers the same picture, plus the kernel side (one link more where the
+    // kernel allows BPF LSM programs).
     let diag = ttp(&r, &["diagnose"]);
-    for want in
-        ["cgroup/sock_addr   supported", "13 links pinned", "daemon:      running", &format!("exit:        {exit}")]
+    let lsm = r.w.pin_dir.join("links").join("socket_create").exists();
+    let links_pinned = format!("{} links pinned", 14 + usize::from(lsm));
+    for want in ["cgroup/sock_addr   supported", &links_pinned, "daemon:      running", &format!("exit:        {exit}")]
     {
         assert!(diag.contains(want), "diagnose lacks {want:?}:\n{diag}");
     }

@@ -53,6 +53,8 @@ pub mod programs {
     pub const TC_EGRESS: &str = "tc_egress";
     pub const TC_GATEWAY: &str = "tc_gateway";
     pub const TC_GATEWAY_EGRESS: &str = "tc_gateway_egress";
+    pub const SOCKET_CREATE: &str = "socket_create";
+    pub const SETSOCKOPT: &str = "setsockopt";
 }
 
 /// Bits of [`Config::flags`].
@@ -249,10 +251,13 @@ pub enum Counter {
     /// Gateway interfaces: TCP connections (their SYN) to one of this host's own
     /// addresses, passed to its own services (an admin's SSH), not into Tor.
     GwLocal,
+    /// Frame sockets (AF_PACKET, AF_XDP) of governed processes refused at creation, or
+    /// their options that skip TC egress (PACKET_QDISC_BYPASS, SOL_XDP) refused.
+    FrameSocketRefused,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::GwLocal as u32 + 1;
+    pub const COUNT: u32 = Counter::FrameSocketRefused as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
@@ -283,6 +288,7 @@ impl Counter {
         Counter::GwNoListener,
         Counter::GwDnsReplies,
         Counter::GwLocal,
+        Counter::FrameSocketRefused,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -316,6 +322,7 @@ impl Counter {
             Counter::GwNoListener => "gateway_no_listener",
             Counter::GwDnsReplies => "gateway_dns_replies",
             Counter::GwLocal => "gateway_local",
+            Counter::FrameSocketRefused => "frame_socket_refused",
         }
     }
 }

@@ -127,6 +127,49 @@ pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>) -> bool
     exempt.is_some() || (dest.lan && cfg.has(flags::LAN_BYPASS))
 }
 
+/// Address families whose sockets put frames on a link directly, below the cgroup and TC
+/// hooks (`PACKET_QDISC_BYPASS` skips TC egress; AF_XDP hands frames to the driver).
+pub const AF_PACKET: i32 = 17;
+pub const AF_XDP: i32 = 44;
+
+/// May a governed process create a socket of `family`? `kern`: the kernel's own socket,
+/// created on its behalf (never refused). Frame sockets are for exempt processes only,
+/// and only while the kill-switch is open (the daemon itself has no use for them).
+pub fn socket_allowed(cfg: &Config, family: i32, kern: bool, exempt: Option<Exempt>) -> bool {
+    if kern || (family != AF_PACKET && family != AF_XDP) {
+        return true;
+    }
+    let open = cfg.has(flags::READY) && !cfg.has(flags::LOCKDOWN);
+    exempt.is_some() && open
+}
+
+/// Socket options that let frames skip the TC kill-switch: `PACKET_QDISC_BYPASS` (a packet
+/// socket's frames go straight to the driver), and every `SOL_XDP` option (an AF_XDP
+/// socket needs them to send at all, and it too bypasses TC).
+pub const SOL_PACKET: i32 = 263;
+pub const PACKET_QDISC_BYPASS: i32 = 20;
+pub const SOL_XDP: i32 = 283;
+
+/// May a governed process set this socket option? Only the options that bypass the TC
+/// kill-switch are refused, and only to processes that are not exempt (or at all while
+/// the kill-switch is closed). This holds where BPF LSM cannot refuse the socket itself.
+pub fn sockopt_allowed(cfg: &Config, level: i32, optname: i32, exempt: Option<Exempt>) -> bool {
+    let bypasses_tc = (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP;
+    if !bypasses_tc {
+        return true;
+    }
+    let open = cfg.has(flags::READY) && !cfg.has(flags::LOCKDOWN);
+    exempt.is_some() && open
+}
+
+/// Ethernet types that are link control, carrying no application's payload beyond the
+/// link: ARP, 802.1X (EAPOL and its pre-authentication) and LLDP. The TC kill-switch lets
+/// these through and drops every other non-IP frame (a custom type could carry anything
+/// to a listener on the LAN).
+pub fn link_control_ethertype(t: u16) -> bool {
+    matches!(t, 0x0806 | 0x888e | 0x88c7 | 0x88cc)
+}
+
 /// What the gateway program does with an IPv4 packet that arrived on a gateway interface
 /// (the tunnel's TUN, a LAN interface): traffic of other machines, torified like local
 /// traffic, never forwarded.
@@ -224,6 +267,45 @@ mod tests {
     }
     const INTERNET: u32 = 0x5db8_d822; // 93.184.216.34
     const LAN: u32 = 0xc0a8_0105; // 192.168.1.5
+
+    #[test]
+    fn only_the_options_that_skip_tc_are_refused_and_only_to_the_governed() {
+        let open = cfg(0);
+        assert!(!sockopt_allowed(&open, SOL_PACKET, PACKET_QDISC_BYPASS, None));
+        assert!(!sockopt_allowed(&open, SOL_XDP, 4, None));
+        assert!(sockopt_allowed(&open, SOL_PACKET, PACKET_QDISC_BYPASS, Some(Exempt::Cgroup)));
+        assert!(!sockopt_allowed(&cfg(flags::LOCKDOWN), SOL_XDP, 4, Some(Exempt::Cgroup)));
+        // Everything else is none of this program's business, lockdown or not.
+        for (level, name) in [(SOL_PACKET, 1), (1, 2), (6, 1), (0, 1)] {
+            assert!(sockopt_allowed(&cfg(flags::LOCKDOWN), level, name, None), "{level} {name}");
+        }
+    }
+
+    #[test]
+    fn only_real_link_control_types_pass() {
+        for t in [0x0806, 0x888e, 0x88cc] {
+            assert!(link_control_ethertype(t), "{t:#x}");
+        }
+        for t in [0x0800, 0x86dd, 0x8100, 0x88b5, 0x0842, 0x9000, 0x0000, 0x05dc] {
+            assert!(!link_control_ethertype(t), "{t:#x}");
+        }
+    }
+
+    #[test]
+    fn frame_sockets_only_for_exempt_processes_while_open() {
+        let open = cfg(0);
+        for family in [AF_PACKET, AF_XDP] {
+            assert!(!socket_allowed(&open, family, false, None), "{family}");
+            assert!(socket_allowed(&open, family, false, Some(Exempt::Uid)), "{family}");
+            assert!(!socket_allowed(&cfg(flags::LOCKDOWN), family, false, Some(Exempt::Uid)), "{family}");
+            assert!(socket_allowed(&open, family, true, None), "kernel sockets: {family}");
+        }
+        // Everything else is the other hooks' business.
+        for family in [2, 10, 1, 16] {
+            assert!(socket_allowed(&cfg(flags::LOCKDOWN), family, false, None), "{family}");
+        }
+        assert!(!socket_allowed(&Config::default(), AF_PACKET, false, Some(Exempt::Uid)), "not ready: closed");
+    }
 
     #[test]
     fn classifies_addresses() {

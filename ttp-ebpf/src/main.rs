@@ -6,6 +6,8 @@
 //! - `sock_ops`: hands the original destination of a redirected TCP connection to the
 //!   TransPort, keyed by the client's local address.
 //! - `skb`: cgroup egress kill-switch for governed sockets.
+//! - `lsm`: refuses frame sockets (AF_PACKET, AF_XDP) to governed processes; `sockopt`:
+//!   refuses the options that would let their frames skip TC (where LSM is unavailable).
 //! - `tc`: egress kill-switch on the uplinks for everything else (raw, packet sockets).
 //! - `gateway`: ingress on the gateway interfaces (tunnel, LAN): other machines' TCP and
 //!   DNS handed to the TransPort and DNSPort, the rest dropped.
@@ -15,12 +17,14 @@
 #![no_main]
 
 mod gateway;
+mod lsm;
 mod maps;
 mod packet;
 mod skb;
 mod sock;
 mod sock_addr;
 mod sock_ops;
+mod sockopt;
 mod tc;
 
 #[cfg(not(test))]

@@ -13,6 +13,11 @@ use crate::maps::{exempt_by_identity, exempt_tag};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Where an Ethernet frame's type field is.
+const ETH_TYPE_AT: usize = 12;
+const VLAN_HLEN: usize = 4;
 const IPPROTO_HOPOPTS: u8 = 0;
 
 /// An IP packet's destination, and where its header starts.
@@ -40,6 +45,51 @@ impl Ip {
         }
     }
 
+    /// What a frame leaving an uplink is, from its own bytes. `skb->protocol` will not do
+    /// here: a packet socket's caller chooses it (`sll_protocol`) whatever the frame
+    /// carries, so an IPv4 frame sent as "ARP" would pass for link control. `l2` is the
+    /// link-layer header's length: 14 on Ethernet (up to two VLAN tags are looked
+    /// through), 0 on layer-3 devices (the IP version nibble tells).
+    #[inline(always)]
+    pub fn parse_frame(skb: &SkBuff, l2: usize) -> Frame {
+        let (ethertype, l3) = if l2 == 0 {
+            match skb.load::<u8>(0).map(|b| b >> 4) {
+                Ok(4) => (ETH_P_IP, 0),
+                Ok(6) => (ETH_P_IPV6, 0),
+                // A layer-3 device carries IP and nothing else.
+                _ => return Frame::Unreadable,
+            }
+        } else {
+            let Ok(mut t) = skb.load::<u16>(ETH_TYPE_AT).map(u16::from_be) else { return Frame::Unreadable };
+            let mut l3 = l2;
+            // Unrolled for the verifier: at most two tags (802.1ad outer, 802.1Q inner).
+            if t == ETH_P_8021Q || t == ETH_P_8021AD {
+                let Ok(inner) = skb.load::<u16>(ETH_TYPE_AT + VLAN_HLEN).map(u16::from_be) else {
+                    return Frame::Unreadable;
+                };
+                (t, l3) = (inner, l3 + VLAN_HLEN);
+                if t == ETH_P_8021Q || t == ETH_P_8021AD {
+                    let Ok(inner) = skb.load::<u16>(ETH_TYPE_AT + 2 * VLAN_HLEN).map(u16::from_be) else {
+                        return Frame::Unreadable;
+                    };
+                    (t, l3) = (inner, l3 + VLAN_HLEN);
+                }
+            }
+            (t, l3)
+        };
+        let ip = match ethertype {
+            ETH_P_IP => skb.load::<u32>(l3 + 16).ok().map(|d| Ip { dest: Dest::v4(u32::from_be(d), 0), v6: false, l3 }),
+            ETH_P_IPV6 => {
+                skb.load::<[u32; 4]>(l3 + 24).ok().map(|w| Ip { dest: Dest::v6(w.map(u32::from_be), 0), v6: true, l3 })
+            }
+            // More VLAN tags than looked through: what they carry is unknown.
+            ETH_P_8021Q | ETH_P_8021AD => return Frame::Unreadable,
+            t if ttp_ebpf::link_control_ethertype(t) => return Frame::LinkControl,
+            _ => return Frame::Unreadable,
+        };
+        ip.map_or(Frame::Unreadable, Frame::Ip)
+    }
+
     /// The transport protocol and where its header starts; read only off the hot path.
     /// Of IPv6 extension headers only one hop-by-hop header is skipped (MLD reports carry
     /// one); behind others the protocol is the extension's number, which can only make a
@@ -61,6 +111,15 @@ impl Ip {
         }
         Some((proto, l4))
     }
+}
+
+/// What [`Ip::parse_frame`] found.
+pub enum Frame {
+    Ip(Ip),
+    /// A frame whose own type is link control (ARP, EAPOL, LLDP).
+    LinkControl,
+    /// Too short, of another type, or of a kind that cannot be read through.
+    Unreadable,
 }
 
 /// Why the socket that sent this packet is exempt, if it is. Packets without a full

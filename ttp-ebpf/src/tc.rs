@@ -2,8 +2,9 @@
 //!
 //! cgroup programs only see sockets of the governed cgroup, and never packet sockets.
 //! This one sees every frame leaving an uplink and lets through only the daemon's own
-//! traffic, exempt sockets, link control (ARP and other non-IP frames, DHCP, NDP) and,
-//! with LAN bypass, LAN destinations. A dead daemon leaves it attached: the host is closed.
+//! traffic, exempt sockets, link control (ARP, EAPOL, LLDP, DHCP, NDP: by what the frame
+//! is, never by `skb->protocol`, which a packet socket's caller chooses) and, with LAN
+//! bypass, LAN destinations. Other non-IP frames are dropped. A dead daemon leaves it attached: the host is closed.
 //! When ttp governs a subtree (per-application use), packets of sockets outside it pass.
 
 use aya_ebpf::{
@@ -15,7 +16,7 @@ use ttp_common::{flags, Counter, Exempt};
 
 use crate::{
     maps::{config, count, UPLINKS},
-    packet::{exempt_of, Ip},
+    packet::{exempt_of, Frame, Ip},
 };
 
 /// Pass on to the next program and then the stack (TC_ACT_OK would end the tcx chain).
@@ -49,10 +50,17 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*skb.skb).ifindex };
     // SAFETY: u32 copied out at once.
     let l2 = unsafe { UPLINKS.get(&ifindex) }.copied().unwrap_or(ETH_HLEN);
-    let Some(ip) = Ip::parse(skb, l2 as usize) else {
-        // Not IP at all: ARP, EAPOL and the like never leave the link.
-        count(Counter::TcPassedLinkControl);
-        return TC_ACT_UNSPEC;
+    let ip = match Ip::parse_frame(skb, l2 as usize) {
+        Frame::Ip(ip) => ip,
+        // Link control by its own type field: ARP, EAPOL, LLDP never leave the link.
+        Frame::LinkControl => {
+            count(Counter::TcPassedLinkControl);
+            return TC_ACT_UNSPEC;
+        }
+        Frame::Unreadable => {
+            count(Counter::TcDropped);
+            return TC_ACT_SHOT;
+        }
     };
     if link_control(&ctx, &ip) {
         count(Counter::TcPassedLinkControl);

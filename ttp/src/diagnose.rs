@@ -44,6 +44,12 @@ pub fn report(runtime_dir: &Path, pin_dir: &Path) -> String {
         };
         let _ = writeln!(out, "  {name:<18} {v}");
     }
+    let lsm = match crate::datapath::bpf_lsm_active() {
+        Some(true) => "active (governed processes get no packet sockets)",
+        Some(false) => "NOT ACTIVE: governed root could send frames past the kill-switch (boot with lsm=...,bpf)",
+        None => "unknown (securityfs not mounted: /sys/kernel/security/lsm)",
+    };
+    let _ = writeln!(out, "  {:<18} {lsm}", "BPF LSM");
 
     let layout = PinLayout::new(pin_dir);
     match layout.link_pins() {

@@ -14,7 +14,12 @@
 //! testkit icmp ADDR              one ICMP echo from a raw socket
 //! testkit raw ADDR               one packet of IP protocol 253 (experimental) from a raw socket
 //! testkit peername ADDR          TCP connect, print getpeername()
-//! testkit packet IFACE SRC DST:PORT  one IPv4/UDP frame from an AF_PACKET socket
+//! testkit packet IFACE SRC DST:PORT [MODE]  one IPv4/UDP frame from an AF_PACKET socket;
+//!                                MODE: dgram (default), raw-as-arp (SOCK_RAW, the socket and
+//!                                sll_protocol say ARP, the frame's own type is IPv4), and
+//!                                either with -bypass (PACKET_QDISC_BYPASS: skips TC egress)
+//! testkit packet-when FILE IFACE SRC DST:PORT MODE  open the socket now, send once FILE
+//!                                exists (prints OPENED, then SENT)
 //! testkit dns-flood ADDR N       N malformed DNS datagrams (random, truncated, bit-flipped)
 //! testkit tcp-garbage ADDR N     N connections each sending random bytes, then closing
 //! testkit serve-hold ADDR        answer "HELD", keep the connection until the client closes
@@ -67,7 +72,20 @@ fn main() -> ExitCode {
         "dns-rate" => dns_rate(addr(), rest[1].parse().expect("count"), rest[2] == "1"),
         "tcp-garbage" => tcp_garbage(addr(), rest[1].parse().expect("count")),
         "dns-flood" => dns_flood(addr(), rest[1].parse().expect("count")),
-        "packet" => packet(&rest[0], rest[1].parse().expect("source IPv4"), rest[2].parse().expect("dest")),
+        "packet" => packet(
+            &rest[0],
+            rest[1].parse().expect("source IPv4"),
+            rest[2].parse().expect("dest"),
+            rest.get(3).map_or("dgram", String::as_str),
+            None,
+        ),
+        "packet-when" => packet(
+            &rest[1],
+            rest[2].parse().expect("source IPv4"),
+            rest[3].parse().expect("dest"),
+            &rest[4],
+            Some(std::path::Path::new(&rest[0])),
+        ),
         _ => panic!("unknown command {cmd}"),
     };
     match r {
@@ -401,7 +419,13 @@ fn raw(addr: SocketAddr, proto: i32) -> std::io::Result<()> {
 
 /// Sends one IPv4/UDP datagram, built by hand, as a broadcast frame from a packet socket:
 /// this bypasses the IP stack and every cgroup hook, so only the TC kill-switch can stop it.
-fn packet(iface: &str, src: std::net::Ipv4Addr, dst: SocketAddr) -> std::io::Result<()> {
+fn packet(
+    iface: &str,
+    src: std::net::Ipv4Addr,
+    dst: SocketAddr,
+    mode: &str,
+    when: Option<&std::path::Path>,
+) -> std::io::Result<()> {
     let SocketAddr::V4(dst) = dst else { panic!("packet: IPv4 only") };
     let payload = b"leak";
     let total = (20 + 8 + payload.len()) as u16;
@@ -420,15 +444,46 @@ fn packet(iface: &str, src: std::net::Ipv4Addr, dst: SocketAddr) -> std::io::Res
     p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     p.extend_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
     p.extend_from_slice(payload);
+    let raw = mode.starts_with("raw");
+    let (kind, proto) = if raw {
+        // The socket claims ARP; the frame it writes is IPv4 all the same.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        frame.extend_from_slice(&(libc::ETH_P_IP as u16).to_be_bytes());
+        frame.extend_from_slice(&p);
+        p = frame;
+        (libc::SOCK_RAW, (libc::ETH_P_ARP as u16).to_be() as i32)
+    } else {
+        (libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32)
+    };
     let index = nix::net::if_::if_nametoindex(iface).map_err(std::io::Error::from)?;
     // SAFETY: plain socket syscalls with valid, initialised arguments.
     unsafe {
-        let proto = (libc::ETH_P_IP as u16).to_be() as i32;
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto);
+        let fd = libc::socket(libc::AF_PACKET, kind, proto);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let guard = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        if mode.ends_with("-bypass") {
+            let one: libc::c_int = 1;
+            if libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(file) = when {
+            println!("OPENED");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            while !file.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto as u16;

@@ -12,15 +12,15 @@ pub mod pins;
 use std::{
     fs::File,
     net::IpAddr,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LinkOrder,
-        SchedClassifier, SockOps, TcAttachType,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt,
+        LinkOrder, LsmCgroup, SchedClassifier, SockOps, TcAttachType,
     },
     Ebpf,
 };
@@ -231,6 +231,23 @@ impl Datapath {
                 p.attach(&cg, CgroupSkbAttachType::Egress, mode).map_err(aya_err).context("attaching skb_egress")?;
             pin(layout, prog::SKB_EGRESS, p.take_link(id)?.try_into()?)?;
         }
+        // Frame sockets must not skip TC egress: their bypass options are refused...
+        {
+            let p: &mut CgroupSockopt = program(&mut ebpf, prog::SETSOCKOPT)?;
+            p.load().map_err(aya_err).context("loading setsockopt")?;
+            let link = link_create(p.fd().map_err(aya_err)?.as_fd(), &cg, BPF_CGROUP_SETSOCKOPT)
+                .context("attaching setsockopt")?;
+            pin_fd(layout, prog::SETSOCKOPT, &link)?;
+        }
+        // ...and where the kernel allows BPF LSM programs, the sockets themselves are
+        // refused where they are made. Without it: said, not fatal.
+        match attach_socket_create(&mut ebpf, &cg) {
+            Ok(link) => pin(layout, prog::SOCKET_CREATE, link)?,
+            Err(e) => tracing::warn!(
+                "governed processes' packet sockets are NOT refused: {e:#}. A governed root process could \
+                 send frames past the kill-switch; enable BPF LSM (boot with lsm=...,bpf) to close this"
+            ),
+        }
         {
             let p: &mut SchedClassifier = program(&mut ebpf, prog::TC_EGRESS)?;
             p.load().map_err(aya_err).context("loading tc_egress")?;
@@ -352,6 +369,83 @@ fn aya_err(e: aya::programs::ProgramError) -> anyhow::Error {
         }
         other => anyhow::anyhow!("{other:?}"),
     }
+}
+
+/// Loads and attaches the socket_create LSM program to the governed cgroup.
+fn attach_socket_create(ebpf: &mut Ebpf, cg: &File) -> Result<FdLink> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    match bpf_lsm_active() {
+        Some(true) => {}
+        Some(false) => bail!("BPF LSM is not active (bpf is missing from {LSM_LIST})"),
+        None => tracing::warn!("{LSM_LIST} is not readable (securityfs not mounted): assuming BPF LSM is active"),
+    }
+    let p: &mut LsmCgroup = program(ebpf, prog::SOCKET_CREATE)?;
+    p.load("socket_create", &btf).map_err(aya_err).context("loading socket_create")?;
+    let id = p.attach(cg).map_err(aya_err).context("attaching socket_create")?;
+    Ok(p.take_link(id)?.into())
+}
+
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// Whether the kernel runs BPF LSM (`lsm_cgroup` programs act only then); `None` when the
+/// list cannot be read (securityfs not mounted).
+pub fn bpf_lsm_active() -> Option<bool> {
+    std::fs::read_to_string(LSM_LIST).ok().map(|l| l.trim().split(',').any(|m| m == "bpf"))
+}
+
+/// `enum bpf_attach_type`: BPF_CGROUP_SETSOCKOPT.
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+/// Attaches a program to a cgroup with a bpf_link. By hand: aya 0.14's sockopt links
+/// cannot become an `FdLink`, so they could not be pinned (KNOWN.md).
+fn link_create(prog: BorrowedFd<'_>, cgroup: &File, attach_type: u32) -> Result<OwnedFd> {
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 6],
+    }
+    let attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        _rest: [0; 6],
+    };
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    // SAFETY: bpf(2) with a zero-padded attr of the size given; it returns a new fd.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreate, std::mem::size_of::<LinkCreate>())
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_LINK_CREATE");
+    }
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins a link given by its descriptor (see [`link_create`]).
+fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<()> {
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        _rest: [u64; 6],
+    }
+    let path = layout.links().join(name);
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).context("pin path")?;
+    let attr =
+        ObjPin { pathname: cpath.as_ptr() as u64, bpf_fd: link.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    // SAFETY: bpf(2) with a zero-padded attr; the path outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &attr as *const ObjPin, std::mem::size_of::<ObjPin>()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning link {}", path.display()));
+    }
+    Ok(())
 }
 
 fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
