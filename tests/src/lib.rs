@@ -206,6 +206,16 @@ impl Proc {
         bail!("timed out waiting for {want}")
     }
 
+    /// The next line the process prints (without its newline); an error at its end.
+    pub fn next_line(&mut self) -> Result<String> {
+        let stdout = self.stdout.as_mut().context("no stdout")?;
+        let mut line = String::new();
+        if stdout.read_line(&mut line)? == 0 {
+            bail!("process exited: {:?}", self.child.try_wait());
+        }
+        Ok(line.trim_end().to_string())
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
     }

@@ -209,6 +209,43 @@ fn frame_sockets_of_governed_root_never_put_a_frame_on_the_uplink() {
     }
 }
 
+/// A connection a governed application opened before ttp started would only hang once the
+/// kill-switch drops its packets: it is destroyed at start, so the application sees it
+/// closed at once (and reconnects, through Tor), and nothing of it leaves after start. An
+/// exempt application's connection stays (the positive control, in the same capture).
+#[test]
+fn a_connection_opened_before_start_is_closed_at_start_and_sends_nothing_after() {
+    let w = world();
+    let kit = ttp_tests::bin("testkit");
+    let server = format!("{}:7000", addr::SERVER_V4);
+    let mut held = ttp_tests::Proc::spawn({
+        let mut c = w.inet.cmd(&kit);
+        c.args(["serve-hold", &server]);
+        c
+    })
+    .unwrap();
+    held.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    let open = |cgroup: &ttp_tests::Cgroup| {
+        let mut p = w.spawn_in(cgroup, GOVERNED, GOVERNED, &[kit.to_str().unwrap(), "keep-sending", &server]).unwrap();
+        let line = p.next_line().unwrap();
+        let port = line.strip_prefix("CONNECTED ").unwrap_or_else(|| panic!("{line}")).to_string();
+        (p, port)
+    };
+    let (mut governed, governed_port) = open(&w.governed);
+    let (mut exempt, exempt_port) = open(&w.bypass);
+    let d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    let closed = governed.next_line().unwrap();
+    assert!(closed.starts_with("CLOSED"), "the governed connection was not closed at start: {closed}");
+    std::thread::sleep(Duration::from_millis(500));
+    let pkts = cap.stop().unwrap();
+    let from = |port: &str| matching(&pkts, &format!("{}.{port} > ", addr::HOST_V4)).len();
+    assert_eq!(from(&governed_port), 0, "the governed connection sent after start: {pkts:#?}");
+    assert!(from(&exempt_port) > 0, "the exempt connection (the control) was not captured: {pkts:#?}");
+    assert!(d.log().contains("1 connections opened before start closed"), "{}", d.log());
+    drop(exempt.child.kill());
+}
+
 #[test]
 fn exempt_uid_gid_and_cgroup_go_direct_and_lan_bypass_switches() {
     let w = world();

@@ -208,23 +208,29 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 ///
 /// Passing a connection to a local address cannot leak: ttp's routing rule delivers
 /// whatever arrives on a gateway interface to this host, so the stack never forwards it.
-/// DNS to the gateway's own address is still the DNSPort's: clients use it as resolver.
+/// So in lockdown (a failed or killed daemon: its monitor sets it) the gateway's own
+/// services stay reachable, and an admin can still log in to fix it; nothing is steered
+/// to the proxy ports then. DNS to the gateway's own address is still the DNSPort's:
+/// clients use it as resolver.
 pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8, to_local: bool) -> GatewayAction {
-    if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
+    if !cfg.has(flags::READY) {
         return GatewayAction::Drop;
     }
+    let open = !cfg.has(flags::LOCKDOWN);
     match proto {
         IPPROTO_TCP if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN => {
-            if dport == 53 {
+            if dport == 53 && open {
                 GatewayAction::SteerTcp { port: cfg.dns_port, counter: Counter::GwDnsSteered }
-            } else if to_local {
+            } else if to_local && dport != 53 {
                 GatewayAction::Local
-            } else {
+            } else if open {
                 GatewayAction::SteerTcp { port: cfg.trans_port, counter: Counter::GwTcpSteered }
+            } else {
+                GatewayAction::Drop
             }
         }
         IPPROTO_TCP => GatewayAction::Established,
-        IPPROTO_UDP if dport == 53 => GatewayAction::SteerUdp { port: cfg.dns_port },
+        IPPROTO_UDP if dport == 53 && open => GatewayAction::SteerUdp { port: cfg.dns_port },
         IPPROTO_UDP if dport == 67 => GatewayAction::Pass,
         _ => GatewayAction::Drop,
     }
@@ -444,9 +450,14 @@ mod tests {
         assert_eq!(gateway_reply_port(&c, IPPROTO_TCP, 9053), None); // TCP answers from 53 already
         for closed in [cfg(flags::LOCKDOWN), Config { flags: 0, ..cfg(0) }] {
             assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 80, syn, false), GatewayAction::Drop);
-            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 22, syn, true), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 53, syn, false), GatewayAction::Drop);
+            assert_eq!(gateway_decide(&closed, IPPROTO_TCP, 53, syn, true), GatewayAction::Drop);
             assert_eq!(gateway_decide(&closed, IPPROTO_UDP, 53, 0, false), GatewayAction::Drop);
         }
+        // In lockdown (a failed daemon) the gateway's own services stay reachable: local
+        // delivery, never forwarded. Maps never filled (no READY): nothing at all.
+        assert_eq!(gateway_decide(&cfg(flags::LOCKDOWN), IPPROTO_TCP, 22, syn, true), GatewayAction::Local);
+        assert_eq!(gateway_decide(&Config::default(), IPPROTO_TCP, 22, syn, true), GatewayAction::Drop);
     }
 
     #[test]

@@ -232,6 +232,13 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     }
     tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
     events(Event::KillSwitch(t0.elapsed()));
+    // Connections opened before start would only hang now: closed, so that their
+    // applications reconnect, through Tor.
+    match crate::datapath::destroy_stranded(&dp_opts) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} connections opened before start closed (they reconnect through Tor)"),
+        Err(e) => tracing::warn!("closing connections opened before start: {e:#} (they hang until they time out)"),
+    }
     // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
     // from now on) and the control socket.
     let lock = SessionLock {

@@ -1,10 +1,15 @@
-//! Destroying the sockets of governed applications that went through ttp, on stop.
+//! Destroying applications' TCP sockets that the datapath's change would leave hanging.
 //!
-//! An application's TCP connection through the TransPort (or to the DNSPort) is, on the
-//! application's side, a loopback socket connected to our port. On stop, ttp finds them
-//! with NETLINK_SOCK_DIAG and destroys each with SOCK_DESTROY (what `ss -K` does): the
-//! application sees ECONNABORTED at once instead of a socket that lingers, and reconnects
-//! to whatever the host does next (direct after a stop, through a new ttp after restart).
+//! - On stop: an application's TCP connection through the TransPort (or to the DNSPort)
+//!   is, on the application's side, a loopback socket connected to our port; destroyed,
+//!   the application reconnects to whatever the host does next (direct after a stop,
+//!   through a new ttp after restart).
+//! - On start: a governed application's connection opened before ttp, to a destination
+//!   the kill-switch now closes, would only hang (its packets are dropped); destroyed, the
+//!   application reconnects, through Tor.
+//!
+//! ttp finds them with NETLINK_SOCK_DIAG and destroys each with SOCK_DESTROY (what `ss
+//! -K` does): the application sees ECONNABORTED at once.
 //!
 //! Written by hand: the sock-diag crates parse dumps but do not send SOCK_DESTROY, and the
 //! two messages involved are small fixed structs (linux/inet_diag.h).
@@ -43,7 +48,7 @@ struct Req {
     id: SockId,
 }
 
-/// `struct inet_diag_msg` (its head, up to the fields used).
+/// `struct inet_diag_msg`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Msg {
@@ -52,6 +57,68 @@ struct Msg {
     timer: u8,
     retrans: u8,
     id: SockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+/// `INET_DIAG_CGROUP_ID`: the socket's cgroup v2 id, an attribute the kernel adds to
+/// every full socket's message (Linux 5.7+).
+const INET_DIAG_CGROUP_ID: u16 = 21;
+
+/// One TCP socket of the dump, as the filters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub state: u8,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    pub uid: u32,
+    /// 0 when the kernel did not say.
+    pub cgroup: u64,
+}
+
+impl TcpSocket {
+    pub fn listening(&self) -> bool {
+        self.state == TCP_LISTEN
+    }
+}
+
+/// Reads one dump message: the fixed head, then the attributes for the cgroup id. Input
+/// from the kernel, but parsed like any other: lengths checked, nothing trusted.
+fn parse_msg(payload: &[u8]) -> Option<(Msg, TcpSocket)> {
+    if payload.len() < std::mem::size_of::<Msg>() {
+        return None;
+    }
+    // SAFETY: length checked; Msg is plain data and read unaligned.
+    let m: Msg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+    let mut cgroup = 0;
+    let mut at = (std::mem::size_of::<Msg>() + 3) & !3;
+    while at + 4 <= payload.len() {
+        let len = u16::from_ne_bytes([payload[at], payload[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([payload[at + 2], payload[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > payload.len() {
+            break;
+        }
+        if kind == INET_DIAG_CGROUP_ID && len >= 12 {
+            cgroup = u64::from_ne_bytes(payload[at + 4..at + 12].try_into().ok()?);
+        }
+        at += (len + 3) & !3;
+    }
+    let addr = |a: &[u8; 16], port: [u8; 2]| {
+        let ip: IpAddr =
+            if m.family == libc::AF_INET as u8 { IpAddr::from([a[0], a[1], a[2], a[3]]) } else { IpAddr::from(*a) };
+        std::net::SocketAddr::new(ip, u16::from_be_bytes(port))
+    };
+    let s = TcpSocket {
+        state: m.state,
+        src: addr(&m.id.src, m.id.sport),
+        dst: addr(&m.id.dst, m.id.dport),
+        uid: m.uid,
+        cgroup,
+    };
+    Some((m, s))
 }
 
 /// One netlink socket for the dump and the destroys.
@@ -155,6 +222,11 @@ impl Diag {
 /// Destroys every TCP socket, IPv4 and IPv6, connected to one of `ports` on a loopback
 /// address (the applications' ends of connections to our listeners). Returns how many.
 pub fn destroy_connected_to(ports: &[u16]) -> io::Result<usize> {
+    destroy_where(|s| !s.listening() && ports.contains(&s.dst.port()) && is_loopback_ip(s.dst.ip()))
+}
+
+/// Destroys every TCP socket, IPv4 and IPv6, that `doomed` picks. Returns how many.
+pub fn destroy_where(doomed: impl Fn(&TcpSocket) -> bool) -> io::Result<usize> {
     let diag = Diag::open()?;
     let mut found: Vec<Req> = Vec::new();
     for (i, family) in [libc::AF_INET as u8, libc::AF_INET6 as u8].into_iter().enumerate() {
@@ -162,13 +234,8 @@ pub fn destroy_connected_to(ports: &[u16]) -> io::Result<usize> {
         let req = Req { family, protocol: libc::IPPROTO_TCP as u8, states: ALL_STATES, ..Req::default() };
         diag.send(SOCK_DIAG_BY_FAMILY, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16, seq, &req)?;
         diag.recv(seq, |payload| {
-            if payload.len() < std::mem::size_of::<Msg>() {
-                return;
-            }
-            // SAFETY: length checked; Msg is plain data and read unaligned.
-            let m: Msg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
-            let dport = u16::from_be_bytes(m.id.dport);
-            if ports.contains(&dport) && is_loopback(m.family, &m.id.dst) && m.state != TCP_LISTEN {
+            let Some((m, s)) = parse_msg(payload) else { return };
+            if doomed(&s) {
                 found.push(Req {
                     family: m.family,
                     protocol: libc::IPPROTO_TCP as u8,
@@ -195,12 +262,8 @@ pub fn destroy_connected_to(ports: &[u16]) -> io::Result<usize> {
 
 const TCP_LISTEN: u8 = 10;
 
-fn is_loopback(family: u8, addr: &[u8; 16]) -> bool {
-    let ip: IpAddr = if family == libc::AF_INET as u8 {
-        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-    } else {
-        IpAddr::from(*addr)
-    };
+/// Loopback, also as a v4-mapped IPv6 address.
+pub fn is_loopback_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
@@ -215,6 +278,36 @@ mod tests {
     fn structs_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<SockId>(), 48);
         assert_eq!(std::mem::size_of::<Req>(), 56);
+        assert_eq!(std::mem::size_of::<Msg>(), 72);
+    }
+
+    #[test]
+    fn a_dump_message_is_read_with_its_cgroup_and_bad_lengths_end_the_attributes() {
+        let mut p = vec![0u8; 72];
+        p[0] = libc::AF_INET as u8;
+        p[1] = 1; // established
+        p[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        p[6..8].copy_from_slice(&443u16.to_be_bytes());
+        p[8..12].copy_from_slice(&[10, 0, 0, 2]);
+        p[24..28].copy_from_slice(&[93, 184, 216, 34]);
+        p[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        // An unrelated attribute, then the cgroup id.
+        p.extend_from_slice(&8u16.to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(&12u16.to_ne_bytes());
+        p.extend_from_slice(&INET_DIAG_CGROUP_ID.to_ne_bytes());
+        p.extend_from_slice(&4242u64.to_ne_bytes());
+        let (_, s) = parse_msg(&p).unwrap();
+        assert_eq!((s.src.to_string().as_str(), s.dst.to_string().as_str()), ("10.0.0.2:40000", "93.184.216.34:443"));
+        assert_eq!((s.uid, s.cgroup, s.listening()), (1000, 4242, false));
+        // An attribute that claims more than there is: ignored, not read past the end.
+        let mut bad = p[..72].to_vec();
+        bad.extend_from_slice(&200u16.to_ne_bytes());
+        bad.extend_from_slice(&INET_DIAG_CGROUP_ID.to_ne_bytes());
+        bad.extend_from_slice(&7u64.to_ne_bytes());
+        assert_eq!(parse_msg(&bad).unwrap().1.cgroup, 0);
+        assert!(parse_msg(&p[..40]).is_none());
     }
 
     /// Needs CAP_NET_ADMIN (SOCK_DESTROY); skipped otherwise. Touches only sockets it made

@@ -185,14 +185,49 @@ pub enum IsolationKey {
 
 /// Maps isolation keys to Arti isolation tokens. A new identity drops them all, so every
 /// later stream gets a fresh token and thus fresh circuits.
+///
+/// Bounded: SOCKS clients choose their keys (any username and password), so the table
+/// holds at most [`Isolation::MAX_KEYS`]; past that the least recently used key is
+/// forgotten. A forgotten key's next stream gets a new token, hence a new circuit: the
+/// isolation between keys holds all the same.
 #[derive(Default)]
 pub struct Isolation {
-    tokens: Mutex<HashMap<IsolationKey, IsolationToken>>,
+    tokens: Mutex<HashMap<IsolationKey, (IsolationToken, u64)>>,
+    /// A use counter: the last use of each key, without reading the clock.
+    uses: std::sync::atomic::AtomicU64,
 }
 
 impl Isolation {
+    pub const MAX_KEYS: usize = 4096;
+
     pub fn token(&self, key: IsolationKey) -> IsolationToken {
-        *self.tokens.lock().expect("isolation lock").entry(key).or_insert_with(IsolationToken::new)
+        let now = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut t = self.tokens.lock().expect("isolation lock");
+        if let Some(e) = t.get_mut(&key) {
+            e.1 = now;
+            return e.0;
+        }
+        if t.len() >= Self::MAX_KEYS {
+            // Forget the least recently used eighth at once, so that a flood of new keys
+            // costs one scan per MAX_KEYS / 8 insertions, not one per insertion.
+            let mut ages: Vec<u64> = t.values().map(|(_, used)| *used).collect();
+            let cut = ages.len() / 8;
+            let (_, oldest_kept, _) = ages.select_nth_unstable(cut);
+            let oldest_kept = *oldest_kept;
+            t.retain(|_, (_, used)| *used >= oldest_kept);
+        }
+        let token = IsolationToken::new();
+        t.insert(key, (token, now));
+        token
+    }
+
+    /// Keys with a token now.
+    pub fn len(&self) -> usize {
+        self.tokens.lock().expect("isolation lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// New identity: new streams use new circuits. Returns how many keys were reset.
@@ -236,6 +271,20 @@ fn lookup_error(e: arti_client::Error) -> crate::dns::LookupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_socks_keys_is_bounded_and_recent_keys_keep_their_tokens() {
+        let iso = Isolation::default();
+        let kept = IsolationKey::Socks { user: b"alice".to_vec(), pass: vec![] };
+        let alice = iso.token(kept.clone());
+        for i in 0..(3 * Isolation::MAX_KEYS) {
+            iso.token(IsolationKey::Socks { user: i.to_string().into_bytes(), pass: vec![] });
+            if i % 100 == 0 {
+                assert_eq!(iso.token(kept.clone()), alice, "a key in use lost its token");
+            }
+        }
+        assert!(iso.len() <= Isolation::MAX_KEYS, "{}", iso.len());
+    }
 
     #[test]
     fn isolation_tokens_are_per_key_and_renewed_by_new_identity() {

@@ -25,6 +25,9 @@
 //! testkit serve-hold ADDR        answer "HELD", keep the connection until the client closes
 //! testkit serve-check ADDR       HTTP: answer every GET like the Tor check API, with the peer's address
 //! testkit hold ADDR N SECS       open N connections, read one line from each, hold SECS
+//! testkit keep-sending ADDR      TCP connect, read one line, print CONNECTED <local port>,
+//!                                then send a line every 100 ms until the socket fails:
+//!                                print CLOSED <errno> (60 s at most)
 //! testkit hold-open ADDR N SECS  open N connections as fast as it can (reading nothing),
 //!                                print "n opened, m failed" and OPENED, hold them SECS
 //! testkit dns-rate ADDR N UNIQUE  N sequential A queries; UNIQUE=1 asks a new name each time
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         "serve-hold" => serve_hold(&rest[0]),
         "serve-check" => serve_check(&rest[0]),
         "hold" => hold(addr(), rest[1].parse().expect("count"), rest[2].parse().expect("seconds")),
+        "keep-sending" => keep_sending(addr()),
         "hold-open" => hold_open(addr(), rest[1].parse().expect("count"), rest[2].parse().expect("seconds")),
         "dns-rate" => dns_rate(addr(), rest[1].parse().expect("count"), rest[2] == "1"),
         "tcp-garbage" => tcp_garbage(addr(), rest[1].parse().expect("count")),
@@ -188,6 +192,25 @@ fn hold(addr: SocketAddr, n: usize, secs: u64) -> std::io::Result<()> {
     }
     println!("HOLDING {}", held.len());
     std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
+}
+
+/// A long-lived connection that keeps talking (a chat client, an SSH session).
+fn keep_sending(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    println!("CONNECTED {}", s.local_addr()?.port());
+    std::io::stdout().flush()?;
+    for _ in 0..600 {
+        if let Err(e) = s.write_all(b"tick\n") {
+            println!("CLOSED {:?}", e.raw_os_error().map(nix::errno::Errno::from_raw));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("STILL OPEN");
     Ok(())
 }
 

@@ -78,6 +78,8 @@ async fn main() -> Result<()> {
         policy,
     };
     let (dp, logger) = Datapath::start(&opts)?;
+    let n = ttp::datapath::destroy_stranded(&opts)?;
+    tracing::info!("{n} connections opened before start closed");
     let layout = dp.layout().clone();
     let maps = Arc::new(Mutex::new(Maps::open_pinned(&layout.maps())?));
     if let Some(logger) = logger {

@@ -335,6 +335,54 @@ pub fn resolve_cgroup(root: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Destroys governed applications' TCP connections that the kill-switch now closes: opened
+/// before start, to a destination that is neither loopback nor (with LAN bypass) the LAN,
+/// by a socket that is not exempt. Their packets would be dropped from now on; destroyed,
+/// the application sees its socket closed at once and reconnects, through Tor. Needs root
+/// (SOCK_DESTROY); call it once the kill-switch is attached. Bypass gids are not known
+/// per socket: such a connection is spared only if its uid or cgroup is exempt too.
+pub fn destroy_stranded(opts: &DatapathOptions) -> Result<usize> {
+    let root = cgroup::cgroup2_root()?;
+    let bypass: Vec<PathBuf> = opts.policy.bypass_cgroups.iter().map(|p| resolve_cgroup(&root, p)).collect();
+    let mut governed = std::collections::HashSet::new();
+    collect_cgroup_ids(&opts.cgroup, &bypass, &mut governed)?;
+    let p = &opts.policy;
+    let n = crate::sockdestroy::destroy_where(|s| {
+        let governed_socket = s.cgroup != 0 && governed.contains(&s.cgroup) && !s.listening();
+        let exempt = p.bypass_uids.contains(&s.uid) || (p.allow_root && s.uid == 0);
+        let allowed_destination =
+            crate::sockdestroy::is_loopback_ip(s.dst.ip()) || (p.lan_bypass && is_lan(s.dst.ip()));
+        governed_socket && !exempt && !allowed_destination
+    })?;
+    Ok(n)
+}
+
+/// The ids of `dir` and every cgroup below it, except the subtrees in `skip`.
+fn collect_cgroup_ids(dir: &Path, skip: &[PathBuf], ids: &mut std::collections::HashSet<u64>) -> Result<()> {
+    if skip.iter().any(|s| s == dir) {
+        return Ok(());
+    }
+    ids.insert(cgroup::cgroup_id(dir)?);
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_cgroup_ids(&e.path(), skip, ids)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the kernel side calls LAN (`ttp_ebpf::v4_is_lan`, `v6_is_lan`): private,
+/// link-local, unique-local, multicast and broadcast addresses.
+fn is_lan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80 || v6.is_multicast()
+        }
+    }
+}
+
 /// How many levels below the cgroup2 root a cgroup is (the root is level 0).
 fn governed_level(root: &Path, cgroup: &Path) -> u32 {
     cgroup.strip_prefix(root).map(|rel| rel.components().count() as u32).unwrap_or(0)
