@@ -551,14 +551,26 @@ impl World {
     /// `ttp SUB` for this world, with its state and runtime directories under `state_dir`
     /// and a bounded bootstrap (a stuck bootstrap ends the daemon instead of the run).
     pub fn ttp_cmd(&self, sub: &str, state_dir: &std::path::Path) -> Command {
+        self.ttp_cmd_at(sub, state_dir, &state_dir.join("run"))
+    }
+
+    /// [`World::ttp_cmd`] with the runtime directory elsewhere (the state directory is the
+    /// service user's, mode 0700: other users cannot reach a runtime directory inside it).
+    pub fn ttp_cmd_at(&self, sub: &str, state_dir: &std::path::Path, runtime_dir: &std::path::Path) -> Command {
         let mut c = self.daemon_cmd("ttp", &[sub]);
         c.args(["--bootstrap-timeout", "90"])
             .args(["--user", &SERVICE_UID.to_string()])
             .arg("--state-dir")
             .arg(state_dir)
             .arg("--runtime-dir")
-            .arg(state_dir.join("run"));
+            .arg(runtime_dir);
         c
+    }
+
+    /// Starts `cmd` (a `ttp run` command line) and waits until it prints READY.
+    pub fn start_daemon(&self, mut cmd: Command) -> Result<Daemon> {
+        cmd.env("RUST_LOG", std::env::var("TTP_TEST_LOG").unwrap_or_else(|_| "info,tor_guardmgr=warn".into()));
+        self.spawn_daemon(cmd, Duration::from_secs(120))
     }
 
     /// `ttp ARGS` with this world's runtime and pin directories (for stop, status, exec,

@@ -298,6 +298,77 @@ fn a_non_root_user_cannot_use_the_control_socket() {
     assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "EACCES", "{}", String::from_utf8_lossy(&user.stderr));
 }
 
+/// The system group `ttp` for one test: made if missing, and then removed again.
+struct TtpGroup {
+    gid: u32,
+    made: bool,
+}
+
+impl TtpGroup {
+    fn ensure() -> TtpGroup {
+        let find = || nix::unistd::Group::from_name("ttp").unwrap().map(|g| g.gid.as_raw());
+        if let Some(gid) = find() {
+            return TtpGroup { gid, made: false };
+        }
+        let out = std::process::Command::new("groupadd").args(["--system", "ttp"]).output().unwrap();
+        assert!(out.status.success(), "groupadd: {}", String::from_utf8_lossy(&out.stderr));
+        TtpGroup { gid: find().expect("the group ttp after groupadd"), made: true }
+    }
+}
+
+impl Drop for TtpGroup {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::process::Command::new("groupdel").arg("ttp").status();
+        }
+    }
+}
+
+/// Members of the `ttp` group read (status), by primary or supplementary membership; what
+/// changes state (stop, refresh, a check against a URL of their choice) is root's alone.
+#[test]
+fn the_ttp_group_reads_and_only_root_stops_or_refreshes() {
+    let group = TtpGroup::ensure();
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let name = w.pin_dir.file_name().unwrap().to_string_lossy().to_string();
+    let state = std::env::temp_dir().join(format!("ttpt-group-{name}"));
+    let rt = ttp_tests::TempDir::new("group-rt");
+    let mut c = w.ttp_cmd_at("run", &state, &rt.0);
+    c.arg("--arti-config").arg(net.arti_toml()).args(["--check-url", ttp_tests::testnet::CHECK_URL]);
+    let mut daemon = w.start_daemon(c).expect("ttp run");
+    let sock = rt.0.join("control.sock");
+    let ask = |uid: u32, gid: u32, groups: &str, request: &str| {
+        let probe = format!(
+            "import socket\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect('{}'); s.sendall(b'{request}\\n'); print(s.recv(65536).decode())\nexcept PermissionError:\n  print('EACCES')",
+            sock.display()
+        );
+        let mut c = w.host.cmd("setpriv");
+        c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), &format!("--groups={groups}")]);
+        let out = c.args(["--", "/usr/bin/python3", "-c", &probe]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
+    };
+    let g = group.gid.to_string();
+    // A supplementary member, and a primary one, read.
+    assert!(ask(1001, 1001, &g, r#"{"cmd":"status"}"#).contains("\"state\":\"running\""), "supplementary member");
+    assert!(ask(1002, group.gid, "1002", r#"{"cmd":"status"}"#).contains("\"state\":\"running\""), "primary member");
+    // Neither may change anything.
+    for request in [r#"{"cmd":"stop"}"#, r#"{"cmd":"refresh"}"#, r#"{"cmd":"check","urls":["http://203.0.113.10/"]}"#] {
+        let reply = ask(1001, 1001, &g, request);
+        assert!(reply.contains("permission denied"), "{request}: {reply}");
+    }
+    // A user outside the group gets nothing at all.
+    assert_eq!(ask(1003, 1003, "1003", r#"{"cmd":"status"}"#), "EACCES");
+    // The daemon lives on, and root may stop it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(daemon.proc.child.try_wait(), Ok(None)), "a group member's stop stopped the daemon");
+    let root = ask(0, 0, "0", r#"{"cmd":"stop"}"#);
+    assert!(root.contains("\"ok\":true"), "{root}");
+    assert!(daemon.proc.child.wait().unwrap().success());
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 fn curl_via(w: &World, proxy: &str, url: &str) -> String {
     let out = w.run_in(&w.governed, GOVERNED, GOVERNED, &["curl", "-sS", "--max-time", "30", "--proxy", proxy, url]);
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()

@@ -105,6 +105,16 @@ fn ping(ns: &Netns, to: &str) -> bool {
 #[test]
 fn handshake_then_data_both_ways_and_only_ciphertext_on_the_wire() {
     let p = Pair::up();
+    // Each side parses the network's datagrams as nobody, with CAP_NET_ADMIN alone.
+    for side in &p.sides {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", side.child.id())).unwrap();
+        let field =
+            |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
+        assert!(field("Uid:").split_whitespace().all(|u| u != "0"), "tunnel up still root: {}", field("Uid:"));
+        assert_eq!(field("CapEff:"), "0000000000001000", "{status}");
+        assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
+        assert_eq!(field("NoNewPrivs:"), "1");
+    }
     let iface = format!("tg{}", std::process::id() % 100000);
     let cap = Capture::start(&p.gw, &iface).unwrap();
     // The first packet may be spent on the handshake; a few tries, then it must flow.

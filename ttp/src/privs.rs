@@ -35,6 +35,7 @@ use crate::user::ServiceUser;
 
 /// Capability numbers (linux/capability.h).
 pub const CAP_BPF: u32 = 39;
+pub const CAP_NET_ADMIN: u32 = 12;
 /// What the running daemon keeps.
 pub const KEEP: u64 = 1 << CAP_BPF;
 
@@ -70,6 +71,12 @@ struct CapData {
 /// Becomes `user` and drops every capability but [`KEEP`], in every thread of the
 /// process, for good.
 pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
+    drop_to(user, KEEP)
+}
+
+/// Becomes `user` in every thread, keeping only the capabilities in `keep` (a mask of
+/// `1 << CAP_*`), and proves it (see [`check_dropped`]).
+pub fn drop_to(user: &ServiceUser, keep: u64) -> Result<()> {
     if user.groups.len() > MAX_GROUPS {
         bail!("at most {MAX_GROUPS} groups for the service user");
     }
@@ -82,7 +89,7 @@ pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
     let last: u64 =
         std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
     LAST_CAP.store(last, Ordering::SeqCst);
-    KEEP_MASK.store(KEEP, Ordering::SeqCst);
+    KEEP_MASK.store(keep, Ordering::SeqCst);
     let sig = libc::SIGRTMIN() + 4;
     // SAFETY: installs a handler that only makes raw system calls and touches atomics.
     unsafe {
@@ -132,16 +139,16 @@ pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
     // Proof, from the kernel's point of view, for every thread.
     for tid in threads()? {
         let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
-        check_dropped(&status, user).with_context(|| format!("thread {tid}"))?;
+        check_dropped(&status, user, keep).with_context(|| format!("thread {tid}"))?;
     }
     Ok(())
 }
 
 /// Checks one thread's `/proc/.../status`: every uid and gid the service user's, its own
-/// groups and no others, no capability but [`KEEP`] in the effective, permitted and
+/// groups and no others, no capability but `keep` in the effective, permitted and
 /// bounding sets, none inheritable or ambient, and `no_new_privs` set. A field that is
 /// missing fails the check: unproven is not dropped.
-pub fn check_dropped(status: &str, user: &ServiceUser) -> Result<()> {
+pub fn check_dropped(status: &str, user: &ServiceUser, keep: u64) -> Result<()> {
     let field = |name: &str| {
         status
             .lines()
@@ -152,7 +159,7 @@ pub fn check_dropped(status: &str, user: &ServiceUser) -> Result<()> {
     let caps = |name: &str| -> Result<u64> {
         u64::from_str_radix(field(name)?, 16).with_context(|| format!("{name} is not a capability set"))
     };
-    for (name, allowed) in [("CapEff", KEEP), ("CapPrm", KEEP), ("CapBnd", KEEP), ("CapInh", 0), ("CapAmb", 0)] {
+    for (name, allowed) in [("CapEff", keep), ("CapPrm", keep), ("CapBnd", keep), ("CapInh", 0), ("CapAmb", 0)] {
         let set = caps(name)?;
         if set & !allowed != 0 {
             bail!("{name} still holds capabilities {:x}", set & !allowed);
@@ -275,7 +282,8 @@ mod tests {
     #[test]
     fn the_self_check_proves_every_set_and_id_not_only_the_effective_ones() {
         let user = ServiceUser { uid: 64123, gid: 64123, groups: vec![64123] };
-        check_dropped(DROPPED, &user).unwrap();
+        check_dropped(DROPPED, &user, KEEP).unwrap();
+        assert!(check_dropped(DROPPED, &user, 1 << CAP_NET_ADMIN).is_err(), "CAP_BPF is not CAP_NET_ADMIN");
         for (from, to, what) in [
             ("CapPrm:\t0000008000000000", "CapPrm:\t000001ffffffffff", "CapPrm"),
             ("CapBnd:\t0000008000000000", "CapBnd:\t000001ffffffffff", "CapBnd"),
@@ -287,7 +295,7 @@ mod tests {
             ("Uid:\t64123\t64123\t64123\t64123", "Uid:\t64123\t64123\t0\t64123", "Uid"),
             ("NoNewPrivs:\t1\n", "", "NoNewPrivs"),
         ] {
-            let e = format!("{:#}", check_dropped(&DROPPED.replace(from, to), &user).unwrap_err());
+            let e = format!("{:#}", check_dropped(&DROPPED.replace(from, to), &user, KEEP).unwrap_err());
             assert!(e.contains(what), "{what}: {e}");
         }
     }

@@ -194,6 +194,13 @@ fn live(runtime_dir: &Path, change: PeerChange) -> Result<()> {
     }
 }
 
+/// Who `ttp tunnel up` becomes: `nobody`, owning nothing.
+fn unprivileged_user() -> Result<ttp::user::ServiceUser> {
+    let u = nix::unistd::User::from_name("nobody")?.context("no user nobody on this system")?;
+    let gid = u.gid.as_raw();
+    Ok(ttp::user::ServiceUser { uid: u.uid.as_raw(), gid, groups: vec![gid] })
+}
+
 fn up(path: &Path) -> Result<()> {
     let cfg = TunnelConfig::load(path)?;
     // One thread: the device is one task, and at tens of thousands of packets a second
@@ -203,7 +210,16 @@ fn up(path: &Path) -> Result<()> {
     rt.block_on(async {
         let udp = device::bind(cfg.listen_port)?;
         let (dev, runner) = device::start(cfg, udp).await?;
-        println!("{} is up; UDP on {}", dev.interface, dev.local);
+        // Set up: from here on the device loop parses the network's datagrams, which it
+        // must not do as root. It keeps CAP_NET_ADMIN alone, to remove the endpoint host
+        // routes it added when it goes down.
+        let nobody = unprivileged_user()?;
+        ttp::privs::drop_to(&nobody, 1 << ttp::privs::CAP_NET_ADMIN)
+            .context("giving up root once the tunnel is set up")?;
+        println!(
+            "{} is up; UDP on {}; running as uid {} with CAP_NET_ADMIN only",
+            dev.interface, dev.local, nobody.uid
+        );
         // A line of its own for whoever started us (scripts and tests wait for it).
         println!("TUNNEL UP");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
