@@ -492,6 +492,7 @@ async fn serve(
     let socks = Arc::new(SocksPort {
         ctx: ports.clone(),
         handshakes: Arc::new(tokio::sync::Semaphore::new(budget.handshakes)),
+        handshake_shares: crate::load::Shares::new(crate::load::share_of(budget.handshakes)),
     });
     for l in listeners.socks {
         tasks.spawn(socks.clone().serve(l));

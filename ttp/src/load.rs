@@ -11,7 +11,8 @@
 //!
 //! One key (a uid and cgroup, a SOCKS user, a gateway client) may hold at most a share of
 //! the stream slots ([`Shares`]): while one program floods, another one's fetch still
-//! finds a slot.
+//! finds a slot. The slots of clients that are not streams yet (SOCKS handshakes, DNS
+//! over TCP) are shared the same way per local user or remote address ([`Owner`]).
 
 use std::{
     collections::HashMap,
@@ -78,7 +79,7 @@ impl Budget {
         let streams = max_streams.min(available / 4 * 3).max(1);
         let dns_tcp = (available / 16).clamp(1, 1024);
         let handshakes = (available / 16).clamp(1, 1024);
-        Budget { nofile, streams, per_key: (streams * KEY_SHARE_PERCENT / 100).max(1), handshakes, dns_tcp }
+        Budget { nofile, streams, per_key: share_of(streams), handshakes, dns_tcp }
     }
 
     /// Whether every slot at once still fits the descriptors, with the reserve.
@@ -133,12 +134,40 @@ impl<K: Eq + Hash + Clone> Drop for Share<K> {
     }
 }
 
+/// Who holds a slot that is not a stream's yet (a SOCKS handshake, a DNS-over-TCP
+/// connection): the local user behind a loopback connection, found by its socket
+/// ([`crate::sockdestroy::tcp_owner`]), or the remote address. A loopback client whose
+/// socket cannot be found shares one key with every other such client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Uid(u32),
+    Addr(std::net::IpAddr),
+}
+
+impl Owner {
+    /// The owner of the connection from `peer` to our `local` address.
+    pub fn of(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Owner {
+        if peer.ip().is_loopback() {
+            if let Ok(Some(s)) = crate::sockdestroy::tcp_owner(peer, local) {
+                return Owner::Uid(s.uid);
+            }
+        }
+        Owner::Addr(peer.ip())
+    }
+}
+
+/// Half of `slots` (at least one): one owner's share.
+pub fn share_of(slots: usize) -> usize {
+    (slots * KEY_SHARE_PERCENT / 100).max(1)
+}
+
 /// What load did to the daemon, for `ttp status`.
 #[derive(Debug, Default)]
 pub struct LoadStats {
     /// Transient accept errors, on every listener.
     pub accept_errors: AcceptErrors,
-    /// Streams refused because their key held its whole share.
+    /// Streams, SOCKS handshakes and DNS-over-TCP connections refused because their
+    /// client held its whole share.
     pub refused_share: AtomicU64,
     /// DNS-over-TCP connections refused at the limit.
     pub refused_dns_tcp: AtomicU64,

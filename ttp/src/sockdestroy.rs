@@ -11,6 +11,9 @@
 //! ttp finds them with NETLINK_SOCK_DIAG and destroys each with SOCK_DESTROY (what `ss
 //! -K` does): the application sees ECONNABORTED at once.
 //!
+//! The same netlink family also tells who owns the client end of a loopback connection
+//! ([`tcp_owner`]): the daemon's listeners share their slots fairly per local user.
+//!
 //! Written by hand: the sock-diag crates parse dumps but do not send SOCK_DESTROY, and the
 //! two messages involved are small fixed structs (linux/inet_diag.h).
 
@@ -184,38 +187,96 @@ impl Diag {
         Ok(())
     }
 
+    /// Receives the answer to a request that is not a dump: one message, or an ERROR.
+    fn recv_one(&self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut got = false;
+        let mut first = |p: &[u8]| {
+            if !got {
+                got = true;
+                each(p);
+            }
+        };
+        // A single answer comes in one datagram: one receive, then stop.
+        self.recv_datagram(seq, &mut first).map(|_| ())
+    }
+
+    /// One datagram's messages for `seq`: `Ok(true)` if it ended the exchange (DONE, ACK).
+    fn recv_datagram(&self, seq: u32, each: &mut impl FnMut(&[u8])) -> io::Result<bool> {
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut at = 0usize;
+        while at + NLMSG_HDRLEN <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+            let mseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+            if len < NLMSG_HDRLEN || at + len > n {
+                return Err(io::Error::other("truncated netlink message"));
+            }
+            let payload = &buf[at + NLMSG_HDRLEN..at + len];
+            if mseq == seq {
+                match kind {
+                    NLMSG_DONE => return Ok(true),
+                    NLMSG_ERROR => {
+                        let code = i32::from_ne_bytes(payload.get(..4).unwrap_or(&[0; 4]).try_into().expect("4"));
+                        return if code == 0 { Ok(true) } else { Err(io::Error::from_raw_os_error(-code)) };
+                    }
+                    _ => each(payload),
+                }
+            }
+            at += (len + 3) & !3;
+        }
+        Ok(false)
+    }
+
     /// Receives messages until DONE (a dump) or one ERROR/ACK; calls `each` per payload.
     fn recv(&self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: the buffer is valid for its length.
-            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut at = 0usize;
-            let n = n as usize;
-            while at + NLMSG_HDRLEN <= n {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-                let mseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
-                if len < NLMSG_HDRLEN || at + len > n {
-                    return Err(io::Error::other("truncated netlink message"));
-                }
-                let payload = &buf[at + NLMSG_HDRLEN..at + len];
-                if mseq == seq {
-                    match kind {
-                        NLMSG_DONE => return Ok(()),
-                        NLMSG_ERROR => {
-                            let code = i32::from_ne_bytes(payload.get(..4).unwrap_or(&[0; 4]).try_into().expect("4"));
-                            return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
-                        }
-                        _ => each(payload),
-                    }
-                }
-                at += (len + 3) & !3;
-            }
+        while !self.recv_datagram(seq, &mut each)? {}
+        Ok(())
+    }
+}
+
+/// `INET_DIAG_NOCOOKIE`: an exact lookup by addresses alone.
+const NO_COOKIE: [u32; 2] = [!0, !0];
+
+/// The TCP socket bound to `src` and connected to `dst`, if there is one: for a loopback
+/// connection to one of our listeners, `src` is the client's address (our peer) and `dst`
+/// our own, and the answer names the client's uid and cgroup. One exact lookup, no dump.
+pub fn tcp_owner(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> io::Result<Option<TcpSocket>> {
+    let (family, to16) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => (libc::AF_INET as u8, true),
+        (IpAddr::V6(_), IpAddr::V6(_)) => (libc::AF_INET6 as u8, false),
+        _ => return Ok(None),
+    };
+    let bytes = |ip: IpAddr| {
+        let mut b = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) if to16 => b[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => b = v6.octets(),
+            IpAddr::V4(_) => {}
         }
+        b
+    };
+    let id = SockId {
+        sport: src.port().to_be_bytes(),
+        dport: dst.port().to_be_bytes(),
+        src: bytes(src.ip()),
+        dst: bytes(dst.ip()),
+        ifindex: 0,
+        cookie: NO_COOKIE,
+    };
+    let diag = Diag::open()?;
+    let req = Req { family, protocol: libc::IPPROTO_TCP as u8, states: ALL_STATES, id, ..Req::default() };
+    diag.send(SOCK_DIAG_BY_FAMILY, libc::NLM_F_REQUEST as u16, 1, &req)?;
+    let mut found = None;
+    match diag.recv_one(1, |payload| found = parse_msg(payload).map(|(_, s)| s)) {
+        Ok(()) => Ok(found),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -308,6 +369,22 @@ mod tests {
         bad.extend_from_slice(&7u64.to_ne_bytes());
         assert_eq!(parse_msg(&bad).unwrap().1.cgroup, 0);
         assert!(parse_msg(&p[..40]).is_none());
+    }
+
+    /// An exact lookup, which needs no privilege: the client end of a loopback connection
+    /// names its owner.
+    #[test]
+    fn the_client_end_of_a_loopback_connection_names_its_owner() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(server).unwrap();
+        let (_served, peer) = listener.accept().unwrap();
+        let owner = tcp_owner(peer, server).unwrap().expect("the client's socket");
+        assert_eq!(owner.uid, nix::unistd::geteuid().as_raw());
+        assert_eq!((owner.src, owner.dst), (peer, server));
+        drop(client);
+        let gone: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(tcp_owner(gone, server).unwrap(), None);
     }
 
     /// Needs CAP_NET_ADMIN (SOCK_DESTROY); skipped otherwise. Touches only sockets it made

@@ -23,7 +23,12 @@ use tor_socksproto::{
 };
 
 pub use crate::transport::Target;
-use crate::{dns::Automap, tor::IsolationKey, transport::PortContext};
+use crate::{
+    dns::Automap,
+    load::{LoadStats, Owner, Share, Shares},
+    tor::IsolationKey,
+    transport::PortContext,
+};
 
 /// A client that has not finished its handshake by then is closed (and counted): an idle
 /// handshake holds a stream slot and a descriptor.
@@ -95,15 +100,24 @@ pub struct SocksPort {
     pub ctx: Arc<PortContext>,
     /// Clients still in their handshake ([`crate::load::Budget::handshakes`]).
     pub handshakes: Arc<Semaphore>,
+    /// What one local user (or remote address) may hold of them.
+    pub handshake_shares: Arc<Shares<Owner>>,
 }
 
 impl SocksPort {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let ctx = self.ctx.clone();
         let handshakes = self.handshakes.clone();
-        ctx.serve(listener, "SOCKS", handshakes, move |client, _peer, handshake_slot| {
+        ctx.serve(listener, "SOCKS", handshakes, move |client, peer, handshake_slot| {
             let this = self.clone();
-            async move { this.handle(client, handshake_slot).await }
+            async move {
+                let owner = Owner::of(peer, client.local_addr()?);
+                let Some(share) = this.handshake_shares.try_take(&owner) else {
+                    LoadStats::count(&this.ctx.load.refused_share);
+                    bail!("refused: {owner:?} holds its whole share of the SOCKS handshake slots");
+                };
+                this.handle(client, (handshake_slot, share)).await
+            }
         })
         .await
     }
@@ -112,9 +126,9 @@ impl SocksPort {
     /// stream slot and a place in its key's share like any stream, and gives the handshake
     /// slot back. So clients that connect and say nothing can take only handshake slots,
     /// never the streams of others.
-    async fn handle(&self, mut client: TcpStream, handshake_slot: OwnedSemaphorePermit) -> Result<()> {
+    async fn handle(&self, mut client: TcpStream, handshake_slot: (OwnedSemaphorePermit, Share<Owner>)) -> Result<()> {
         let Ok(handshake) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client)).await else {
-            crate::load::LoadStats::count(&self.ctx.load.idle_closed);
+            LoadStats::count(&self.ctx.load.idle_closed);
             bail!("SOCKS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
         };
         let (req, early_data) = handshake?;

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use super::DnsService;
-use crate::load::LoadStats;
+use crate::load::{LoadStats, Owner, Shares};
 
 /// Queries in flight at once; past this, UDP queries are dropped (the client retries) and
 /// TCP connections wait. Above the service's cap on lookups through Tor, so that slow
@@ -105,12 +105,20 @@ pub async fn serve_tcp(
     load: Arc<LoadStats>,
 ) -> Result<()> {
     let limit = Arc::new(Semaphore::new(max_conns));
+    // One local user (or remote address) holds at most half of them.
+    let shares = Shares::new(crate::load::share_of(max_conns));
     loop {
-        let (stream, _) = crate::accept::next("DNSPort (TCP)", &load.accept_errors, || listener.accept())
+        let (stream, peer) = crate::accept::next("DNSPort (TCP)", &load.accept_errors, || listener.accept())
             .await
             .context("DNSPort (TCP): the listener failed")?;
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             LoadStats::count(&load.refused_dns_tcp);
+            drop(stream);
+            continue;
+        };
+        let owner = stream.local_addr().map(|local| Owner::of(peer, local)).unwrap_or(Owner::Addr(peer.ip()));
+        let Some(share) = shares.try_take(&owner) else {
+            LoadStats::count(&load.refused_share);
             drop(stream);
             continue;
         };
@@ -119,7 +127,7 @@ pub async fn serve_tcp(
             if let Err(TcpEnd::Idle) = tcp_session(stream, &service).await {
                 LoadStats::count(&load.idle_closed);
             }
-            drop(permit);
+            drop((permit, share));
         });
     }
 }
