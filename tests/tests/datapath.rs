@@ -246,6 +246,37 @@ fn a_connection_opened_before_start_is_closed_at_start_and_sends_nothing_after()
     drop(exempt.child.kill());
 }
 
+/// LAN bypass lets a governed program find printers (mDNS) but not ask the whole LAN for
+/// the names it looks up (LLMNR) or announce the host (SSDP); `--no-lan-discovery`
+/// refuses mDNS too. Judged on the receiving side's capture.
+#[test]
+fn lan_bypass_lets_mdns_out_but_not_llmnr_or_ssdp_and_strict_refuses_mdns_too() {
+    let w = world();
+    let send = |to: &str| w.governed(GOVERNED, &["udp-send", to, "00"]);
+    let (mdns, llmnr, ssdp) = ("224.0.0.251:5353", "224.0.0.252:5355", "239.255.255.250:1900");
+    let d = start(&w, &[]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    assert_eq!(send(mdns), "SENT", "mDNS with LAN bypass");
+    assert_eq!(send(llmnr), "ERR EPERM", "LLMNR");
+    assert_eq!(send(ssdp), "ERR EPERM", "SSDP");
+    let pkts = cap.stop().unwrap();
+    assert_eq!(matching(&pkts, "> 224.0.0.251.5353").len(), 1, "the mDNS control: {pkts:#?}");
+    assert!(
+        matching(&pkts, "> 224.0.0.252.").is_empty() && matching(&pkts, "> 239.255.255.250.").is_empty(),
+        "{pkts:#?}"
+    );
+    assert!(w.counters().unwrap()["lan_discovery_refused"] >= 2);
+    d.stop().unwrap();
+
+    let _d = start(&w, &["--no-lan-discovery"]);
+    let cap = Capture::start(&w.inet, INET_IF).unwrap();
+    assert_eq!(send(mdns), "ERR EPERM", "mDNS with --no-lan-discovery");
+    // Unicast to the LAN still goes direct.
+    assert!(w.governed(GOVERNED, &["udp", &format!("{}:5353", addr::LAN_PEER)]).starts_with("DIRECT"));
+    let pkts = cap.stop().unwrap();
+    assert!(matching(&pkts, "> 224.0.0.251.").is_empty(), "{pkts:#?}");
+}
+
 #[test]
 fn exempt_uid_gid_and_cgroup_go_direct_and_lan_bypass_switches() {
     let w = world();

@@ -73,6 +73,8 @@ pub mod flags {
     pub const HAS_BYPASS_CGROUPS: u32 = 1 << 4;
     /// Set by userspace once every map is filled; until then the programs fail closed.
     pub const READY: u32 = 1 << 5;
+    /// LAN bypass without discovery: mDNS is refused too (see `ttp_ebpf::lan_allowed`).
+    pub const NO_LAN_DISCOVERY: u32 = 1 << 6;
 }
 
 /// How deep the cgroup ancestry walk for bypass cgroups goes.
@@ -254,10 +256,14 @@ pub enum Counter {
     /// Frame sockets (AF_PACKET, AF_XDP) of governed processes refused at creation, or
     /// their options that skip TC egress (PACKET_QDISC_BYPASS, SOL_XDP) refused.
     FrameSocketRefused,
+    /// Multicast and broadcast of governed sockets refused with LAN bypass on: LLMNR,
+    /// SSDP, NetBIOS and the like (they announce the host, or ask the LAN for names), and
+    /// mDNS with `--no-lan-discovery`.
+    LanDiscoveryRefused,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::FrameSocketRefused as u32 + 1;
+    pub const COUNT: u32 = Counter::LanDiscoveryRefused as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
@@ -289,6 +295,7 @@ impl Counter {
         Counter::GwDnsReplies,
         Counter::GwLocal,
         Counter::FrameSocketRefused,
+        Counter::LanDiscoveryRefused,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -323,6 +330,7 @@ impl Counter {
             Counter::GwDnsReplies => "gateway_dns_replies",
             Counter::GwLocal => "gateway_local",
             Counter::FrameSocketRefused => "frame_socket_refused",
+            Counter::LanDiscoveryRefused => "lan_discovery_refused",
         }
     }
 }

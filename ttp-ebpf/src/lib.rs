@@ -14,6 +14,10 @@ pub struct Dest {
     pub loopback: bool,
     /// RFC 1918, link-local, CGNAT-free LAN ranges, unique-local, multicast, broadcast.
     pub lan: bool,
+    /// Multicast or broadcast: to every host of the LAN at once.
+    pub group: bool,
+    /// The mDNS group (224.0.0.251, ff02::fb).
+    pub mdns: bool,
     /// Destination port, host byte order.
     pub port: u16,
     /// One of the DNSPort's virtual addresses: always redirected, never LAN.
@@ -23,12 +27,28 @@ pub struct Dest {
 impl Dest {
     /// `ip` in host byte order (`u32::from_be` of the kernel's field).
     pub const fn v4(ip: u32, port: u16) -> Self {
-        Dest { v6: false, loopback: v4_is_local(ip), lan: v4_is_lan(ip), port, virt: false }
+        Dest {
+            v6: false,
+            loopback: v4_is_local(ip),
+            lan: v4_is_lan(ip),
+            group: ip >> 28 == 0xe || ip == 0xffff_ffff,
+            mdns: ip == 0xe000_00fb,
+            port,
+            virt: false,
+        }
     }
 
     /// `words` in host byte order; callers turn v4-mapped addresses into [`Dest::v4`] first.
     pub const fn v6(words: [u32; 4], port: u16) -> Self {
-        Dest { v6: true, loopback: v6_is_local(words), lan: v6_is_lan(words), port, virt: false }
+        Dest {
+            v6: true,
+            loopback: v6_is_local(words),
+            lan: v6_is_lan(words),
+            group: words[0] >> 24 == 0xff,
+            mdns: words[0] == 0xff02_0000 && words[1] == 0 && words[2] == 0 && words[3] == 0xfb,
+            port,
+            virt: false,
+        }
     }
 }
 
@@ -100,8 +120,11 @@ pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, d
         (Proto::Udp, 53) => return Action::Redirect { port: cfg.dns_port, counter: Counter::DnsUdpRedirected },
         _ => {}
     }
-    if dest.lan && !dest.virt && cfg.has(flags::LAN_BYPASS) {
+    if lan_allowed(cfg, dest) {
         return Action::Pass(Some(Counter::LanPassed));
+    }
+    if dest.group && cfg.has(flags::LAN_BYPASS) {
+        return Action::Refuse(Counter::LanDiscoveryRefused);
     }
     if dest.v6 && cfg.has(flags::IPV6_DROP) {
         return Action::Refuse(Counter::Ipv6Refused);
@@ -124,7 +147,32 @@ pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>) -> bool
     if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
         return false;
     }
-    exempt.is_some() || (dest.lan && cfg.has(flags::LAN_BYPASS))
+    exempt.is_some() || lan_allowed(cfg, dest)
+}
+
+/// What LAN bypass lets a governed socket send to the LAN directly.
+///
+/// - Unicast to private, link-local and unique-local addresses: a printer, a NAS, the
+///   router's admin page.
+/// - Of multicast and broadcast, which reach every host of the LAN at once: DHCP (the
+///   host's own address, ports 67 and 547), and mDNS (printers and casting find each other
+///   by it; it names this host and its services to the LAN) unless `--no-lan-discovery`.
+/// - Nothing else: LLMNR and NetBIOS ask the whole LAN for the names a program looks up
+///   (a failed DNS lookup falls back to them), SSDP and WS-Discovery announce the host.
+///
+/// `dest.port` must be the transport's destination port for group destinations.
+pub fn lan_allowed(cfg: &Config, dest: &Dest) -> bool {
+    if !dest.lan || dest.virt || !cfg.has(flags::LAN_BYPASS) {
+        return false;
+    }
+    if !dest.group {
+        return true;
+    }
+    match dest.port {
+        67 | 547 => true,
+        5353 if dest.mdns => !cfg.has(flags::NO_LAN_DISCOVERY),
+        _ => false,
+    }
 }
 
 /// Address families whose sockets put frames on a link directly, below the cgroup and TC
@@ -458,6 +506,38 @@ mod tests {
         // delivery, never forwarded. Maps never filled (no READY): nothing at all.
         assert_eq!(gateway_decide(&cfg(flags::LOCKDOWN), IPPROTO_TCP, 22, syn, true), GatewayAction::Local);
         assert_eq!(gateway_decide(&Config::default(), IPPROTO_TCP, 22, syn, true), GatewayAction::Drop);
+    }
+
+    #[test]
+    fn lan_bypass_lets_unicast_dhcp_and_mdns_out_but_no_other_discovery() {
+        let on = cfg(flags::LAN_BYPASS);
+        let strict = cfg(flags::LAN_BYPASS | flags::NO_LAN_DISCOVERY);
+        let mdns = Dest::v4(0xe000_00fb, 5353);
+        let mdns6 = Dest::v6([0xff02_0000, 0, 0, 0xfb], 5353);
+        assert!(lan_allowed(&on, &Dest::v4(LAN, 631)), "unicast to a printer");
+        assert!(lan_allowed(&on, &mdns) && lan_allowed(&on, &mdns6));
+        assert!(!lan_allowed(&strict, &mdns) && !lan_allowed(&strict, &mdns6), "--no-lan-discovery");
+        assert!(lan_allowed(&strict, &Dest::v4(0xffff_ffff, 67)), "DHCP stays");
+        assert!(lan_allowed(&strict, &Dest::v6([0xff02_0000, 0, 0, 0x0001_0002], 547)), "DHCPv6 stays");
+        for (d, what) in [
+            (Dest::v4(0xe000_00fc, 5355), "LLMNR"),
+            (Dest::v6([0xff02_0000, 0, 0, 0x0001_0003], 5355), "LLMNR over IPv6"),
+            (Dest::v4(0xefff_fffa, 1900), "SSDP"),
+            (Dest::v4(0xffff_ffff, 137), "NetBIOS"),
+            (Dest::v4(0xefff_fffa, 3702), "WS-Discovery"),
+            (Dest::v4(0xe000_00fb, 80), "not mDNS's port"),
+        ] {
+            assert!(!lan_allowed(&on, &d), "{what}");
+            assert_eq!(
+                decide(&on, Proto::Udp, &d, None, false),
+                Action::Refuse(Counter::LanDiscoveryRefused),
+                "{what}"
+            );
+            assert!(!egress_allowed(&on, &d, None), "{what}");
+        }
+        assert_eq!(decide(&on, Proto::Udp, &mdns, None, false), Action::Pass(Some(Counter::LanPassed)));
+        // Without LAN bypass nothing of the LAN is direct.
+        assert!(!lan_allowed(&cfg(0), &Dest::v4(LAN, 631)) && !lan_allowed(&cfg(0), &mdns));
     }
 
     #[test]

@@ -90,6 +90,23 @@ impl Ip {
         ip.map_or(Frame::Unreadable, Frame::Ip)
     }
 
+    /// Multicast and broadcast destinations are judged by port too
+    /// ([`ttp_ebpf::lan_allowed`]): for them (only, off the hot path) the UDP or TCP
+    /// destination port is read into `dest.port`.
+    #[inline(always)]
+    pub fn read_group_port(&mut self, skb: &SkBuff) {
+        if !self.dest.group {
+            return;
+        }
+        if let Some((proto, l4)) = self.transport(skb) {
+            if proto == 17 || proto == 6 {
+                if let Ok(p) = skb.load::<u16>(l4 + 2) {
+                    self.dest.port = u16::from_be(p);
+                }
+            }
+        }
+    }
+
     /// The transport protocol and where its header starts; read only off the hot path.
     /// Of IPv6 extension headers only one hop-by-hop header is skipped (MLD reports carry
     /// one); behind others the protocol is the extension's number, which can only make a

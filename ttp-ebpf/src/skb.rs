@@ -15,7 +15,7 @@ use crate::{
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
-    let Some(ip) = Ip::parse(&ctx.skb, 0) else {
+    let Some(mut ip) = Ip::parse(&ctx.skb, 0) else {
         count(Counter::SkbDroppedOther);
         return 0;
     };
@@ -23,6 +23,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return 1;
     }
     let cfg = config();
+    ip.read_group_port(&ctx.skb);
     if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb)) {
         1
     } else {

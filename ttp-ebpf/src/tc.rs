@@ -13,6 +13,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ttp_common::{flags, Counter, Exempt};
+use ttp_ebpf::lan_allowed;
 
 use crate::{
     maps::{config, count, UPLINKS},
@@ -50,7 +51,7 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*skb.skb).ifindex };
     // SAFETY: u32 copied out at once.
     let l2 = unsafe { UPLINKS.get(&ifindex) }.copied().unwrap_or(ETH_HLEN);
-    let ip = match Ip::parse_frame(skb, l2 as usize) {
+    let mut ip = match Ip::parse_frame(skb, l2 as usize) {
         Frame::Ip(ip) => ip,
         // Link control by its own type field: ARP, EAPOL, LLDP never leave the link.
         Frame::LinkControl => {
@@ -66,7 +67,8 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
         count(Counter::TcPassedLinkControl);
         return TC_ACT_UNSPEC;
     }
-    if open && ip.dest.lan && cfg.has(flags::LAN_BYPASS) {
+    ip.read_group_port(skb);
+    if open && lan_allowed(&cfg, &ip.dest) {
         count(Counter::LanPassed);
         return TC_ACT_UNSPEC;
     }

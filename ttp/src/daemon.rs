@@ -211,6 +211,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         virtual_v4: Some(opts.virtual_net),
         policy: Policy {
             lan_bypass: !opts.no_lan_bypass,
+            lan_discovery: !opts.no_lan_discovery,
             allow_root: opts.allow_root,
             ipv6: opts.ipv6(),
             bypass_uids: opts.bypass_uids.clone(),

@@ -57,6 +57,10 @@ pub struct StartOptions {
     /// Send LAN destinations through Tor (and refuse LAN UDP) instead of letting them go direct.
     #[arg(long)]
     pub no_lan_bypass: bool,
+    /// With LAN bypass, refuse mDNS too (printer and cast discovery, which names this host
+    /// to the LAN). LLMNR, NetBIOS, SSDP and other discovery are always refused.
+    #[arg(long)]
+    pub no_lan_discovery: bool,
     /// Refuse all IPv6 instead of sending it through Tor.
     #[arg(long)]
     pub no_ipv6: bool,

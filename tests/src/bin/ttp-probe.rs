@@ -38,6 +38,8 @@ struct Args {
     dns_port: u16,
     #[arg(long)]
     no_lan_bypass: bool,
+    #[arg(long)]
+    no_lan_discovery: bool,
     #[arg(long, value_enum, default_value_t = Ipv6Policy::Tor)]
     ipv6: Ipv6Policy,
     #[arg(long)]
@@ -57,6 +59,7 @@ async fn main() -> Result<()> {
     ttp::cgroup::move_into(&a.daemon_cgroup, std::process::id())?;
     let mut policy = Policy {
         lan_bypass: !a.no_lan_bypass,
+        lan_discovery: !a.no_lan_discovery,
         ipv6: a.ipv6,
         bypass_uids: a.bypass_uid,
         bypass_gids: a.bypass_gid,

@@ -123,6 +123,9 @@ impl Maps {
         if policy.lan_bypass {
             f |= flags::LAN_BYPASS;
         }
+        if !policy.lan_discovery {
+            f |= flags::NO_LAN_DISCOVERY;
+        }
         if policy.allow_root {
             f |= flags::ALLOW_ROOT;
         }

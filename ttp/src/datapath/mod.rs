@@ -51,8 +51,11 @@ pub enum Ipv6Policy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// Let RFC 1918, link-local, unique-local and multicast destinations go direct.
+    /// Let RFC 1918, link-local and unique-local destinations go direct, and of multicast
+    /// and broadcast DHCP and (with `lan_discovery`) mDNS (`ttp_ebpf::lan_allowed`).
     pub lan_bypass: bool,
+    /// With LAN bypass, let mDNS go direct too.
+    pub lan_discovery: bool,
     /// Let uid 0 go direct.
     pub allow_root: bool,
     pub ipv6: Ipv6Policy,
@@ -68,6 +71,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             lan_bypass: true,
+            lan_discovery: true,
             allow_root: false,
             ipv6: Ipv6Policy::Tor,
             bypass_uids: Vec::new(),
