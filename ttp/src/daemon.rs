@@ -132,6 +132,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
     }
     let t0 = Instant::now();
+    // Destinations and names stay out of the log unless asked for (for the whole run).
+    let _sensitive = opts.log_sensitive.then(safelog::disable_safe_logging).transpose()?;
     // Bad input fails here, before anything on the host changes (the configuration is read
     // once to check it, and again below for the service user's uid).
     let bridges = opts.bridges()?;

@@ -61,6 +61,10 @@ pub struct StartOptions {
     /// to the LAN). LLMNR, NetBIOS, SSDP and other discovery are always refused.
     #[arg(long)]
     pub no_lan_discovery: bool,
+    /// Write destinations and names into the log (for debugging). Off, they are scrubbed,
+    /// in ttp's lines as in Arti's.
+    #[arg(long)]
+    pub log_sensitive: bool,
     /// Refuse all IPv6 instead of sending it through Tor.
     #[arg(long)]
     pub no_ipv6: bool,

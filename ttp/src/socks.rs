@@ -186,7 +186,7 @@ impl SocksPort {
                     }
                     Err((destination, e)) => {
                         let _ = client.write_all(&reply_with(status_for(&e), None)?).await;
-                        Err(anyhow::Error::new(e).context(format!("Tor stream to {destination}")))
+                        Err(anyhow::Error::new(e).context(crate::transport::stream_failed(&destination)))
                     }
                 }
             }

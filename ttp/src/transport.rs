@@ -340,9 +340,15 @@ impl TransPort {
             .ctx
             .open(&target, dst.port(), key)
             .await
-            .map_err(|(d, e)| anyhow::Error::new(e).context(format!("Tor stream to {d}")))?;
+            .map_err(|(d, e)| anyhow::Error::new(e).context(stream_failed(&d)))?;
         self.ctx.track_and_relay(client, tor_stream, destination, label).await
     }
+}
+
+/// The context of a failed stream's error, which ends up in the log: the destination is
+/// scrubbed (Arti's `safelog`) unless `--log-sensitive` asked for it.
+pub fn stream_failed(destination: &str) -> String {
+    format!("Tor stream to {}", safelog::sensitive(destination))
 }
 
 /// Arti's id of the circuit a stream runs on, for display and for proving isolation.
@@ -431,6 +437,14 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destinations_are_scrubbed_from_the_log_unless_asked_for() {
+        let scrubbed = stream_failed("secret.example:443");
+        assert!(!scrubbed.contains("secret.example"), "{scrubbed}");
+        let _shown = safelog::disable_safe_logging().unwrap();
+        assert!(stream_failed("secret.example:443").contains("secret.example:443"));
+    }
 
     #[tokio::test]
     async fn relay_counts_bytes_and_passes_half_close() {

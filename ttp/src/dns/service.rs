@@ -120,7 +120,7 @@ impl DnsService {
                 }
                 Err(LookupError::NotFound) => return (ResponseCode::NXDomain, Vec::new()),
                 Err(LookupError::Failed(e)) => {
-                    tracing::debug!(name, "DNS lookup through Tor failed: {e}");
+                    tracing::debug!(name = %safelog::sensitive(&name), "DNS lookup through Tor failed: {e}");
                     return (ResponseCode::ServFail, Vec::new());
                 }
             },
