@@ -509,13 +509,20 @@ impl World {
 
     /// A daemon's command line in the host namespace: this world's cgroups, uplink, pins.
     pub fn daemon_cmd(&self, program: &str, sub: &[&str]) -> Command {
+        let mut c = self.daemon_cmd_choosing_uplinks(program, sub);
+        c.args(["--uplink", UPLINK]);
+        c
+    }
+
+    /// [`World::daemon_cmd`] without `--uplink`: the daemon takes the interfaces with a
+    /// default route (here the world's uplink) and follows new ones.
+    pub fn daemon_cmd_choosing_uplinks(&self, program: &str, sub: &[&str]) -> Command {
         let mut c = self.host.cmd(bin(program));
         c.args(sub)
             .arg("--cgroup")
             .arg(&self.governed.path)
             .arg("--daemon-cgroup")
             .arg(&self.daemon.path)
-            .args(["--uplink", UPLINK])
             .arg("--pin-dir")
             .arg(&self.pin_dir);
         c

@@ -122,6 +122,14 @@ pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
         cgroups: exec.to_vec(),
         ports: vec![opts.trans_port, opts.dns_port, opts.socks_port],
         gateway: opts.tunnel.is_some() || !opts.gateways.is_empty(),
+        // The tunnel's interface is a gateway interface too (its name is in its file).
+        follow_uplinks: opts.uplinks.is_empty().then(|| {
+            let mut skip = opts.gateways.clone();
+            if let Some(t) = opts.tunnel.as_deref().and_then(|p| TunnelConfig::load(p).ok()) {
+                skip.push(t.interface);
+            }
+            skip
+        }),
     })
 }
 

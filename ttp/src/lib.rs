@@ -11,6 +11,7 @@
 //!   lock; [`logfile`]: the volatile, rotated log; [`rootfs`]: root's runtime directory
 //!   and what root reads back from it.
 //! - [`accept`] and [`load`]: listeners that no load ends, descriptors and fair shares.
+//! - [`uplinks`]: the kill-switch for uplinks that appear after start (run by the monitor).
 
 pub mod accept;
 pub mod cgroup;
@@ -34,4 +35,5 @@ pub mod socks;
 pub mod tor;
 pub mod transport;
 pub mod tunnel;
+pub mod uplinks;
 pub mod user;

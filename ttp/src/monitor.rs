@@ -47,6 +47,9 @@ pub struct Cleanup {
     pub ports: Vec<u16>,
     /// Gateway mode ran: its routing rules go (see [`crate::gateway`]).
     pub gateway: bool,
+    /// ttp chose the uplinks (no `--uplink`): the monitor attaches the kill-switch to
+    /// interfaces that gain a default route later ([`crate::uplinks`]), never to these.
+    pub follow_uplinks: Option<Vec<String>>,
 }
 
 /// Proof that root asked the daemon to stop: SIGTERM or SIGINT (which only root, or the
@@ -175,6 +178,10 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                     Ok(m) => armed = Some(m),
                     Err(e) => bail!("opening the pinned maps: {e:#}"),
                 }
+                if let Some(skip) = cleanup.follow_uplinks.clone() {
+                    let pin_dir = cleanup.pin_dir.clone();
+                    std::thread::spawn(move || crate::uplinks::follow(pin_dir, skip));
+                }
                 let _ = std::fs::remove_file(cleanup.runtime_dir.join(FAULT_FILE));
             }
             Ok("CLEAN") => {
@@ -230,6 +237,7 @@ impl Cleanup {
             cgroups: lock.map(|l| vec![l.cgroup.join("ttp.tor"), l.cgroup.join("ttp.direct")]).unwrap_or_default(),
             ports: lock.map(|l| vec![l.ports.trans, l.ports.dns, l.ports.socks]).unwrap_or_default(),
             gateway,
+            follow_uplinks: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! may open the host. Each test captures the uplink on the receiving side and proves that
 //! nothing but relay traffic left, and that the daemon (or its kill-switch) held.
 
-use ttp_tests::{limit_open_files, Capture};
+use ttp_tests::{limit_open_files, Capture, Netns};
 
 use super::*;
 
@@ -137,4 +137,53 @@ fn a_service_that_fails_leaves_the_host_closed_and_says_why() {
     r.daemon.take().unwrap().kill(); // already dead: keeps the pins for `ttp stop`
     ttp(&r, &["stop"]);
     assert!(!r.w.pin_dir.exists(), "pins left after ttp stop");
+}
+
+/// An interface that gains a default route after start (a Wi-Fi reconnect, USB tethering)
+/// gets the uplink kill-switch, when ttp chose its uplinks itself: a governed root
+/// process's frame on it leaves before (the capture's control, and the gap this closes)
+/// and not after.
+#[test]
+fn an_uplink_that_appears_after_start_gets_the_kill_switch() {
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-uplink-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let mut c = w.daemon_cmd_choosing_uplinks("ttp", &["run"]);
+    c.args(["--bootstrap-timeout", "90", "--user", &ttp_tests::SERVICE_UID.to_string()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.join("run"))
+        .arg("--arti-config")
+        .arg(net.arti_toml())
+        .args(["--check-url", ttp_tests::testnet::CHECK_URL]);
+    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
+    let r = Running { daemon: Some(d), w, state };
+    // A second link, to a namespace of this test's own.
+    let other = Netns::new("up2").unwrap();
+    r.w.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "eth9", "netns", &other.name]).unwrap();
+    r.w.host.ip(&["addr", "add", "198.18.250.2/24", "dev", "up1"]).unwrap();
+    r.w.host.ip(&["link", "set", "up1", "up"]).unwrap();
+    other.ip(&["addr", "add", "198.18.250.1/24", "dev", "eth9"]).unwrap();
+    other.ip(&["link", "set", "eth9", "up"]).unwrap();
+    let frame =
+        |port: u16| r.w.governed(0, &["packet", "up1", "198.18.250.2", &format!("198.18.250.1:{port}"), "dgram"]);
+    let cap = Capture::start(&other, "eth9").unwrap();
+    assert_eq!(frame(9001), "SENT", "before the route, up1 is no uplink");
+    r.w.host.ip(&["route", "add", "default", "via", "198.18.250.1", "dev", "up1", "metric", "500"]).unwrap();
+    let pin = r.w.pin_dir.join("links").join("tc_egress@up1");
+    let t0 = Instant::now();
+    while !pin.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no kill-switch on the new uplink:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = frame(9002);
+    let pkts = cap.stop().unwrap();
+    assert_eq!(matching(&pkts, "> 198.18.250.1.9001").len(), 1, "the control frame was not captured: {pkts:#?}");
+    assert!(
+        matching(&pkts, "> 198.18.250.1.9002").is_empty(),
+        "a governed frame left the new uplink ({after}): {pkts:#?}"
+    );
+    let log = r.daemon.as_ref().unwrap().log();
+    assert!(log.contains("up1 now carries a default route"), "{log}");
 }

@@ -239,7 +239,7 @@ impl Datapath {
         {
             let p: &mut CgroupSockopt = program(&mut ebpf, prog::SETSOCKOPT)?;
             p.load().map_err(aya_err).context("loading setsockopt")?;
-            let link = link_create(p.fd().map_err(aya_err)?.as_fd(), &cg, BPF_CGROUP_SETSOCKOPT)
+            let link = link_create(p.fd().map_err(aya_err)?.as_fd(), cg.as_raw_fd() as u32, BPF_CGROUP_SETSOCKOPT)
                 .context("attaching setsockopt")?;
             pin_fd(layout, prog::SETSOCKOPT, &link)?;
         }
@@ -264,9 +264,7 @@ impl Datapath {
                     )
                     .map_err(aya_err)
                     .with_context(|| format!("attaching the TC kill-switch to {iface} (tcx needs Linux 6.6+)"))?;
-                // bpffs refuses names with dots (VLAN interfaces have them).
-                let pin_name = format!("{}@{}", prog::TC_EGRESS, iface.replace('.', "_"));
-                pin(layout, &pin_name, p.take_link(id)?.try_into()?)?;
+                pin(layout, &crate::uplinks::pin_name(iface), p.take_link(id)?.try_into()?)?;
             }
         }
         for (name, direction) in
@@ -445,12 +443,15 @@ pub fn bpf_lsm_active() -> Option<bool> {
     std::fs::read_to_string(LSM_LIST).ok().map(|l| l.trim().split(',').any(|m| m == "bpf"))
 }
 
-/// `enum bpf_attach_type`: BPF_CGROUP_SETSOCKOPT.
+/// `enum bpf_attach_type`: BPF_CGROUP_SETSOCKOPT, BPF_TCX_EGRESS.
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
-/// Attaches a program to a cgroup with a bpf_link. By hand: aya 0.14's sockopt links
-/// cannot become an `FdLink`, so they could not be pinned (KNOWN.md).
-fn link_create(prog: BorrowedFd<'_>, cgroup: &File, attach_type: u32) -> Result<OwnedFd> {
+/// Attaches a program with a bpf_link to `target` (a cgroup's descriptor, or an
+/// interface's index for tcx; tcx links go after the others). By hand: aya 0.14's sockopt
+/// links cannot become an `FdLink`, so they could not be pinned (KNOWN.md), and the
+/// monitor attaches a program it did not load (see [`crate::uplinks`]).
+pub(crate) fn link_create(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> Result<OwnedFd> {
     #[repr(C)]
     struct LinkCreate {
         prog_fd: u32,
@@ -459,13 +460,7 @@ fn link_create(prog: BorrowedFd<'_>, cgroup: &File, attach_type: u32) -> Result<
         flags: u32,
         _rest: [u64; 6],
     }
-    let attr = LinkCreate {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        flags: 0,
-        _rest: [0; 6],
-    };
+    let attr = LinkCreate { prog_fd: prog.as_raw_fd() as u32, target_fd: target, attach_type, flags: 0, _rest: [0; 6] };
     const BPF_LINK_CREATE: libc::c_long = 28;
     // SAFETY: bpf(2) with a zero-padded attr of the size given; it returns a new fd.
     let fd = unsafe {
@@ -479,7 +474,7 @@ fn link_create(prog: BorrowedFd<'_>, cgroup: &File, attach_type: u32) -> Result<
 }
 
 /// Pins a link given by its descriptor (see [`link_create`]).
-fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<()> {
+pub(crate) fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<()> {
     #[repr(C)]
     struct ObjPin {
         pathname: u64,
@@ -509,7 +504,7 @@ fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
 /// Interface index and link-layer header length (14 for Ethernet, 0 for L3 devices
 /// such as TUN and WireGuard). Uses ioctls, not /sys: sysfs shows the mount namespace's
 /// network namespace, which need not be ours.
-fn link_of(iface: &str) -> Result<(u32, u32)> {
+pub(crate) fn link_of(iface: &str) -> Result<(u32, u32)> {
     let index = nix::net::if_::if_nametoindex(iface).with_context(|| format!("no interface named {iface}"))?;
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").context("socket for interface ioctl")?;
     // SAFETY: ifreq is plain data; the name fits (if_nametoindex accepted it).
