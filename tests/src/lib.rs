@@ -21,6 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod bench;
 pub mod exitlog;
 pub mod testnet;
 

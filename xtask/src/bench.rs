@@ -19,6 +19,10 @@ pub enum Which {
     /// `ttp start` to kill-switch and to ready (cold and warm Tor state) and `ttp stop`,
     /// against C tor's bootstrap and an nftables ruleset load.
     Lifecycle,
+    /// Streams held through the TransPort (1,000 and 10,000) against C tor's TransPort
+    /// behind nftables: the daemon's memory (RSS, PSS) and the p50/p99 time to first byte
+    /// of fresh streams while they are held.
+    Load,
     /// The tunnel's protocol core against boringtun's, CPU only: handshakes/s and
     /// seal+open throughput of 1400-byte packets.
     TunnelCore,
@@ -33,6 +37,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Datapath => "bench-datapath",
         Which::Tor => "bench-tor",
         Which::Lifecycle => "bench-lifecycle",
+        Which::Load => "bench-load",
         Which::TunnelCore => "bench-tunnel-core",
         Which::Tunnel => "bench-tunnel",
     };

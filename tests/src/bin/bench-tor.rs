@@ -15,24 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use ttp_tests::{bin, run, testnet::Testnet, Daemon, Proc, World};
-
-const WEB: &str = ttp_tests::testnet::WEB_V4;
-const GOVERNED: u32 = 1001;
-
-struct Side {
-    /// Short, for progress lines.
-    name: &'static str,
-    /// For the table's header.
-    label: &'static str,
-    w: World,
-    pid: u32,
-    /// The client's state directory, removed after the run.
-    state: std::path::PathBuf,
-    _daemon: Option<Daemon>,
-    _tor: Option<Proc>,
-}
+use anyhow::{Context, Result};
+use ttp_tests::{
+    bench::{ctor_side, curl_metric, finish, governed, median, ttp_side, warm_up, Side, GOVERNED, WEB},
+    bin,
+    testnet::Testnet,
+    Proc,
+};
 
 fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ttp-bench-net-{}", std::process::id()));
@@ -47,7 +36,7 @@ fn main() -> Result<()> {
     // conflux, which Arti 0.47 cannot do) and with conflux off (one circuit per stream,
     // like Arti): the second isolates what each client does with one circuit.
     let sides = [
-        ttp_side(&net)?,
+        ttp_side(&net, &["--max-streams", "5000"])?,
         ctor_side(&net, "C tor", "C tor 0.4.9 (TransPort, nftables redirect)", "")?,
         ctor_side(&net, "C tor 1c", "C tor, `ConfluxEnabled 0`", "ConfluxEnabled 0\n")?,
     ];
@@ -218,97 +207,6 @@ fn local_seconds_of_day() -> f64 {
     f64::from(tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec) + f64::from(now.subsec_millis()) / 1000.0
 }
 
-/// Stops the clients, then removes their state and the network's directory.
-fn finish<const N: usize>(sides: [Side; N], net_dir: &std::path::Path) {
-    let states: Vec<_> = sides.iter().map(|s| s.state.clone()).collect();
-    drop(sides);
-    for d in states.iter().map(|p| p.as_path()).chain([net_dir]) {
-        let _ = fs::remove_dir_all(d);
-    }
-}
-
-fn ttp_side(net: &Testnet) -> Result<Side> {
-    let w = World::with_testnet(net)?;
-    let state = std::env::temp_dir().join(format!("ttp-bench-state-{}", std::process::id()));
-    let arti = net.arti_toml().display().to_string();
-    let d = w.start_ttp(
-        &state,
-        &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--max-streams", "5000"],
-    )?;
-    let pid = d.proc.child.id();
-    Ok(Side { name: "ttp", label: "ttp (Arti, eBPF redirect)", w, pid, state, _daemon: Some(d), _tor: None })
-}
-
-/// C tor as a client with TransPort and DNSPort, and nftables redirecting uid 1001's
-/// traffic to them, in a host namespace of its own; `extra` is added to its torrc.
-fn ctor_side(net: &Testnet, name: &'static str, label: &'static str, extra: &str) -> Result<Side> {
-    let w = World::with_testnet(net)?;
-    let d = std::env::temp_dir().join(format!(
-        "ttp-bench-ctor-{}-{}",
-        std::process::id(),
-        w.pin_dir.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o700))?;
-    }
-    let torrc = format!(
-        "TestingTorNetwork 1\nDataDirectory {d}\nRunAsDaemon 0\nSocksPort 0\nTransPort 127.0.0.1:9040\n\
-         DNSPort 127.0.0.1:9053\nAutomapHostsOnResolve 1\nPathsNeededToBuildCircuits 0.67\n\
-         Log notice file {d}/notice.log\nSafeLogging 0\nSandbox 0\n{extra}%include {auth}\n",
-        d = d.display(),
-        auth = net.dir.join("authorities.torrc").display()
-    );
-    fs::write(d.join("torrc"), torrc)?;
-    let mut tor = w.host.cmd("tor");
-    tor.arg("-f").arg(d.join("torrc")).stdout(std::process::Stdio::null());
-    let tor = Proc::spawn(tor)?;
-    let pid = tor.child.id();
-    let t0 = Instant::now();
-    while !fs::read_to_string(d.join("notice.log")).unwrap_or_default().contains("Bootstrapped 100%") {
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("{name} did not bootstrap; see {}", d.join("notice.log").display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("{name} bootstrapped in {:.1?}", t0.elapsed());
-    let rules = format!(
-        "table ip ttpbench {{\n  chain out {{\n    type nat hook output priority -100; policy accept;\n    \
-         meta skuid {GOVERNED} udp dport 53 redirect to :9053\n    \
-         meta skuid {GOVERNED} ip daddr != 127.0.0.0/8 tcp dport != 9040 redirect to :9040\n  }}\n}}\n"
-    );
-    let file = d.join("rules.nft");
-    fs::write(&file, rules)?;
-    run(w.host.cmd("nft").arg("-f").arg(&file))?;
-    Ok(Side { name, label, w, pid, state: d, _daemon: None, _tor: Some(tor) })
-}
-
-fn governed(s: &Side, argv: &[&str]) -> Result<String> {
-    let out = run(&mut s.w.cmd_in(&s.w.governed, GOVERNED, GOVERNED, argv)).with_context(|| s.name)?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn warm_up(s: &Side) -> Result<()> {
-    let t0 = Instant::now();
-    while governed(s, &["curl", "-sf", "--max-time", "10", &format!("http://{WEB}/index.txt")]).is_err() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("{}: no stream through Tor within 60 s", s.name);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Ok(())
-}
-
-fn curl_metric(s: &Side, path: &str, metric: &str) -> Result<f64> {
-    let out = governed(
-        s,
-        &["curl", "-sf", "--max-time", "120", "-o", "/dev/null", "-w", metric, &format!("http://{WEB}{path}")],
-    )?;
-    out.parse().with_context(|| format!("{}: curl printed {out}", s.name))
-}
-
 fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
     let kit = bin("testkit");
     let out = governed(
@@ -380,12 +278,6 @@ fn rss_mb(pid: u32) -> Result<Mem> {
         anon_kb += anon;
     }
     Ok(Mem { rss: rss_kb / 1024.0, anon: anon_kb / 1024.0 })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn round2(v: &[f64]) -> Vec<String> {
