@@ -14,7 +14,7 @@
 //! `--uplink` given explicitly means those interfaces and no others.
 
 use std::{
-    os::fd::{AsFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
 };
 
@@ -96,13 +96,5 @@ fn tc_program(layout: &PinLayout) -> Result<OwnedFd> {
     }
     let attr = GetFdById { prog_id, next_id: 0, open_flags: 0, _rest: [0; 5] };
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    // SAFETY: bpf(2) with a zero-padded attr of the size given; it returns a new fd.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr as *const GetFdById, std::mem::size_of::<GetFdById>())
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_GET_FD_BY_ID");
-    }
-    // SAFETY: a fresh descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::datapath::bpf_new_fd(BPF_PROG_GET_FD_BY_ID, &attr).context("BPF_PROG_GET_FD_BY_ID")
 }

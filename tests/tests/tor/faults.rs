@@ -24,6 +24,16 @@ fn start_limited(nofile: u64) -> Running {
     r
 }
 
+/// `uid` in the governed cgroup holds `n` connections to `addr` for `secs` (a program with
+/// many connections); returns once they are all opened (or refused).
+fn hold_open(r: &Running, uid: u32, addr: &str, n: u32, secs: u32) -> ttp_tests::Proc {
+    let kit = ttp_tests::bin("testkit");
+    let argv = [kit.to_str().unwrap(), "hold-open", addr, &n.to_string(), &secs.to_string()];
+    let mut p = r.w.spawn_in(&r.w.governed, uid, uid, &argv).unwrap();
+    p.wait_line("OPENED", Duration::from_secs(90)).expect("the held connections opened");
+    p
+}
+
 fn pid_of(r: &Running) -> u32 {
     r.daemon.as_ref().expect("daemon").proc.child.id()
 }
@@ -44,13 +54,9 @@ fn status(r: &Running) -> serde_json::Value {
 fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_nothing() {
     let mut r = start_limited(1024);
     let pid = pid_of(&r);
-    let kit = ttp_tests::bin("testkit");
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
     let web = format!("{WEB}:80");
-    let mut flood =
-        r.w.spawn_in(&r.w.governed, GOVERNED, GOVERNED, &[kit.to_str().unwrap(), "hold-open", &web, "2000", "120"])
-            .unwrap();
-    flood.wait_line("OPENED", Duration::from_secs(90)).expect("the flood opened its connections");
+    let flood = hold_open(&r, GOVERNED, &web, 2000, 120);
     // While the flood holds its connections: the daemon is the same process, and another
     // program's fetch still goes through Tor.
     let other =
@@ -82,17 +88,9 @@ fn a_program_holding_more_connections_than_the_daemon_has_descriptors_leaks_noth
 fn idle_connections_from_one_user_take_nothing_from_the_others() {
     let mut r = start_limited(1024);
     let pid = pid_of(&r);
-    let kit = ttp_tests::bin("testkit");
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
-    let idle: Vec<_> = ["127.0.0.1:9055", "127.0.0.1:9053"]
-        .iter()
-        .map(|addr| {
-            let argv = [kit.to_str().unwrap(), "hold-open", addr, "1500", "60"];
-            let mut p = r.w.spawn_in(&r.w.governed, 1003, 1003, &argv).unwrap();
-            p.wait_line("OPENED", Duration::from_secs(60)).expect("idle connections opened");
-            p
-        })
-        .collect();
+    let idle: Vec<_> =
+        ["127.0.0.1:9055", "127.0.0.1:9053"].iter().map(|addr| hold_open(&r, 1003, addr, 1500, 60)).collect();
     let page = format!("http://{WEB}/index.txt");
     assert_eq!(curl(&r.w, &page), PAGE, "a governed fetch: {}", r.failures());
     assert_eq!(curl_via(&r.w, "socks5h://127.0.0.1:9055", &page), PAGE, "through SOCKS: {}", r.failures());

@@ -462,15 +462,25 @@ pub(crate) fn link_create(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -
     }
     let attr = LinkCreate { prog_fd: prog.as_raw_fd() as u32, target_fd: target, attach_type, flags: 0, _rest: [0; 6] };
     const BPF_LINK_CREATE: libc::c_long = 28;
-    // SAFETY: bpf(2) with a zero-padded attr of the size given; it returns a new fd.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreate, std::mem::size_of::<LinkCreate>())
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_LINK_CREATE");
-    }
-    // SAFETY: a fresh descriptor, owned by nobody else.
+    bpf_new_fd(BPF_LINK_CREATE, &attr).context("BPF_LINK_CREATE")
+}
+
+/// bpf(2) for a command that returns a new descriptor. `attr` is the command's part of
+/// `union bpf_attr`, `#[repr(C)]` and zero-padded past its last field.
+pub(crate) fn bpf_new_fd<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
+    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// bpf(2): `cmd` with `attr` (see [`bpf_new_fd`]); its non-negative result.
+fn bpf_call<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
+    // SAFETY: attr is valid for its size; the kernel reads at most that much of it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, std::mem::size_of::<A>()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
 }
 
 /// Pins a link given by its descriptor (see [`link_create`]).
@@ -487,11 +497,8 @@ pub(crate) fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<(
     let attr =
         ObjPin { pathname: cpath.as_ptr() as u64, bpf_fd: link.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
     const BPF_OBJ_PIN: libc::c_long = 6;
-    // SAFETY: bpf(2) with a zero-padded attr; the path outlives the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &attr as *const ObjPin, std::mem::size_of::<ObjPin>()) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning link {}", path.display()));
-    }
+    // The path outlives the call.
+    bpf_call(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning link {}", path.display()))?;
     Ok(())
 }
 
