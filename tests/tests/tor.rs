@@ -140,6 +140,52 @@ fn dns_through_the_dnsport_a_aaaa_and_ptr() {
     assert_eq!(dig(&r.w, &["@9.9.9.9", &arpa, "PTR"]), format!("{onion}."));
 }
 
+/// What one user looks up is not another's to learn: not from the DNS cache (a hit comes
+/// back with less than the full TTL), not from a virtual address (a PTR query, or a
+/// connection to it), not from the address itself (each user gets its own).
+#[test]
+fn dns_answers_and_onion_addresses_are_private_per_user() {
+    let r = start(&[]);
+    const OTHER: u32 = 1002;
+    let dig_as = |uid: u32, args: &[&str]| {
+        let mut argv = vec!["dig", "+tries=1", "+time=20", "@9.9.9.9"];
+        argv.extend_from_slice(args);
+        let out = r.w.run_in(&r.w.governed, uid, uid, &argv);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ttl = |uid: u32, name: &str| -> u64 {
+        let answer = dig_as(uid, &["+noall", "+answer", name, "A"]);
+        answer.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("{answer:?}"))
+    };
+    let name = "private.example.test";
+    let first = ttl(GOVERNED, name);
+    std::thread::sleep(Duration::from_millis(2500));
+    // The positive control: the same user's second answer comes from its cache.
+    let again = ttl(GOVERNED, name);
+    assert!(again < first, "not cached for its own user: {first} then {again}");
+    let other = ttl(OTHER, name);
+    assert_eq!(other, first, "another user got the first user's cached answer (TTL {other}, fresh is {first})");
+
+    let onion = &net().onion;
+    let mine = dig_as(GOVERNED, &["+short", onion, "A"]);
+    let theirs = dig_as(OTHER, &["+short", onion, "A"]);
+    assert!(mine.starts_with("10.") && theirs.starts_with("10."), "{mine:?} {theirs:?}");
+    assert_ne!(mine, theirs, "two users were given one virtual address for {onion}");
+    let o: Vec<&str> = mine.split('.').collect();
+    let arpa = format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
+    assert_eq!(dig_as(GOVERNED, &["+short", &arpa, "PTR"]), format!("{onion}."));
+    assert_eq!(dig_as(OTHER, &["+short", &arpa, "PTR"]), "", "another user's PTR named {onion}");
+    // Another user's connection to the address goes nowhere: the TransPort refuses it.
+    r.w.run_in(&r.w.governed, OTHER, OTHER, &["curl", "-sS", "--max-time", "10", &format!("http://{mine}/")]);
+    // The connection is closed before the refusal is logged: wait for the line.
+    let t0 = Instant::now();
+    let refused = || r.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
+    while !refused().contains("not a virtual address of this client's") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no refusal logged:\n{}", refused());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn an_onion_site_is_reached_transparently_by_name() {
     let r = start(&[]);

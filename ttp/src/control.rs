@@ -110,7 +110,8 @@ pub struct LoadStatus {
     pub descriptors_open: u64,
     /// Transient accept errors (out of descriptors, memory...), waited out.
     pub accept_errors: u64,
-    /// Streams refused because their client held its whole share of the slots.
+    /// Streams, SOCKS handshakes, DNS-over-TCP connections and DNS lookups through Tor
+    /// refused because their client held its whole share of the slots.
     pub refused_share: u64,
     pub refused_dns_tcp: u64,
     pub refused_control: u64,

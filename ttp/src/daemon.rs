@@ -455,9 +455,10 @@ async fn serve(
     });
     let transport = Arc::new(TransPort { ctx: ports.clone(), origins: maps.clone() });
     let dns = Arc::new(DnsService::new(
-        Arc::new(TorResolver(tor.clone())),
+        Arc::new(TorResolver { tor: tor.clone(), isolation: services.isolation.clone() }),
         services.automap.clone(),
         Cache::new(DNS_CACHE_TTL, 10_000),
+        load.clone(),
     ));
 
     let mut tasks = tokio::task::JoinSet::new();

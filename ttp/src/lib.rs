@@ -10,7 +10,8 @@
 //!   finish each stop; [`options`]: what it is told; [`lock`]: the session
 //!   lock; [`logfile`]: the volatile, rotated log; [`rootfs`]: root's runtime directory
 //!   and what root reads back from it.
-//! - [`accept`] and [`load`]: listeners that no load ends, descriptors and fair shares.
+//! - [`accept`] and [`load`]: listeners that no load ends, descriptors and fair shares;
+//!   [`principal`]: who a connection or a query belongs to (isolation keys, owners).
 //! - [`uplinks`]: the kill-switch for uplinks that appear after start (run by the monitor).
 
 pub mod accept;
@@ -28,6 +29,7 @@ pub mod lock;
 pub mod logfile;
 pub mod monitor;
 pub mod options;
+pub mod principal;
 pub mod privs;
 pub mod rootfs;
 pub mod sockdestroy;

@@ -12,7 +12,8 @@
 //! One key (a uid and cgroup, a SOCKS user, a gateway client) may hold at most a share of
 //! the stream slots ([`Shares`]): while one program floods, another one's fetch still
 //! finds a slot. The slots of clients that are not streams yet (SOCKS handshakes, DNS
-//! over TCP) are shared the same way per local user or remote address ([`Owner`]).
+//! over TCP) are shared the same way per local user or remote address
+//! ([`crate::principal::Owner`]).
 
 use std::{
     collections::HashMap,
@@ -134,28 +135,6 @@ impl<K: Eq + Hash + Clone> Drop for Share<K> {
     }
 }
 
-/// Who holds a slot that is not a stream's yet (a SOCKS handshake, a DNS-over-TCP
-/// connection): the local user behind a loopback connection, found by its socket
-/// ([`crate::sockdestroy::tcp_owner`]), or the remote address. A loopback client whose
-/// socket cannot be found shares one key with every other such client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Owner {
-    Uid(u32),
-    Addr(std::net::IpAddr),
-}
-
-impl Owner {
-    /// The owner of the connection from `peer` to our `local` address.
-    pub fn of(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Owner {
-        if peer.ip().is_loopback() {
-            if let Ok(Some(s)) = crate::sockdestroy::tcp_owner(peer, local) {
-                return Owner::Uid(s.uid);
-            }
-        }
-        Owner::Addr(peer.ip())
-    }
-}
-
 /// Half of `slots` (at least one): one owner's share.
 pub fn share_of(slots: usize) -> usize {
     (slots * KEY_SHARE_PERCENT / 100).max(1)
@@ -166,8 +145,8 @@ pub fn share_of(slots: usize) -> usize {
 pub struct LoadStats {
     /// Transient accept errors, on every listener.
     pub accept_errors: AcceptErrors,
-    /// Streams, SOCKS handshakes and DNS-over-TCP connections refused because their
-    /// client held its whole share.
+    /// Streams, SOCKS handshakes, DNS-over-TCP connections and DNS lookups through Tor
+    /// refused because their client held its whole share.
     pub refused_share: AtomicU64,
     /// DNS-over-TCP connections refused at the limit.
     pub refused_dns_tcp: AtomicU64,

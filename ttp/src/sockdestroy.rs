@@ -12,7 +12,8 @@
 //! -K` does): the application sees ECONNABORTED at once.
 //!
 //! The same netlink family also tells who owns the client end of a loopback connection
-//! ([`tcp_owner`]): the daemon's listeners share their slots fairly per local user.
+//! ([`tcp_owner`]) or the sender of a datagram ([`udp_owner`]): the daemon's listeners
+//! share their slots fairly per local user, and the DNSPort isolates users' lookups.
 //!
 //! Written by hand: the sock-diag crates parse dumps but do not send SOCK_DESTROY, and the
 //! two messages involved are small fixed structs (linux/inet_diag.h).
@@ -71,9 +72,9 @@ struct Msg {
 /// every full socket's message (Linux 5.7+).
 const INET_DIAG_CGROUP_ID: u16 = 21;
 
-/// One TCP socket of the dump, as the filters see it.
+/// One socket of a dump or a lookup (TCP, or UDP for [`udp_owner`]), as the filters see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpSocket {
+pub struct DiagSocket {
     pub state: u8,
     pub src: std::net::SocketAddr,
     pub dst: std::net::SocketAddr,
@@ -82,7 +83,7 @@ pub struct TcpSocket {
     pub cgroup: u64,
 }
 
-impl TcpSocket {
+impl DiagSocket {
     pub fn listening(&self) -> bool {
         self.state == TCP_LISTEN
     }
@@ -90,7 +91,7 @@ impl TcpSocket {
 
 /// Reads one dump message: the fixed head, then the attributes for the cgroup id. Input
 /// from the kernel, but parsed like any other: lengths checked, nothing trusted.
-fn parse_msg(payload: &[u8]) -> Option<(Msg, TcpSocket)> {
+fn parse_msg(payload: &[u8]) -> Option<(Msg, DiagSocket)> {
     if payload.len() < std::mem::size_of::<Msg>() {
         return None;
     }
@@ -114,7 +115,7 @@ fn parse_msg(payload: &[u8]) -> Option<(Msg, TcpSocket)> {
             if m.family == libc::AF_INET as u8 { IpAddr::from([a[0], a[1], a[2], a[3]]) } else { IpAddr::from(*a) };
         std::net::SocketAddr::new(ip, u16::from_be_bytes(port))
     };
-    let s = TcpSocket {
+    let s = DiagSocket {
         state: m.state,
         src: addr(&m.id.src, m.id.sport),
         dst: addr(&m.id.dst, m.id.dport),
@@ -246,7 +247,23 @@ const NO_COOKIE: [u32; 2] = [!0, !0];
 /// The TCP socket bound to `src` and connected to `dst`, if there is one: for a loopback
 /// connection to one of our listeners, `src` is the client's address (our peer) and `dst`
 /// our own, and the answer names the client's uid and cgroup. One exact lookup, no dump.
-pub fn tcp_owner(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> io::Result<Option<TcpSocket>> {
+pub fn tcp_owner(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> io::Result<Option<DiagSocket>> {
+    exact_lookup(libc::IPPROTO_TCP as u8, src, dst)
+}
+
+/// The UDP socket that sent a datagram from `client` to our `server` address (the socket
+/// a datagram from `server` back to `client` would reach), with its uid and cgroup.
+///
+/// The kernel's UDP lookup takes the id's source as the remote end and its destination as
+/// the local one (the other way round from TCP's, "for historical reasons" says
+/// `udp_diag.c`): the request names the server first. An unconnected client socket bound
+/// to a wildcard address is found too.
+pub fn udp_owner(client: std::net::SocketAddr, server: std::net::SocketAddr) -> io::Result<Option<DiagSocket>> {
+    exact_lookup(libc::IPPROTO_UDP as u8, server, client)
+}
+
+/// One exact SOCK_DIAG lookup by addresses.
+fn exact_lookup(protocol: u8, src: std::net::SocketAddr, dst: std::net::SocketAddr) -> io::Result<Option<DiagSocket>> {
     let (family, to16) = match (src.ip(), dst.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => (libc::AF_INET as u8, true),
         (IpAddr::V6(_), IpAddr::V6(_)) => (libc::AF_INET6 as u8, false),
@@ -270,7 +287,7 @@ pub fn tcp_owner(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> io::Re
         cookie: NO_COOKIE,
     };
     let diag = Diag::open()?;
-    let req = Req { family, protocol: libc::IPPROTO_TCP as u8, states: ALL_STATES, id, ..Req::default() };
+    let req = Req { family, protocol, states: ALL_STATES, id, ..Req::default() };
     diag.send(SOCK_DIAG_BY_FAMILY, libc::NLM_F_REQUEST as u16, 1, &req)?;
     let mut found = None;
     match diag.recv_one(1, |payload| found = parse_msg(payload).map(|(_, s)| s)) {
@@ -287,7 +304,7 @@ pub fn destroy_connected_to(ports: &[u16]) -> io::Result<usize> {
 }
 
 /// Destroys every TCP socket, IPv4 and IPv6, that `doomed` picks. Returns how many.
-pub fn destroy_where(doomed: impl Fn(&TcpSocket) -> bool) -> io::Result<usize> {
+pub fn destroy_where(doomed: impl Fn(&DiagSocket) -> bool) -> io::Result<usize> {
     let diag = Diag::open()?;
     let mut found: Vec<Req> = Vec::new();
     for (i, family) in [libc::AF_INET as u8, libc::AF_INET6 as u8].into_iter().enumerate() {
@@ -385,6 +402,28 @@ mod tests {
         drop(client);
         let gone: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(tcp_owner(gone, server).unwrap(), None);
+    }
+
+    /// The same for a datagram: the sender of a query, connected or not, names its owner.
+    #[test]
+    fn the_sender_of_a_datagram_names_its_owner() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = server.local_addr().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        // Unconnected, bound to the wildcard address (what a resolver library does).
+        let unconnected = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        unconnected.send_to(b"q", at).unwrap();
+        let mut b = [0u8; 4];
+        let (_, from) = server.recv_from(&mut b).unwrap();
+        assert_eq!(udp_owner(from, at).unwrap().expect("the unconnected sender").uid, me);
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(at).unwrap();
+        connected.send(b"q").unwrap();
+        let (_, from) = server.recv_from(&mut b).unwrap();
+        let found = udp_owner(from, at).unwrap().expect("the connected sender");
+        assert_eq!((found.uid, found.src), (me, from));
+        drop((unconnected, connected));
+        assert_eq!(udp_owner(from, at).unwrap(), None);
     }
 
     /// Needs CAP_NET_ADMIN (SOCK_DESTROY); skipped otherwise. Touches only sockets it made

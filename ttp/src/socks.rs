@@ -25,8 +25,8 @@ use tor_socksproto::{
 pub use crate::transport::Target;
 use crate::{
     dns::Automap,
-    load::{LoadStats, Owner, Share, Shares},
-    tor::IsolationKey,
+    load::{LoadStats, Share, Shares},
+    principal::{IsolationKey, Owner},
     transport::PortContext,
 };
 
@@ -67,8 +67,9 @@ impl Plan {
     }
 }
 
-/// Reads a request. A virtual address from the DNSPort is turned back into its name.
-pub fn plan(req: &SocksRequest, automap: &Mutex<Automap>) -> Plan {
+/// Reads a request from `owner`. A virtual address the DNSPort gave `owner` is turned
+/// back into its name.
+pub fn plan(req: &SocksRequest, automap: &Mutex<Automap>, owner: Owner) -> Plan {
     let isolation = match req.auth() {
         SocksAuth::Username(u, p) => IsolationKey::Socks { user: u.clone(), pass: p.clone() },
         SocksAuth::Socks4(u) => IsolationKey::Socks { user: u.clone(), pass: Vec::new() },
@@ -76,9 +77,10 @@ pub fn plan(req: &SocksRequest, automap: &Mutex<Automap>) -> Plan {
     };
     let target = match req.addr() {
         SocksAddr::Hostname(h) => Target::Name(h.as_ref().to_string()),
-        SocksAddr::Ip(ip) => match crate::transport::unmap(automap, *ip) {
+        SocksAddr::Ip(ip) => match crate::transport::unmap(automap, *ip, owner) {
             Ok(t) => t,
-            // An expired virtual address names nothing: never connect to it as an address.
+            // An expired virtual address, or another's, names nothing: never connect to it
+            // as an address.
             Err(_) => return Plan::Refuse(SocksStatus::HOST_UNREACHABLE),
         },
     };
@@ -116,7 +118,7 @@ impl SocksPort {
                     LoadStats::count(&this.ctx.load.refused_share);
                     bail!("refused: {owner:?} holds its whole share of the SOCKS handshake slots");
                 };
-                this.handle(client, (handshake_slot, share)).await
+                this.handle(client, owner, (handshake_slot, share)).await
             }
         })
         .await
@@ -126,7 +128,12 @@ impl SocksPort {
     /// stream slot and a place in its key's share like any stream, and gives the handshake
     /// slot back. So clients that connect and say nothing can take only handshake slots,
     /// never the streams of others.
-    async fn handle(&self, mut client: TcpStream, handshake_slot: (OwnedSemaphorePermit, Share<Owner>)) -> Result<()> {
+    async fn handle(
+        &self,
+        mut client: TcpStream,
+        owner: Owner,
+        handshake_slot: (OwnedSemaphorePermit, Share<Owner>),
+    ) -> Result<()> {
         let Ok(handshake) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client)).await else {
             LoadStats::count(&self.ctx.load.idle_closed);
             bail!("SOCKS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
@@ -137,7 +144,7 @@ impl SocksPort {
             let _ = client.write_all(&req.reply(SocksStatus::GENERAL_FAILURE, None)?).await;
             bail!("client sent data before the SOCKS reply");
         }
-        let plan = plan(&req, &self.ctx.automap);
+        let plan = plan(&req, &self.ctx.automap, owner);
         let reply_with = |status: SocksStatus, addr: Option<SocksAddr>| req.reply(status, addr.as_ref());
         let slots = plan.isolation().map(|k| Ok::<_, anyhow::Error>((self.ctx.stream_slot()?, self.ctx.share(k)?)));
         let _slots = match slots.transpose() {
@@ -260,6 +267,8 @@ mod tests {
         }
     }
 
+    const ME: Owner = Owner::Uid(1000);
+
     fn automap() -> Mutex<Automap> {
         Mutex::new(Automap::new("10.192.0.0/10".parse().unwrap(), 16, Duration::from_secs(60)))
     }
@@ -274,7 +283,7 @@ mod tests {
         b.extend_from_slice(&[5, 1, 0, 3, 11]);
         b.extend_from_slice(b"example.com");
         b.extend_from_slice(&443u16.to_be_bytes());
-        let plan = plan(&request(&b), &automap());
+        let plan = plan(&request(&b), &automap(), ME);
         assert_eq!(
             plan,
             Plan::Connect {
@@ -291,13 +300,13 @@ mod tests {
         let mut b = vec![4, 1, 0, 80, 0, 0, 0, 1];
         b.extend_from_slice(b"bob\0example.org\0");
         assert!(
-            matches!(plan(&request(&b), &automap()), Plan::Connect { target: Target::Name(n), port: 80, .. } if n == "example.org")
+            matches!(plan(&request(&b), &automap(), ME), Plan::Connect { target: Target::Name(n), port: 80, .. } if n == "example.org")
         );
         // SOCKS5 RESOLVE (0xF0) of a name, no auth.
         let mut r = vec![5, 1, 0, 5, 0xF0, 0, 3, 8];
         r.extend_from_slice(b"tor.test");
         r.extend_from_slice(&0u16.to_be_bytes());
-        assert!(matches!(plan(&request(&r), &automap()), Plan::Resolve { name, .. } if name == "tor.test"));
+        assert!(matches!(plan(&request(&r), &automap(), ME), Plan::Resolve { name, .. } if name == "tor.test"));
         // BIND is refused by the handshake itself (the connection is closed).
         let bind = [5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80];
         let mut hs = SocksProxyHandshake::new();
@@ -315,18 +324,22 @@ mod tests {
     }
 
     #[test]
-    fn virtual_addresses_become_names_again() {
+    fn virtual_addresses_become_names_again_for_their_owner_only() {
         let map = automap();
-        let ip = map.lock().unwrap().map("abc.onion", Instant::now());
+        let ip = map.lock().unwrap().map(ME, "abc.onion", Instant::now());
         let o = ip.octets();
         let b = [5, 1, 0, 5, 1, 0, 1, o[0], o[1], o[2], o[3], 0, 80];
-        assert!(matches!(plan(&request(&b), &map), Plan::Connect { target: Target::Name(n), .. } if n == "abc.onion"));
+        assert!(
+            matches!(plan(&request(&b), &map, ME), Plan::Connect { target: Target::Name(n), .. } if n == "abc.onion")
+        );
+        // Another user cannot reach (or probe for) it by its address.
+        assert_eq!(plan(&request(&b), &map, Owner::Uid(1001)), Plan::Refuse(SocksStatus::HOST_UNREACHABLE));
     }
 
     #[test]
     fn an_unmapped_virtual_address_is_refused_not_connected() {
         let b = [5, 1, 0, 5, 1, 0, 1, 10, 192, 0, 99, 0, 80];
-        assert_eq!(plan(&request(&b), &automap()), Plan::Refuse(SocksStatus::HOST_UNREACHABLE));
+        assert_eq!(plan(&request(&b), &automap(), ME), Plan::Refuse(SocksStatus::HOST_UNREACHABLE));
     }
 
     #[test]

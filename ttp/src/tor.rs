@@ -172,16 +172,7 @@ pub async fn bootstrap(config: TorClientConfig, timeout: Duration, mut progress:
     }
 }
 
-/// Who a stream belongs to, for isolation: streams of different keys never share a circuit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum IsolationKey {
-    /// A redirected connection: by uid and cgroup of the application.
-    Local { uid: u32, cgroup: u64 },
-    /// A SOCKS client: by its username and password (like Tor's IsolateSOCKSAuth).
-    Socks { user: Vec<u8>, pass: Vec<u8> },
-    /// A machine behind the gateway (tunnel peer, LAN client): by its address.
-    Gateway { client: std::net::IpAddr },
-}
+pub use crate::principal::IsolationKey;
 
 /// Maps isolation keys to Arti isolation tokens. A new identity drops them all, so every
 /// later stream gets a fresh token and thus fresh circuits.
@@ -239,24 +230,38 @@ impl Isolation {
     }
 }
 
-/// DNS resolution through Tor, for the DNSPort.
-pub struct TorResolver(pub Tor);
+/// DNS resolution through Tor, for the DNSPort: each lookup on circuits of its asker's
+/// isolation key (the same tokens as that key's streams, so `refresh` renews both).
+pub struct TorResolver {
+    pub tor: Tor,
+    pub isolation: Arc<Isolation>,
+}
+
+impl TorResolver {
+    fn prefs(&self, key: IsolationKey) -> arti_client::StreamPrefs {
+        let mut prefs = arti_client::StreamPrefs::new();
+        prefs.set_isolation(self.isolation.token(key));
+        prefs
+    }
+}
 
 impl crate::dns::Resolver for TorResolver {
     fn lookup(
         &self,
         name: String,
+        key: IsolationKey,
     ) -> futures::future::BoxFuture<'static, Result<Vec<std::net::IpAddr>, crate::dns::LookupError>> {
-        let tor = self.0.clone();
-        Box::pin(async move { tor.resolve(&name).await.map_err(lookup_error) })
+        let (tor, prefs) = (self.tor.clone(), self.prefs(key));
+        Box::pin(async move { tor.resolve_with_prefs(&name, &prefs).await.map_err(lookup_error) })
     }
 
     fn lookup_ptr(
         &self,
         ip: std::net::IpAddr,
+        key: IsolationKey,
     ) -> futures::future::BoxFuture<'static, Result<Vec<String>, crate::dns::LookupError>> {
-        let tor = self.0.clone();
-        Box::pin(async move { tor.resolve_ptr(ip).await.map_err(lookup_error) })
+        let (tor, prefs) = (self.tor.clone(), self.prefs(key));
+        Box::pin(async move { tor.resolve_ptr_with_prefs(ip, &prefs).await.map_err(lookup_error) })
     }
 }
 

@@ -29,9 +29,10 @@ use tokio::{
 
 use crate::{
     datapath::maps::{ConnOrigin, Maps},
-    dns::Automap,
+    dns::{automap::Mapped, Automap},
     load::{LoadStats, Share, Shares},
-    tor::{Isolation, IsolationKey, Tor},
+    principal::{IsolationKey, Owner},
+    tor::{Isolation, Tor},
 };
 
 /// Where the TransPort learns what a redirected connection wanted.
@@ -157,15 +158,15 @@ pub struct PortContext {
     pub load: Arc<LoadStats>,
 }
 
-/// `ip` as a stream target: a virtual address from the DNSPort becomes its name again
-/// (one lock); one whose name has expired is an error, never a destination.
-pub fn unmap(automap: &Mutex<Automap>, ip: IpAddr) -> Result<Target> {
+/// `ip` as `owner`'s stream target: a virtual address the DNSPort gave `owner` becomes
+/// its name again (one lock). Any other virtual address (expired, or another owner's) is
+/// an error, never a destination.
+pub fn unmap(automap: &Mutex<Automap>, ip: IpAddr, owner: Owner) -> Result<Target> {
     let IpAddr::V4(v4) = ip else { return Ok(Target::Addr(ip)) };
-    let mut map = automap.lock().expect("automap lock");
-    match map.name_of(v4, Instant::now()) {
-        Some(name) => Ok(Target::Name(name)),
-        None if map.contains_addr(v4) => anyhow::bail!("{v4}: virtual address not mapped (expired?)"),
-        None => Ok(Target::Addr(ip)),
+    match automap.lock().expect("automap lock").lookup(owner, v4, Instant::now()) {
+        Mapped::Name(name) => Ok(Target::Name(name)),
+        Mapped::Nothing => anyhow::bail!("{v4}: not a virtual address of this client's (expired?)"),
+        Mapped::Outside => Ok(Target::Addr(ip)),
     }
 }
 
@@ -227,9 +228,9 @@ impl PortContext {
         })
     }
 
-    /// A virtual address from the DNSPort becomes its name again.
-    pub fn unmap(&self, ip: IpAddr) -> Result<Target> {
-        unmap(&self.automap, ip)
+    /// A virtual address the DNSPort gave `owner` becomes its name again.
+    pub fn unmap(&self, ip: IpAddr, owner: Owner) -> Result<Target> {
+        unmap(&self.automap, ip, owner)
     }
 
     /// Opens a Tor stream under `isolation`; returns its printable destination too.
@@ -318,24 +319,28 @@ impl TransPort {
     }
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr) -> Result<()> {
-        let (dst, key, label) = match self.origins.take(peer) {
+        let (dst, key, owner, label) = match self.origins.take(peer) {
             Some(o) => (
                 o.dst,
                 IsolationKey::Local { uid: o.uid, cgroup: o.cgroup },
+                Owner::Uid(o.uid),
                 format!("uid {} cgroup {}", o.uid, o.cgroup),
             ),
             // A gateway client's connection, handed over by the gateway program: its local
             // address is the destination it asked for. Our listeners are bound to loopback,
             // so any other way in shows a loopback address and is refused.
             None => match client.local_addr()? {
-                local if !local.ip().is_loopback() => {
-                    (local, IsolationKey::Gateway { client: peer.ip() }, format!("gateway client {}", peer.ip()))
-                }
+                local if !local.ip().is_loopback() => (
+                    local,
+                    IsolationKey::Gateway { client: peer.ip() },
+                    Owner::Addr(peer.ip()),
+                    format!("gateway client {}", peer.ip()),
+                ),
                 _ => anyhow::bail!("no original destination recorded for {peer}: not a redirected connection"),
             },
         };
         let _share = self.ctx.share(&key)?;
-        let target = self.ctx.unmap(dst.ip())?;
+        let target = self.ctx.unmap(dst.ip(), owner)?;
         let (destination, tor_stream) = self
             .ctx
             .open(&target, dst.port(), key)

@@ -16,7 +16,10 @@ use tokio::{
 };
 
 use super::DnsService;
-use crate::load::{LoadStats, Owner, Shares};
+use crate::{
+    load::{LoadStats, Shares},
+    principal::Asker,
+};
 
 /// Queries in flight at once; past this, UDP queries are dropped (the client retries) and
 /// TCP connections wait. Above the service's cap on lookups through Tor, so that slow
@@ -29,9 +32,14 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// to (`IP_PKTINFO`): a query the gateway program handed over was sent to some resolver's
 /// address (the client's own choice), and the client only accepts the answer from there.
 /// For this host's redirected queries that address is 127.0.0.1, as before.
+///
+/// Who sent a query decides what it may see ([`Asker`]): a local program's socket names
+/// its uid and cgroup (one SOCK_DIAG lookup per query, in the query's task), a gateway
+/// client is its address.
 pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<LoadStats>) -> Result<()> {
     let sock = Arc::new(sock);
-    let pktinfo = sock.local_addr()?.is_ipv4();
+    let local = sock.local_addr()?;
+    let pktinfo = local.is_ipv4();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 65535];
     loop {
@@ -56,7 +64,8 @@ pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<Load
         let query = buf[..n].to_vec();
         let (sock, service) = (sock.clone(), service.clone());
         tokio::spawn(async move {
-            if let Some(answer) = service.handle(&query).await {
+            let asker = Asker::of_datagram(peer, local);
+            if let Some(answer) = service.handle(&query, &asker).await {
                 let _ = match (dst, peer) {
                     (Some(from), SocketAddr::V4(to)) => {
                         sock.async_io(Interest::WRITABLE, || send_v4(&sock, &answer, from, to)).await
@@ -116,15 +125,15 @@ pub async fn serve_tcp(
             drop(stream);
             continue;
         };
-        let owner = stream.local_addr().map(|local| Owner::of(peer, local)).unwrap_or(Owner::Addr(peer.ip()));
-        let Some(share) = shares.try_take(&owner) else {
+        let asker = stream.local_addr().map(|local| Asker::of_stream(peer, local)).unwrap_or(Asker::remote(peer.ip()));
+        let Some(share) = shares.try_take(&asker.owner) else {
             LoadStats::count(&load.refused_share);
             drop(stream);
             continue;
         };
         let (service, load) = (service.clone(), load.clone());
         tokio::spawn(async move {
-            if let Err(TcpEnd::Idle) = tcp_session(stream, &service).await {
+            if let Err(TcpEnd::Idle) = tcp_session(stream, &service, &asker).await {
                 LoadStats::count(&load.idle_closed);
             }
             drop((permit, share));
@@ -139,7 +148,7 @@ enum TcpEnd {
 }
 
 /// Length-prefixed queries until the client closes or idles.
-async fn tcp_session(mut s: TcpStream, service: &DnsService) -> Result<(), TcpEnd> {
+async fn tcp_session(mut s: TcpStream, service: &DnsService, asker: &Asker) -> Result<(), TcpEnd> {
     async fn within<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, TcpEnd> {
         match tokio::time::timeout(TCP_IDLE, f).await {
             Err(_) => Err(TcpEnd::Idle),
@@ -151,7 +160,7 @@ async fn tcp_session(mut s: TcpStream, service: &DnsService) -> Result<(), TcpEn
         within(s.read_exact(&mut len)).await?;
         let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
         within(s.read_exact(&mut q)).await?;
-        let Some(answer) = service.handle(&q).await else { return Ok(()) };
+        let Some(answer) = service.handle(&q, asker).await else { return Ok(()) };
         let mut out = Vec::with_capacity(answer.len() + 2);
         out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         out.extend_from_slice(&answer);

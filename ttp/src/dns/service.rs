@@ -13,7 +13,14 @@ use hickory_proto::{
     rr::{rdata, DNSClass, Name, RData, Record, RecordType},
 };
 
-use super::{automap::Automap, cache::Cache};
+use super::{
+    automap::{Automap, Mapped},
+    cache::Cache,
+};
+use crate::{
+    load::{LoadStats, Shares},
+    principal::{Asker, IsolationKey, Owner},
+};
 
 /// Browsers look this name up; an NXDOMAIN answer tells them not to enable DNS-over-HTTPS
 /// on their own, so they keep using the system's (our) DNS.
@@ -23,7 +30,8 @@ pub const DOH_CANARY: &str = "use-application-dns.net";
 const AUTOMAP_TTL: u32 = 60;
 /// Lookups through Tor at once. Past this, a query that needs Tor gets SERVFAIL at once
 /// (the client retries), so a flood of distinct names cannot keep cached, local and
-/// virtual-address answers waiting behind it.
+/// virtual-address answers waiting behind it. One owner (a local user, a gateway client)
+/// may hold half of them, so that its flood leaves room for everyone else's lookups.
 pub const MAX_TOR_LOOKUPS: usize = 256;
 
 /// Why a lookup failed.
@@ -35,10 +43,12 @@ pub enum LookupError {
     Failed(String),
 }
 
-/// Resolution through Tor, abstracted so the core is testable.
+/// Resolution through Tor, abstracted so the core is testable. Each lookup runs on
+/// circuits of its asker's isolation key only, as that asker's streams do: an exit (or
+/// an observer of circuits) cannot link two users' lookups.
 pub trait Resolver: Send + Sync + 'static {
-    fn lookup(&self, name: String) -> BoxFuture<'static, Result<Vec<IpAddr>, LookupError>>;
-    fn lookup_ptr(&self, ip: IpAddr) -> BoxFuture<'static, Result<Vec<String>, LookupError>>;
+    fn lookup(&self, name: String, key: IsolationKey) -> BoxFuture<'static, Result<Vec<IpAddr>, LookupError>>;
+    fn lookup_ptr(&self, ip: IpAddr, key: IsolationKey) -> BoxFuture<'static, Result<Vec<String>, LookupError>>;
 }
 
 /// Names only Tor can resolve: answered from the automap table, never sent to an exit.
@@ -46,26 +56,32 @@ pub fn is_tor_only(name: &str) -> bool {
     name == "onion" || name.ends_with(".onion")
 }
 
+/// The DNSPort's core. Everything an answer depends on is the asker's own: its cache, its
+/// virtual addresses, its circuits (see [`Asker`]).
 pub struct DnsService {
     resolver: Arc<dyn Resolver>,
     automap: Arc<Mutex<Automap>>,
     cache: Mutex<Cache>,
     lookups: tokio::sync::Semaphore,
+    shares: Arc<Shares<Owner>>,
+    load: Arc<LoadStats>,
 }
 
 impl DnsService {
-    pub fn new(resolver: Arc<dyn Resolver>, automap: Arc<Mutex<Automap>>, cache: Cache) -> Self {
+    pub fn new(resolver: Arc<dyn Resolver>, automap: Arc<Mutex<Automap>>, cache: Cache, load: Arc<LoadStats>) -> Self {
         DnsService {
             resolver,
             automap,
             cache: Mutex::new(cache),
             lookups: tokio::sync::Semaphore::new(MAX_TOR_LOOKUPS),
+            shares: Shares::new(crate::load::share_of(MAX_TOR_LOOKUPS)),
+            load,
         }
     }
 
-    /// Answers one DNS message. `None`: nothing to send (not a query, or too broken to
-    /// even carry an id).
-    pub async fn handle(&self, packet: &[u8]) -> Option<Vec<u8>> {
+    /// Answers one DNS message from `asker`. `None`: nothing to send (not a query, or too
+    /// broken to even carry an id).
+    pub async fn handle(&self, packet: &[u8], asker: &Asker) -> Option<Vec<u8>> {
         let req = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => return formerr_from_header(packet),
@@ -84,8 +100,8 @@ impl DnsService {
         }
         let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
         let (code, answers) = match q.query_type() {
-            RecordType::A | RecordType::AAAA => self.address(&name, q.name(), q.query_type()).await,
-            RecordType::PTR => self.pointer(q.name()).await,
+            RecordType::A | RecordType::AAAA => self.address(&name, q.name(), q.query_type(), asker).await,
+            RecordType::PTR => self.pointer(q.name(), asker).await,
             _ => (ResponseCode::NotImp, Vec::new()),
         };
         let mut resp = reply(&req);
@@ -94,7 +110,7 @@ impl DnsService {
         resp.to_vec().ok()
     }
 
-    async fn address(&self, name: &str, qname: &Name, qtype: RecordType) -> (ResponseCode, Vec<Record>) {
+    async fn address(&self, name: &str, qname: &Name, qtype: RecordType, asker: &Asker) -> (ResponseCode, Vec<Record>) {
         if name == DOH_CANARY || name.ends_with(&format!(".{DOH_CANARY}")) {
             return (ResponseCode::NXDomain, Vec::new());
         }
@@ -102,20 +118,20 @@ impl DnsService {
             if qtype != RecordType::A {
                 return (ResponseCode::NoError, Vec::new()); // virtual addresses are IPv4
             }
-            let addr = self.automap.lock().expect("automap lock").map(name, Instant::now());
+            let addr = self.automap.lock().expect("automap lock").map(asker.owner, name, Instant::now());
             return (
                 ResponseCode::NoError,
                 vec![Record::from_rdata(qname.clone(), AUTOMAP_TTL, RData::A(rdata::A(addr)))],
             );
         }
         let now = Instant::now();
-        let cached = self.cache.lock().expect("cache lock").get(name, now);
+        let cached = self.cache.lock().expect("cache lock").get(asker.owner, name, now);
         let (addrs, ttl) = match cached {
             Some(hit) => hit,
-            None => match self.tor_lookup(self.resolver.lookup(name.to_owned())).await {
+            None => match self.tor_lookup(asker, self.resolver.lookup(name.to_owned(), asker.key.clone())).await {
                 Ok(addrs) => {
                     let mut cache = self.cache.lock().expect("cache lock");
-                    cache.put(name, addrs.clone(), now);
+                    cache.put(asker.owner, name, addrs.clone(), now);
                     (addrs, cache.ttl())
                 }
                 Err(LookupError::NotFound) => return (ResponseCode::NXDomain, Vec::new()),
@@ -137,15 +153,24 @@ impl DnsService {
         (ResponseCode::NoError, records)
     }
 
-    /// Runs a lookup through Tor if a slot is free; otherwise fails it at once.
-    async fn tor_lookup<T>(&self, lookup: BoxFuture<'static, Result<T, LookupError>>) -> Result<T, LookupError> {
+    /// Runs a lookup through Tor if a slot is free and the asker holds less than its
+    /// share of them; otherwise fails it at once.
+    async fn tor_lookup<T>(
+        &self,
+        asker: &Asker,
+        lookup: BoxFuture<'static, Result<T, LookupError>>,
+    ) -> Result<T, LookupError> {
+        let Some(_share) = self.shares.try_take(&asker.owner) else {
+            LoadStats::count(&self.load.refused_share);
+            return Err(LookupError::Failed("this client holds its whole share of the lookups through Tor".into()));
+        };
         let Ok(_slot) = self.lookups.try_acquire() else {
             return Err(LookupError::Failed(format!("{MAX_TOR_LOOKUPS} lookups through Tor already in flight")));
         };
         lookup.await
     }
 
-    async fn pointer(&self, qname: &Name) -> (ResponseCode, Vec<Record>) {
+    async fn pointer(&self, qname: &Name, asker: &Asker) -> (ResponseCode, Vec<Record>) {
         let Ok(net) = qname.parse_arpa_name() else {
             return (ResponseCode::NXDomain, Vec::new());
         };
@@ -155,15 +180,15 @@ impl DnsService {
             Some(Record::from_rdata(qname.clone(), AUTOMAP_TTL, RData::PTR(rdata::PTR(target))))
         };
         if let IpAddr::V4(v4) = ip {
-            let mut map = self.automap.lock().expect("automap lock");
-            if map.contains_addr(v4) {
-                return match map.name_of(v4, Instant::now()) {
-                    Some(n) => (ResponseCode::NoError, ptr(&n).into_iter().collect()),
-                    None => (ResponseCode::NXDomain, Vec::new()),
-                };
+            // A virtual address names a mapping of the asker's own, or nothing: another
+            // user's onion names are not the asker's business.
+            match self.automap.lock().expect("automap lock").lookup(asker.owner, v4, Instant::now()) {
+                Mapped::Name(n) => return (ResponseCode::NoError, ptr(&n).into_iter().collect()),
+                Mapped::Nothing => return (ResponseCode::NXDomain, Vec::new()),
+                Mapped::Outside => {}
             }
         }
-        match self.tor_lookup(self.resolver.lookup_ptr(ip)).await {
+        match self.tor_lookup(asker, self.resolver.lookup_ptr(ip, asker.key.clone())).await {
             Ok(names) => (ResponseCode::NoError, names.iter().filter_map(|n| ptr(n.trim_end_matches('.'))).collect()),
             Err(LookupError::NotFound) => (ResponseCode::NXDomain, Vec::new()),
             Err(LookupError::Failed(_)) => (ResponseCode::ServFail, Vec::new()),
@@ -209,9 +234,14 @@ mod tests {
 
     use super::*;
 
-    struct Fake;
+    /// Answers from a fixed list, and remembers under which key each lookup ran.
+    #[derive(Default)]
+    struct Fake {
+        keys: Mutex<Vec<(String, IsolationKey)>>,
+    }
     impl Resolver for Fake {
-        fn lookup(&self, name: String) -> BoxFuture<'static, Result<Vec<IpAddr>, LookupError>> {
+        fn lookup(&self, name: String, key: IsolationKey) -> BoxFuture<'static, Result<Vec<IpAddr>, LookupError>> {
+            self.keys.lock().unwrap().push((name.clone(), key));
             async move {
                 match name.as_str() {
                     "example.com" => Ok(vec!["93.184.216.34".parse().unwrap(), "2606:2800::1".parse().unwrap()]),
@@ -222,14 +252,27 @@ mod tests {
             }
             .boxed()
         }
-        fn lookup_ptr(&self, _ip: IpAddr) -> BoxFuture<'static, Result<Vec<String>, LookupError>> {
+        fn lookup_ptr(&self, _ip: IpAddr, _key: IsolationKey) -> BoxFuture<'static, Result<Vec<String>, LookupError>> {
             async { Ok(vec!["host.example.com".to_string()]) }.boxed()
         }
     }
 
-    fn service() -> DnsService {
+    fn service_with(fake: Arc<Fake>) -> DnsService {
         let automap = Automap::new("10.192.0.0/10".parse().unwrap(), 100, Duration::from_secs(60));
-        DnsService::new(Arc::new(Fake), Arc::new(Mutex::new(automap)), Cache::new(Duration::from_secs(60), 100))
+        let cache = Cache::new(Duration::from_secs(60), 100);
+        DnsService::new(fake, Arc::new(Mutex::new(automap)), cache, Arc::default())
+    }
+
+    fn service() -> DnsService {
+        service_with(Arc::default())
+    }
+
+    fn alice() -> Asker {
+        Asker::local(1000, 7)
+    }
+
+    fn bob() -> Asker {
+        Asker::local(1001, 7)
     }
 
     fn query(name: &str, t: RecordType) -> Vec<u8> {
@@ -240,7 +283,16 @@ mod tests {
     }
 
     async fn ask(s: &DnsService, name: &str, t: RecordType) -> Message {
-        Message::from_vec(&s.handle(&query(name, t)).await.expect("an answer")).unwrap()
+        ask_as(s, &alice(), name, t).await
+    }
+
+    async fn ask_as(s: &DnsService, who: &Asker, name: &str, t: RecordType) -> Message {
+        Message::from_vec(&s.handle(&query(name, t), who).await.expect("an answer")).unwrap()
+    }
+
+    fn ptr_name(ip: &std::net::Ipv4Addr) -> String {
+        let o = ip.octets();
+        format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
     }
 
     #[tokio::test]
@@ -263,8 +315,7 @@ mod tests {
         let RData::A(rdata::A(ip)) = a.answers()[0].data() else { panic!("not an A record") };
         assert!("10.192.0.0/10".parse::<ipnet::Ipv4Net>().unwrap().contains(ip));
         assert!(ask(&s, "abcdef.onion.", RecordType::AAAA).await.answers().is_empty());
-        let o = ip.octets();
-        let ptr = ask(&s, &format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0]), RecordType::PTR).await;
+        let ptr = ask(&s, &ptr_name(ip), RecordType::PTR).await;
         assert_eq!(ptr.answers()[0].data().to_string(), "abcdef.onion.");
         let other = ask(&s, "4.3.2.1.in-addr.arpa.", RecordType::PTR).await;
         assert_eq!(other.answers()[0].data().to_string(), "host.example.com.");
@@ -278,13 +329,13 @@ mod tests {
         // A header and garbage: FORMERR with the same id.
         let mut junk = query("example.com.", RecordType::A);
         junk.truncate(14);
-        let r = Message::from_vec(&s.handle(&junk).await.unwrap()).unwrap();
+        let r = Message::from_vec(&s.handle(&junk, &alice()).await.unwrap()).unwrap();
         assert_eq!((r.id(), r.response_code()), (0x4242, ResponseCode::FormErr));
         // Too short for a header, or a response: no answer at all.
-        assert!(s.handle(&[1, 2, 3]).await.is_none());
+        assert!(s.handle(&[1, 2, 3], &alice()).await.is_none());
         let mut resp = Message::new();
         resp.set_message_type(MessageType::Response);
-        assert!(s.handle(&resp.to_vec().unwrap()).await.is_none());
+        assert!(s.handle(&resp.to_vec().unwrap(), &alice()).await.is_none());
     }
 
     #[tokio::test]
@@ -300,12 +351,81 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = s.handle(&pkt).await;
+            let _ = s.handle(&pkt, &alice()).await;
         }
     }
 
-    /// A flood of names whose resolution never ends holds every Tor slot; then a new
-    /// name gets SERVFAIL at once, and cached and local answers do not wait.
+    /// Another user's virtual address means nothing to a PTR query (NXDOMAIN, as for an
+    /// address nobody holds), and the same name gets another address for another user.
+    #[tokio::test]
+    async fn one_users_onion_names_are_not_anothers() {
+        let s = service();
+        let a = ask_as(&s, &alice(), "secret.onion.", RecordType::A).await;
+        let RData::A(rdata::A(ip)) = a.answers()[0].data() else { panic!("not an A record") };
+        let theirs = ask_as(&s, &bob(), &ptr_name(ip), RecordType::PTR).await;
+        assert_eq!((theirs.response_code(), theirs.answers().len()), (ResponseCode::NXDomain, 0));
+        let lan = Asker::remote("10.77.0.2".parse().unwrap());
+        assert_eq!(ask_as(&s, &lan, &ptr_name(ip), RecordType::PTR).await.response_code(), ResponseCode::NXDomain);
+        let b = ask_as(&s, &bob(), "secret.onion.", RecordType::A).await;
+        assert_ne!(b.answers()[0].data(), a.answers()[0].data());
+        let mine = ask_as(&s, &alice(), &ptr_name(ip), RecordType::PTR).await;
+        assert_eq!(mine.answers()[0].data().to_string(), "secret.onion.");
+    }
+
+    /// Each user's lookup runs under its own isolation key, and one user's cached answer
+    /// is not another's (it would come back at once, with less than the full TTL).
+    #[tokio::test]
+    async fn lookups_are_isolated_and_cached_per_user() {
+        let fake = Arc::new(Fake::default());
+        let s = service_with(fake.clone());
+        ask_as(&s, &alice(), "example.com.", RecordType::A).await;
+        ask_as(&s, &alice(), "example.com.", RecordType::A).await; // from Alice's cache
+        let other_cgroup = Asker::local(1000, 8);
+        ask_as(&s, &other_cgroup, "example.com.", RecordType::A).await; // Alice's cache too
+        ask_as(&s, &bob(), "example.com.", RecordType::A).await;
+        let keys = fake.keys.lock().unwrap().clone();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys[0], ("example.com".to_string(), alice().key));
+        assert_eq!(keys[1], ("example.com".to_string(), bob().key));
+    }
+
+    /// One user's flood of names that never resolve holds at most half of the slots:
+    /// another user's lookup still goes through Tor.
+    #[tokio::test]
+    async fn one_users_flood_leaves_lookups_for_others() {
+        let s = Arc::new(service());
+        let mut flood = Vec::new();
+        for i in 0..MAX_TOR_LOOKUPS {
+            let s = s.clone();
+            flood.push(tokio::spawn(async move {
+                s.handle(&query(&format!("hang{i}.test."), RecordType::A), &alice()).await
+            }));
+        }
+        while s.lookups.available_permits() > MAX_TOR_LOOKUPS / 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(s.lookups.available_permits(), MAX_TOR_LOOKUPS / 2, "the flood holds exactly its share");
+        let quick = |who: Asker| {
+            let s = s.clone();
+            async move {
+                let q = ask_as(&s, &who, "example.com.", RecordType::A);
+                tokio::time::timeout(Duration::from_secs(1), q).await.expect("answered at once")
+            }
+        };
+        assert_eq!(quick(alice()).await.response_code(), ResponseCode::ServFail);
+        assert_eq!(quick(bob()).await.answers().len(), 1);
+        assert!(s.load.refused_share.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        for f in flood {
+            f.abort();
+        }
+    }
+
+    /// A flood of names whose resolution never ends holds every Tor slot (two users, each
+    /// its share); then a new name gets SERVFAIL at once, and cached and local answers do
+    /// not wait.
     #[tokio::test]
     async fn a_flood_of_slow_lookups_does_not_starve_other_queries() {
         let s = Arc::new(service());
@@ -313,7 +433,10 @@ mod tests {
         let mut flood = Vec::new();
         for i in 0..MAX_TOR_LOOKUPS {
             let s = s.clone();
-            flood.push(tokio::spawn(async move { s.handle(&query(&format!("hang{i}.test."), RecordType::A)).await }));
+            let who = Asker::local(2000 + (i % 2) as u32, 7);
+            flood.push(tokio::spawn(
+                async move { s.handle(&query(&format!("hang{i}.test."), RecordType::A), &who).await },
+            ));
         }
         while s.lookups.available_permits() > 0 {
             tokio::task::yield_now().await;
