@@ -618,7 +618,10 @@ impl World {
     }
 
     fn spawn_daemon(&self, mut c: Command, timeout: Duration) -> Result<Daemon> {
-        c.stderr(Stdio::piped());
+        use std::os::unix::process::CommandExt;
+        // A process group of its own (the daemon and the monitor it forks), as a terminal
+        // or a service manager gives it: a stop signals the group.
+        c.stderr(Stdio::piped()).process_group(0);
         let mut p = Proc::spawn(c)?;
         let stderr = p.child.stderr.take().context("daemon stderr")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -671,9 +674,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// SIGTERM and wait: the daemon's own clean stop.
+    /// SIGTERM to the daemon's process group (as a Ctrl-C or a service manager sends it)
+    /// and wait: root's clean stop.
     pub fn stop(mut self) -> Result<String> {
-        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        let group = nix::unistd::Pid::from_raw(self.proc.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
         let status = self.proc.child.wait()?;
         thread::sleep(Duration::from_millis(100));
         let log = self.log.lock().expect("log lock").clone();

@@ -11,7 +11,8 @@
 //!
 //! On SIGTERM/SIGINT/`stop` from root, and only then: lockdown on, services stop, and the
 //! monitor (root) destroys the applications' sockets through us, detaches and unpins the
-//! datapath, and removes the runtime files.
+//! datapath, and removes the runtime files, if it finds root's own request for the stop
+//! (see [`crate::monitor`]: the daemon's word alone is not enough).
 //!
 //! On anything else once the kill-switch is attached (a service that ends, Tor that does
 //! not bootstrap, any error): lockdown on, and the monitor is told why and leaves the

@@ -8,7 +8,9 @@
 //! pipe (OpenSSH's privilege separation, reduced to one job):
 //!
 //! - `ARMED`: the datapath is attached and its pins are this daemon's;
-//! - `CLEAN`: root asked the daemon to stop; the monitor tears down, then answers `DONE`;
+//! - `CLEAN`: the daemon has stopped its services and asks for the teardown. The monitor
+//!   tears down (then answers `DONE`) only if root asked for the stop in a way the
+//!   daemon cannot forge (see below); otherwise it is a fault;
 //! - `FAULT <why>`, or end of file without `CLEAN`: the daemon failed or crashed. The
 //!   monitor puts the datapath in lockdown (so that no connection is redirected to ports
 //!   nobody serves, which any local user could bind), writes why to
@@ -16,8 +18,15 @@
 //!   holds the host closed until `ttp stop` or the next start.
 //!
 //! The rule this carries (ARCHITECTURE.md): only an explicit stop by root releases the
-//! kill-switch. [`Monitor::finish`], the only way to ask for a teardown, takes a
-//! [`StopRequested`], which only the places that receive root's stop request make.
+//! kill-switch. In the daemon, [`Monitor::finish`], the only way to ask for a teardown,
+//! takes a [`StopRequested`], which only the places that receive a stop request make. But
+//! the daemon runs as the service user, and code running there (a compromised daemon)
+//! could say `CLEAN` at any time: so the monitor believes only its own evidence that root
+//! asked ([`RootAsked`]): the stop file `ttp stop` writes into root's runtime directory
+//! before it asks the daemon ([`request_stop`]), or a SIGTERM/SIGINT to the monitor
+//! itself (a Ctrl-C on `ttp run`'s terminal, a signal to its process group), which only
+//! root can send a root process. A SIGTERM to the daemon's pid alone could be the daemon's
+//! own: it ends in lockdown, and `ttp stop` then opens the host.
 //!
 //! The daemon keeps its pid (the one `ttp start`, systemd and `ttp status` know), and
 //! waits for `DONE` before it exits, so a stop is complete when the daemon is gone.
@@ -52,10 +61,10 @@ pub struct Cleanup {
     pub follow_uplinks: Option<Vec<String>>,
 }
 
-/// Proof that root asked the daemon to stop: SIGTERM or SIGINT (which only root, or the
-/// service user itself, may send it), or `stop` on the control socket from root. Made
-/// only where such a request is received ([`crate::daemon`]'s stop signals); a fault
-/// never has one, so a fault can never end in a teardown.
+/// The daemon's reason to ask for a teardown: SIGTERM or SIGINT, or `stop` on the control
+/// socket from root. Made only where such a request is received ([`crate::daemon`]'s stop
+/// signals); a fault never has one, so a failing daemon never asks for a teardown. The
+/// monitor checks root's request on its own ([`RootAsked`]) all the same.
 #[derive(Debug)]
 pub struct StopRequested {
     /// How it was asked for, for the log.
@@ -64,6 +73,44 @@ pub struct StopRequested {
 
 /// Where the monitor records why a daemon failed (in the root-owned runtime directory).
 pub const FAULT_FILE: &str = "fault";
+
+/// Root's stop request, written by `ttp stop` into the root-owned runtime directory: the
+/// pid of the daemon root wants stopped. The service user cannot create it.
+pub const STOP_FILE: &str = "stop";
+
+/// Records that root asks the daemon `pid` to stop (`ttp stop`, before it tells the
+/// daemon): the monitor's evidence that a teardown is wanted.
+pub fn request_stop(runtime_dir: &std::path::Path, pid: u32) -> Result<()> {
+    crate::rootfs::write_file(runtime_dir, STOP_FILE, format!("{pid}\n").as_bytes())
+}
+
+/// Whether root asked for the stop of the daemon `daemon`, by the monitor's own evidence.
+/// The stop file is used up when read.
+struct RootAsked;
+
+/// Set by the monitor's SIGTERM/SIGINT handler.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The daemon's pid, for the handler to pass the signal on.
+static DAEMON: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let pid = DAEMON.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe. Root's stop reaches the daemon too, also
+        // when only the monitor was signalled.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+impl RootAsked {
+    fn check(runtime_dir: &std::path::Path, daemon: u32) -> Option<RootAsked> {
+        let file = runtime_dir.join(STOP_FILE);
+        let asked = crate::rootfs::read_small(&file).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        let _ = std::fs::remove_file(&file);
+        (SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) || asked == Some(daemon)).then_some(RootAsked)
+    }
+}
 
 /// Why the last daemon of this runtime directory failed, if one did.
 pub fn last_fault(runtime_dir: &std::path::Path) -> Option<String> {
@@ -119,10 +166,14 @@ impl Monitor {
         self.from.read_line(&mut line).context("waiting for the monitor")?;
         // SAFETY: reaps our own child.
         unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
-        if line.trim() != "DONE" {
-            bail!("the monitor ended before the teardown was done: run `ttp stop` to finish it");
+        match line.trim() {
+            "DONE" => Ok(()),
+            "REFUSED" => bail!(
+                "the monitor refused the teardown: root's stop did not reach it (stop with `ttp stop`, \
+                 or signal ttp's process group); the host stays closed until `ttp stop`"
+            ),
+            _ => bail!("the monitor ended before the teardown was done: run `ttp stop` to finish it"),
         }
-        Ok(())
     }
 
     /// The daemon failed: the monitor puts the datapath in lockdown, records why, and
@@ -158,13 +209,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 /// The monitor's whole life.
 fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> Result<()> {
+    let daemon = std::os::unix::process::parent_id();
+    DAEMON.store(daemon as i32, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: PR_SET_NAME with a NUL-terminated name; signal dispositions in our own
-    // process. A Ctrl-C or SIGTERM meant for the daemon (its process group) must not end
-    // the monitor before the teardown it is about to be asked for.
+    // process, the handler only stores and kills (async-signal-safe).
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"ttp-monitor".as_ptr() as libc::c_ulong, 0, 0, 0);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
+        for sig in [libc::SIGHUP, libc::SIGPIPE] {
             libc::signal(sig, libc::SIG_IGN);
+        }
+        // A stop signal is root's request (the service user cannot signal a root process):
+        // noted, passed on to the daemon, and the monitor lives on to do the teardown.
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
         }
     }
     // This instance's maps, opened when armed: a late lockdown must reach this instance's
@@ -185,6 +242,14 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                 let _ = std::fs::remove_file(cleanup.runtime_dir.join(FAULT_FILE));
             }
             Ok("CLEAN") => {
+                if RootAsked::check(&cleanup.runtime_dir, daemon).is_none() {
+                    why = "the daemon stopped, but root did not ask for it (a stop is `ttp stop`, \
+                           or a signal to the service or to ttp's process group; a SIGTERM to the \
+                           daemon alone could be its own)"
+                        .into();
+                    let _ = writeln!(to_daemon, "REFUSED");
+                    break;
+                }
                 if armed.is_some() {
                     tear_down(cleanup);
                 }
@@ -278,5 +343,6 @@ pub fn tear_down(c: &Cleanup) -> Option<Teardown> {
     SessionLock::remove(&c.runtime_dir);
     let _ = std::fs::remove_file(c.runtime_dir.join(crate::control::SOCKET));
     let _ = std::fs::remove_file(c.runtime_dir.join(FAULT_FILE));
+    let _ = std::fs::remove_file(c.runtime_dir.join(STOP_FILE));
     report
 }

@@ -137,6 +137,33 @@ fn a_service_that_fails_leaves_the_host_closed_and_says_why() {
     assert!(!r.w.pin_dir.exists(), "pins left after ttp stop");
 }
 
+/// A daemon that asks its monitor for a teardown root did not request (what code running
+/// as the service user could do at any time: here a SIGTERM to the daemon's pid alone,
+/// which the service user may send it) ends in lockdown: the monitor believes only root's
+/// stop file or a signal to itself. Then `ttp stop`, root's, opens the host.
+#[test]
+fn a_stop_root_did_not_ask_for_leaves_the_host_closed() {
+    let mut r = start_limited(4096);
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    let daemon = nix::unistd::Pid::from_raw(pid_of(&r) as i32);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t0 = Instant::now();
+    while alive(&mut r) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "a governed curl worked after the stop");
+    let packets = cap.stop().unwrap();
+    assert!(matching(&packets, &format!("> {WEB}.")).is_empty(), "direct traffic after the stop: {packets:#?}");
+    let s = status(&r);
+    assert_eq!((s["state"].as_str(), s["pid"].is_null()), (Some("lockdown"), true), "{s}");
+    assert!(s["fault"].as_str().unwrap_or_default().contains("root did not ask"), "{s}");
+    assert!(r.w.pin_dir.exists(), "the kill-switch was torn down");
+    r.daemon.take().unwrap().kill(); // already dead: keeps the pins for `ttp stop`
+    ttp(&r, &["stop"]);
+    assert!(!r.w.pin_dir.exists(), "pins left after ttp stop");
+}
+
 /// An interface that gains a default route after start (a Wi-Fi reconnect, USB tethering)
 /// gets the uplink kill-switch, when ttp chose its uplinks itself: a governed root
 /// process's frame on it leaves before (the capture's control, and the gap this closes)

@@ -158,6 +158,13 @@ pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
         Some(l) => !pid_alive(l.pid),
         None => !runtime_dir.join(control::SOCKET).exists(),
     };
+    // The monitor tears down only for a stop root asked for: this file, in root's runtime
+    // directory, is how it knows (the daemon's own word is not enough).
+    if let Some(l) = lock.as_ref().filter(|l| pid_alive(l.pid)) {
+        if let Err(e) = ttp::monitor::request_stop(runtime_dir, l.pid) {
+            eprintln!("warning: recording the stop request for the monitor: {e:#} (the teardown is done here instead)");
+        }
+    }
     if control::request(runtime_dir, &Request::Stop).is_ok() {
         while !gone() && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
