@@ -34,7 +34,17 @@ pub fn path(matches: &clap::ArgMatches) -> Option<PathBuf> {
 /// for the subcommand `cmd`. Put them before the command line's own arguments.
 pub fn args_from_file(cmd: &clap::Command, matches: &clap::ArgMatches, file: &Path) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading the config file {}", file.display()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+    args_from_text(cmd, matches, &text, file)
+}
+
+/// [`args_from_file`] for the file's text (`file` names it in errors).
+pub fn args_from_text(
+    cmd: &clap::Command,
+    matches: &clap::ArgMatches,
+    text: &str,
+    file: &Path,
+) -> Result<Vec<OsString>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
         // One line: where, and what (toml's own rendering spans several).
         let at = e.span().map(|r| r.start).unwrap_or(0).min(text.len());
         let line = text[..at].matches('\n').count() + 1;

@@ -404,24 +404,9 @@ async fn session(stream: UnixStream, ctl: &Control, caller: Caller) -> Result<()
             }
         }
         let too_long = line.len() > MAX_REQUEST;
-        let reply = if too_long {
-            Reply::Error { ok: false, error: format!("request longer than {MAX_REQUEST} bytes") }
-        } else if caller == Caller::Stranger {
-            Reply::Error {
-                ok: false,
-                error: "permission denied: only root and the ttp group may use ttp's control socket".into(),
-            }
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(req) if !req.allowed_for(caller) => Reply::Error {
-                    ok: false,
-                    error: "permission denied: only root may change ttp's state or choose where it connects \
-                            (the ttp group may read: status, streams, check)"
-                        .into(),
-                },
-                Ok(req) => ctl.answer(req).await,
-                Err(e) => Reply::Error { ok: false, error: format!("bad request: {e}") },
-            }
+        let reply = match read_request(&line, caller) {
+            Ok(req) => ctl.answer(req).await,
+            Err(refusal) => refusal,
         };
         let mut out = serde_json::to_vec(&reply)?;
         out.push(b'\n');
@@ -429,6 +414,27 @@ async fn session(stream: UnixStream, ctl: &Control, caller: Caller) -> Result<()
         if too_long {
             bail!("request too long");
         }
+    }
+}
+
+/// One request line from `caller`, or the reply that refuses it: too long, from a caller
+/// who may not use the socket, not a request, or one the caller may not make.
+pub fn read_request(line: &[u8], caller: Caller) -> Result<Request, Reply> {
+    let refuse = |error: String| Err(Reply::Error { ok: false, error });
+    if line.len() > MAX_REQUEST {
+        return refuse(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    if caller == Caller::Stranger {
+        return refuse("permission denied: only root and the ttp group may use ttp's control socket".into());
+    }
+    match serde_json::from_slice::<Request>(line) {
+        Ok(req) if !req.allowed_for(caller) => refuse(
+            "permission denied: only root may change ttp's state or choose where it connects \
+             (the ttp group may read: status, streams, check)"
+                .into(),
+        ),
+        Ok(req) => Ok(req),
+        Err(e) => refuse(format!("bad request: {e}")),
     }
 }
 

@@ -34,12 +34,18 @@ impl SessionLock {
     pub fn read(runtime_dir: &Path) -> Result<Option<SessionLock>> {
         let p = Self::path(runtime_dir);
         match crate::rootfs::read_small(&p) {
-            Ok(t) => serde_json::from_str(&t)
+            Ok(t) => Self::parse(&t)
                 .map(Some)
                 .with_context(|| format!("{} is not a ttp session lock (remove it if no ttp runs)", p.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
+    }
+
+    /// Reads a lock's text. Root wrote it, but root acts on it (replays `args`, writes into
+    /// `cgroup`): parsed like any input, and checked again where it is used.
+    pub fn parse(text: &str) -> Result<SessionLock> {
+        Ok(serde_json::from_str(text)?)
     }
 
     /// Written whole or not at all, by root (see [`crate::rootfs::write_file`]).

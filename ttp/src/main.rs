@@ -143,7 +143,7 @@ enum Cmd {
         #[command(flatten)]
         paths: Paths,
         /// Check endpoint(s), tried in order (default: the daemon's list).
-        #[arg(long = "check-url", value_name = "URL")]
+        #[arg(long = "check-url", value_name = "URL", value_parser = ttp::check::check_url)]
         urls: Vec<String>,
         #[arg(long)]
         json: bool,

@@ -82,7 +82,7 @@ pub struct StartOptions {
     pub max_streams: usize,
     /// Check endpoint for verifying the exit through Tor (check-API JSON or a bare
     /// address); repeatable, tried in order.
-    #[arg(long = "check-url", value_name = "URL")]
+    #[arg(long = "check-url", value_name = "URL", value_parser = crate::check::check_url)]
     pub check_urls: Vec<String>,
     /// Connect to Tor through bridges (from --bridge and --bridges-file).
     #[arg(long)]

@@ -209,29 +209,7 @@ impl Diag {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        let mut at = 0usize;
-        while at + NLMSG_HDRLEN <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-            let mseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
-            if len < NLMSG_HDRLEN || at + len > n {
-                return Err(io::Error::other("truncated netlink message"));
-            }
-            let payload = &buf[at + NLMSG_HDRLEN..at + len];
-            if mseq == seq {
-                match kind {
-                    NLMSG_DONE => return Ok(true),
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(payload.get(..4).unwrap_or(&[0; 4]).try_into().expect("4"));
-                        return if code == 0 { Ok(true) } else { Err(io::Error::from_raw_os_error(-code)) };
-                    }
-                    _ => each(payload),
-                }
-            }
-            at += (len + 3) & !3;
-        }
-        Ok(false)
+        walk_datagram(&buf[..n as usize], seq, each)
     }
 
     /// Receives messages until DONE (a dump) or one ERROR/ACK; calls `each` per payload.
@@ -239,6 +217,40 @@ impl Diag {
         while !self.recv_datagram(seq, &mut each)? {}
         Ok(())
     }
+}
+
+/// The netlink messages of one received datagram: calls `each` with the payload of every
+/// message of exchange `seq`; `Ok(true)` if one ended the exchange (DONE, or an ERROR of
+/// 0, the ACK), an error for an ERROR or a message whose length does not fit.
+pub fn walk_datagram(buf: &[u8], seq: u32, each: &mut impl FnMut(&[u8])) -> io::Result<bool> {
+    let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let mut at = 0usize;
+    while at + NLMSG_HDRLEN <= buf.len() {
+        let len = word(at) as usize;
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        let mseq = word(at + 8);
+        if len < NLMSG_HDRLEN || len > buf.len() - at {
+            return Err(io::Error::other("truncated netlink message"));
+        }
+        let payload = &buf[at + NLMSG_HDRLEN..at + len];
+        if mseq == seq {
+            match kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return if code == 0 { Ok(true) } else { Err(io::Error::from_raw_os_error(code.saturating_neg())) };
+                }
+                _ => each(payload),
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
+/// One dump or lookup answer's payload as a socket, if it is one ([`parse_msg`]).
+pub fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
+    parse_msg(payload).map(|(_, s)| s)
 }
 
 /// `INET_DIAG_NOCOOKIE`: an exact lookup by addresses alone.

@@ -1,12 +1,16 @@
-//! `cargo xtask fuzz`: the tunnel's cargo-fuzz targets (`ttp-tunnel/fuzz`), each for a
-//! while. `cargo xtask test` runs every target briefly; longer runs are by hand
-//! (`cargo xtask fuzz --seconds 3600 exchange`). The corpus stays in
-//! `ttp-tunnel/fuzz/corpus`, so each run starts where the last one ended.
+//! `cargo xtask fuzz`: the cargo-fuzz targets, each for a while. Two suites, each a cargo
+//! workspace of its own: the tunnel's protocol core (`ttp-tunnel/fuzz`, without Arti) and
+//! every other parser of input another party controls (`ttp/fuzz`: the DNSPort, SOCKS
+//! requests, control requests, the config file and the tunnel's TOML, check answers and
+//! URLs, GRO runs, SOCK_DIAG answers, the session lock). `cargo xtask test` runs every
+//! target briefly; longer runs are by hand (`cargo xtask fuzz --seconds 3600 exchange`).
+//! Each corpus stays in its suite's `corpus/`, so each run starts where the last one ended.
 //!
-//! Built without a sanitizer: the tunnel crate has no `unsafe`, and ASan costs the
-//! handshake-heavy `exchange` target two thirds of its speed. Overflow checks and debug
-//! assertions are on in the tunnel crate (the fuzz crate's profile), so an arithmetic
-//! overflow is a finding.
+//! Built without a sanitizer: the tunnel crate has no `unsafe`, ttp's parsers none on
+//! their paths (SOCK_DIAG's one unaligned read is bounds-checked first), and ASan costs
+//! the handshake-heavy `exchange` target two thirds of its speed. Overflow checks and
+//! debug assertions are on in the code under test (each fuzz crate's profile), so an
+//! arithmetic overflow is a finding.
 
 use std::process::Command;
 
@@ -14,8 +18,24 @@ use anyhow::{Context, Result};
 
 use crate::{root, setup};
 
-/// Every target in `ttp-tunnel/fuzz/fuzz_targets`.
-pub const TARGETS: &[&str] = &["parse", "replay_window", "exchange"];
+/// Each suite's directory and targets.
+pub const SUITES: &[(&str, &[&str])] = &[
+    ("ttp-tunnel/fuzz", &["parse", "replay_window", "exchange"]),
+    (
+        "ttp/fuzz",
+        &[
+            "dns_query",
+            "socks_request",
+            "control_request",
+            "config_file",
+            "tunnel_config",
+            "session_lock",
+            "check_answer",
+            "gro_segments",
+            "sock_diag",
+        ],
+    ),
+];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,32 +47,41 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let targets: Vec<&str> =
-        if args.targets.is_empty() { TARGETS.to_vec() } else { args.targets.iter().map(String::as_str).collect() };
-    if let Some(t) = targets.iter().find(|t| !TARGETS.contains(t)) {
-        anyhow::bail!("no fuzz target {t}; there are: {}", TARGETS.join(", "));
+    let all: Vec<&str> = SUITES.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+    if let Some(t) = args.targets.iter().find(|t| !all.contains(&t.as_str())) {
+        anyhow::bail!("no fuzz target {t}; there are: {}", all.join(", "));
     }
     let toolchain = format!("+{}", setup::nightly_channel()?);
-    let fuzz = |sub: &str| {
-        // `cargo`, not `$CARGO`: the rustup proxy is what understands `+toolchain`.
-        let mut c = Command::new("cargo");
-        c.args([&toolchain, "fuzz", sub, "--fuzz-dir", "ttp-tunnel/fuzz", "-O"]);
-        c.args(["--sanitizer", "none"]);
-        // The workspace's target directory: one place for every build artefact.
-        c.arg("--target-dir").arg(root().join("target/fuzz"));
-        c
-    };
-    crate::sh(&mut fuzz("build")).context("building the fuzz targets (needs cargo-fuzz: cargo xtask setup)")?;
-    for t in targets {
-        let mut c = fuzz("run");
-        c.arg(t).args(["--", &format!("-max_total_time={}", args.seconds), "-print_final_stats=1"]);
-        crate::sh(&mut c).with_context(|| {
-            format!(
-                "fuzz target {t} failed: the input is in ttp-tunnel/fuzz/artifacts/{t}/; replay it with \
-                 `cargo {toolchain} fuzz run --fuzz-dir ttp-tunnel/fuzz -O -s none {t} \
-                 ttp-tunnel/fuzz/artifacts/{t}/<file>`"
-            )
-        })?;
+    for (dir, targets) in SUITES {
+        let chosen: Vec<&str> = targets
+            .iter()
+            .copied()
+            .filter(|t| args.targets.is_empty() || args.targets.iter().any(|a| a == t))
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let fuzz = |sub: &str| {
+            // `cargo`, not `$CARGO`: the rustup proxy is what understands `+toolchain`.
+            let mut c = Command::new("cargo");
+            c.args([&toolchain, "fuzz", sub, "--fuzz-dir", dir, "-O"]);
+            c.args(["--sanitizer", "none"]);
+            // The workspace's target directory: one place for every build artefact.
+            c.arg("--target-dir").arg(root().join("target/fuzz"));
+            c
+        };
+        crate::sh(&mut fuzz("build"))
+            .with_context(|| format!("building the fuzz targets of {dir} (needs cargo-fuzz: cargo xtask setup)"))?;
+        for t in chosen {
+            let mut c = fuzz("run");
+            c.arg(t).args(["--", &format!("-max_total_time={}", args.seconds), "-print_final_stats=1"]);
+            crate::sh(&mut c).with_context(|| {
+                format!(
+                    "fuzz target {t} failed: the input is in {dir}/artifacts/{t}/; replay it with \
+                     `cargo {toolchain} fuzz run --fuzz-dir {dir} -O -s none {t} {dir}/artifacts/{t}/<file>`"
+                )
+            })?;
+        }
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the tunnel's fuzz targets (cargo fuzz), each for a while.
+    /// Run the fuzz targets (cargo fuzz: the tunnel's and ttp's parsers), each for a while.
     Fuzz(fuzz::Args),
     /// Set up, build and run the datapath demo in throwaway namespaces.
     Demo,
@@ -122,8 +122,10 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     }
     require_root("the end-to-end tests")?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    // The fuzz targets are a workspace of their own (nightly, sanitizer flags).
-    sh(cargo().args(["fmt", "--manifest-path", "ttp-tunnel/fuzz/Cargo.toml", "--", "--check"]))?;
+    // The fuzz targets are workspaces of their own (nightly, the fuzzer's flags).
+    for (dir, _) in fuzz::SUITES {
+        sh(cargo().args(["fmt", "--manifest-path", &format!("{dir}/Cargo.toml"), "--", "--check"]))?;
+    }
     sh(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel-side policy, as plain Rust on the host.
     sh(cargo().args(["test", "-p", "ttp-ebpf", "--lib"]))?;
@@ -151,9 +153,9 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
         unmount_test_bpffs();
     }
     result?;
-    // The tunnel's parsers and protocol core under a fuzzer, briefly (a smoke run: longer
-    // runs are `cargo xtask fuzz --seconds N`).
-    fuzz::run(&fuzz::Args { seconds: 20, targets: Vec::new() })?;
+    // Every parser of others' input, and the tunnel's protocol core, under a fuzzer,
+    // briefly (a smoke run: longer runs are `cargo xtask fuzz --seconds N`).
+    fuzz::run(&fuzz::Args { seconds: 15, targets: Vec::new() })?;
     eprintln!("==> all tests passed in {:.0?}", t0.elapsed());
     Ok(())
 }

@@ -85,6 +85,11 @@ impl Behind {
 
     /// Starts the gateway (`ttp run --tunnel ... --gateway ...`) and the peer's tunnel.
     fn start(&mut self) {
+        self.start_with(|_| {});
+    }
+
+    /// [`Behind::start`], with the daemon's command changed by `adjust` first (limits...).
+    fn start_with(&mut self, adjust: impl FnOnce(&mut std::process::Command)) {
         let net = net();
         let arti = net.arti_toml().display().to_string();
         let conf = self.dir.0.join("gw.toml").display().to_string();
@@ -98,7 +103,8 @@ impl Behind {
             "--gateway",
             LAN_LINK,
         ];
-        self.run.daemon = Some(self.run.w.start_ttp(&self.run.state, &args).expect("ttp run as a gateway"));
+        self.run.daemon =
+            Some(self.run.w.start_ttp_with(&self.run.state, &args, adjust).expect("ttp run as a gateway"));
         let mut c = self.peer.cmd(bin("ttp"));
         c.args(["tunnel", "up", "--config"]).arg(self.dir.0.join("peer.toml"));
         let mut side = Proc::spawn(c).unwrap();
@@ -373,4 +379,36 @@ fn replayed_and_spoofed_packets_are_dropped_and_a_roaming_peer_carries_on() {
     std::thread::sleep(Duration::from_millis(600));
     let st = peer_status(&b);
     assert!(st["endpoint"].as_str().unwrap_or_default().starts_with("100.64.7.3:"), "{st:#}");
+}
+
+/// A LAN client that holds many connections to the DNSPort's TCP (to any resolver's
+/// address: the gateway steers them) and says nothing takes only its share of the slots,
+/// refused at once past it: the daemon, started with a shell's 1,024 open files, lives
+/// on, and the tunnel peer still fetches and resolves, over UDP and TCP.
+#[test]
+fn idle_connections_from_a_gateway_client_take_nothing_from_the_others() {
+    let mut b = Behind::new();
+    b.start_with(|c| ttp_tests::limit_open_files(c, 1024));
+    let page = format!("http://{WEB}/index.txt");
+    b.warm_up(&page);
+    let pid = b.run.daemon.as_ref().unwrap().proc.child.id();
+    let cap = Capture::start(&b.run.w.inet, &b.run.w.inet_if).unwrap();
+    let mut hold = b.lan.cmd(bin("testkit"));
+    hold.args(["hold-open", "9.9.9.9:53", "1500", "60"]);
+    let mut idle = Proc::spawn(hold).unwrap();
+    idle.wait_line("OPENED", Duration::from_secs(90)).expect("the LAN client's connections opened");
+    assert_eq!(b.peer_curl(&page), PAGE, "the peer's fetch during the flood: {}", b.run.failures());
+    let dig = |tcp: &str, name: &str| {
+        b.in_ns(&b.peer, "peer-resolv.conf", &["dig", "+short", "+tries=1", "+time=20", tcp, name, "A"])
+    };
+    assert_eq!(dig("+notcp", "during.gw.idle.test"), WEB);
+    assert_eq!(dig("+tcp", "during.gw.idle.tcp.test"), WEB);
+    let status: serde_json::Value = serde_json::from_str(&ttp(&b.run, &["status", "--json"])).unwrap();
+    assert!(
+        status["load"]["refused_share"].as_u64().unwrap() > 0,
+        "the LAN client was never held to its share: {status}"
+    );
+    assert_eq!(status["pid"], pid, "{status}");
+    drop(idle);
+    assert_only_relay_traffic(&cap.stop().unwrap());
 }
