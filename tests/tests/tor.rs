@@ -408,11 +408,51 @@ fn the_ttp_group_reads_and_only_root_stops_or_refreshes() {
     // The daemon lives on, and root may stop it.
     std::thread::sleep(Duration::from_millis(300));
     assert!(matches!(daemon.proc.child.try_wait(), Ok(None)), "a group member's stop stopped the daemon");
-    let root = ask(0, 0, "0", r#"{"cmd":"stop"}"#);
-    assert!(root.contains("\"ok\":true"), "{root}");
+    // Root's bare `stop` on the socket is refused (the monitor would not tear down without
+    // root's own record of the request: the host would stay closed, the daemon gone)...
+    let bare = ask(0, 0, "0", r#"{"cmd":"stop"}"#);
+    assert!(bare.contains("use `ttp stop`"), "{bare}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(daemon.proc.child.try_wait(), Ok(None)), "root's bare stop ended the daemon");
+    // ...and `ttp stop` stops it cleanly.
+    let mut stop = w.host.cmd(ttp_tests::bin("ttp"));
+    stop.args(["stop", "--runtime-dir"]).arg(&rt.0).arg("--pin-dir").arg(&w.pin_dir);
+    let out = stop.output().unwrap();
+    assert!(out.status.success(), "ttp stop: {}", String::from_utf8_lossy(&out.stderr));
     assert!(daemon.proc.child.wait().unwrap().success());
     drop(daemon);
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// What a compromised daemon (code running as the service user) holds: its descriptors.
+/// None of them may write a map the kill-switch decides by (CONFIG, the bypass sets,
+/// LOCAL_V4...), and none is a program or a link; the kernel refuses a write through each,
+/// made with the daemon's own descriptor. CONN_DST (origins only the daemon reads) and
+/// aya-log's buffers are the daemon's to write.
+#[test]
+fn the_daemons_descriptors_cannot_open_the_kill_switch() {
+    use std::os::fd::AsFd;
+    let r = start(&[]);
+    let pid = r.daemon.as_ref().unwrap().proc.child.id();
+    let held = ttp_tests::bpfheld::held(pid).unwrap();
+    // Positive control: the daemon's maps are seen (it reads origins and counters).
+    for name in ["CONN_DST", "COUNTERS", "CONFIG"] {
+        assert!(held.iter().any(|h| h.name == name), "{name} not among the daemon's descriptors: {held:#?}");
+    }
+    for h in &held {
+        assert_eq!(h.kind, "bpf-map", "the daemon holds a {}: {h:?}", h.kind);
+        if h.name == "CONN_DST" || h.name.starts_with("AYA_") {
+            continue;
+        }
+        assert!(!h.writable, "the daemon holds {} writable: {h:?}", h.name);
+        let fd = ttp_tests::bpfheld::take(pid, h.fd).unwrap();
+        let e = ttp_tests::bpfheld::write_zeros(fd.as_fd(), h.key_size, h.value_size).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "writing {} through the daemon's descriptor: {e}", h.name);
+    }
+    // And the daemon works with what it kept.
+    assert_eq!(curl(&r.w, &format!("http://{WEB}/index.txt")), PAGE, "{}", r.failures());
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert!(status["counters"]["tcp_redirected"].as_u64().unwrap() >= 1, "{status}");
 }
 
 fn curl_via(w: &World, proxy: &str, url: &str) -> String {

@@ -19,7 +19,7 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::{datapath::Maps, transport::StreamSnapshot};
+use crate::{datapath::ServiceMaps, transport::StreamSnapshot};
 
 pub const SOCKET: &str = "control.sock";
 use crate::user::CONTROL_GROUP as GROUP;
@@ -146,12 +146,14 @@ pub enum Reply {
 /// What the control socket needs from the running daemon.
 pub struct Control {
     pub services: Arc<crate::daemon::Services>,
-    pub maps: Arc<Mutex<Maps>>,
+    pub maps: Arc<Mutex<ServiceMaps>>,
     pub ports: Ports,
     pub started: Instant,
     pub started_unix: u64,
     /// Notified by a `stop` request.
     pub stop: Arc<Notify>,
+    /// Root's runtime directory, where `ttp stop` records its request for the monitor.
+    pub runtime_dir: std::path::PathBuf,
     /// Check endpoints, in order.
     pub check_urls: Vec<String>,
     pub load: Arc<crate::load::LoadStats>,
@@ -246,6 +248,15 @@ impl Control {
                 tracing::info!("new identity: {n} isolation keys reset; new streams use new circuits");
                 Reply::Refreshed { ok: true, isolation_keys_reset: n }
             }
+            // The monitor tears down only on root's own record of the request (see
+            // crate::monitor): a stop without it would end in lockdown with the daemon
+            // gone, so it is refused here, and the daemon runs on.
+            Request::Stop if !crate::monitor::stop_requested(&self.runtime_dir, std::process::id()) => Reply::Error {
+                ok: false,
+                error: "a stop must come with root's stop request: use `ttp stop` (it records the request in the \
+                        runtime directory first), or SIGTERM to ttp's process group; the daemon runs on"
+                    .into(),
+            },
             Request::Stop => {
                 self.stop.notify_one();
                 Reply::Done { ok: true }

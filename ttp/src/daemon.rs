@@ -3,11 +3,14 @@
 //! 0. (Before any thread: the privileged monitor is forked, see [`crate::monitor`].)
 //! 1. Into its own cgroup (the only thing the kill-switch exempts).
 //! 2. Datapath attached and pinned in lockdown: from here on nothing governed leaks.
-//! 3. The proxy ports are bound (low ports need root), then root is given up: the daemon
-//!    becomes the service user with `CAP_BPF` alone, in every thread.
+//! 3. The loader's descriptors are closed (the pins hold the datapath), the maps the daemon
+//!    needs are reopened read-only but for the stream origins
+//!    ([`crate::datapath::ServiceMaps`]), the proxy ports are bound (low ports need root),
+//!    then root is given up: the daemon becomes the service user with `CAP_BPF` alone, in
+//!    every thread.
 //! 4. Arti bootstraps, unprivileged.
 //! 5. The ports are served, the control socket opens.
-//! 6. Lockdown off: governed traffic now flows through Tor.
+//! 6. Lockdown off (the monitor writes it, as root): governed traffic now flows through Tor.
 //!
 //! On SIGTERM/SIGINT/`stop` from root, and only then: lockdown on, services stop, and the
 //! monitor (root) destroys the applications' sockets through us, detaches and unpins the
@@ -32,7 +35,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::{
     cgroup,
     control::{self, Control, Ports},
-    datapath::{Datapath, DatapathOptions, Maps, Policy},
+    datapath::{Datapath, DatapathOptions, Policy, ServiceMaps},
     dns::{self, Automap, Cache, DnsService},
     load::{Budget, LoadStats},
     lock::SessionLock,
@@ -242,6 +245,11 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         let _ = datapath.stop();
         return Err(e);
     }
+    // The pins hold the datapath from here on. The loader's descriptors (programs, the
+    // policy maps, writable) go before the privilege drop: what the daemon keeps is
+    // ServiceMaps, opened in `serve`.
+    let maps_dir = datapath.layout().maps();
+    drop(datapath);
     tracing::info!("kill-switch active after {:.0?} (lockdown until Tor is ready)", t0.elapsed());
     events(Event::KillSwitch(t0.elapsed()));
     // Connections opened before start would only hang now: closed, so that their
@@ -264,20 +272,16 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
-    let setup = Setup { config, service_user: &service_user, gateway, maps_dir: datapath.layout().maps(), t0, budget };
+    let setup = Setup { config, service_user: &service_user, gateway, maps_dir, t0, budget };
     let stop = StopSignals::new()?;
     let outcome = match lock.write(&opts.runtime_dir) {
-        Ok(()) => serve(opts, setup, stop, &mut events).await,
+        Ok(()) => serve(opts, setup, stop, &mut monitor, &mut events).await,
         Err(e) => Err(e),
     };
     // The one place where a daemon's end is decided.
     match outcome {
-        // Root asked: the monitor tears down. Our descriptors go first, so that unpinning
-        // detaches the links at once.
-        Ok(stopped) => {
-            drop(datapath);
-            monitor.finish(stopped).inspect_err(|e| tracing::error!("{e:#}"))
-        }
+        // Root asked: the monitor tears down.
+        Ok(stopped) => monitor.finish(stopped).inspect_err(|e| tracing::error!("{e:#}")),
         // Anything else fails closed: lockdown stays on (serve set it, or never lifted
         // it), the links stay attached, and the monitor records why. Only `ttp stop` (or a
         // new start, which takes the pins over) opens the host.
@@ -285,7 +289,6 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
             let why = format!("{fault:#}");
             tracing::error!("{why}");
             tracing::error!("the kill-switch stays closed: nothing governed leaves; `ttp start` recovers, `ttp stop` opens the host");
-            drop(datapath);
             monitor.fault(&why);
             Err(fault.context("the daemon failed; the host stays closed (`ttp status` says why)"))
         }
@@ -404,12 +407,14 @@ async fn serve(
     opts: &StartOptions,
     setup: Setup<'_>,
     mut stop: StopSignals,
+    monitor: &mut Monitor,
     events: &mut impl FnMut(Event),
 ) -> Result<StopRequested> {
     let Setup { config, service_user, gateway, maps_dir, t0, budget } = setup;
     hand_over_dirs(opts, service_user)?;
     let control_listener = control::bind(&opts.runtime_dir)?;
-    let maps = Arc::new(Mutex::new(Maps::open_pinned(&maps_dir)?));
+    // Read-only but for the stream origins (see ServiceMaps): opened while root, kept after.
+    let maps = Arc::new(Mutex::new(ServiceMaps::open_pinned(&maps_dir)?));
     let transparent = !gateway.interfaces.is_empty();
     if transparent {
         crate::gateway::install(&gateway.interfaces).await?;
@@ -463,17 +468,6 @@ async fn serve(
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
-    if transparent {
-        let following = crate::gateway::follow_local_addresses(maps.clone()).await?;
-        // Losing track of address changes is no reason to stop protecting the host: the
-        // list stays as it was.
-        tasks.spawn(async move {
-            if let Err(e) = following.await {
-                tracing::warn!("no longer following this host's addresses for the gateway: {e:#}");
-            }
-            std::future::pending().await
-        });
-    }
     if let Some((device, runner)) = gateway.tunnel {
         tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
         // Spawned after the privilege drop: the thread starts as the service user.
@@ -496,6 +490,7 @@ async fn serve(
         started: t0,
         started_unix: control::unix_now(),
         stop: stop.control.clone(),
+        runtime_dir: opts.runtime_dir.clone(),
         check_urls: check_urls.clone(),
         load,
         budget,
@@ -530,7 +525,7 @@ async fn serve(
         }
     });
 
-    maps.lock().expect("maps lock").set_lockdown(false)?;
+    monitor.set_lockdown(false)?;
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
     events(Event::Ready(t0.elapsed()));
 
@@ -544,9 +539,9 @@ async fn serve(
             Err(e) => anyhow::anyhow!("a service panicked: {e}"),
         }),
     };
-    // Lockdown first, whatever ended it. Should even that fail, the links stay attached
-    // and the monitor tries again.
-    let locked = maps.lock().unwrap_or_else(|p| p.into_inner()).set_lockdown(true);
+    // Lockdown first, whatever ended it (root's part: the monitor sets it). Should even
+    // that fail, the links stay attached and the monitor tries again.
+    let locked = monitor.set_lockdown(true);
     match &locked {
         Ok(()) => tracing::info!("lockdown on"),
         Err(e) => tracing::error!("setting lockdown: {e:#}"),

@@ -15,9 +15,8 @@
 //! ([`follow_local_addresses`]): connections to them go to the host's own services.
 
 use std::{
-    future::Future,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, Mutex},
+    sync::Mutex,
 };
 
 use anyhow::{bail, Context, Result};
@@ -121,34 +120,32 @@ fn local_default() -> Result<RouteMessage> {
 
 /// Keeps LOCAL_V4 equal to this host's IPv4 addresses, so that the gateway program hands
 /// a gateway client's new connection to one of them (an admin's SSH from the LAN) to the
-/// host's own services instead of the TransPort. Writes the first list before it returns;
-/// the future it returns follows address changes (run it as a task). Every change
-/// rtnetlink announces re-reads the whole list: a host has a handful of addresses, and a
-/// full read cannot drift the way counting additions and removals could. Needs no
-/// privilege beyond the map's open descriptor.
-pub async fn follow_local_addresses(maps: Arc<Mutex<Maps>>) -> Result<impl Future<Output = Result<()>>> {
-    // Subscribed before the first read, so a change in between is not missed.
-    let (conn, handle, mut changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
-        .context("opening rtnetlink for address changes")?;
-    // The connection is a future that must run beside every request: driven here, in the
-    // same select, so that nothing outlives the task.
-    let mut conn = Box::pin(conn);
-    tokio::select! {
-        _ = &mut conn => bail!("rtnetlink closed while listing addresses"),
-        r = write_local_addresses(&handle, &maps) => r?,
-    }
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = &mut conn => bail!("rtnetlink closed"),
-                change = changes.next() => if change.is_none() { bail!("rtnetlink closed") },
-            }
-            tokio::select! {
-                _ = &mut conn => bail!("rtnetlink closed while listing addresses"),
-                r = write_local_addresses(&handle, &maps) => r?,
-            }
+/// host's own services instead of the TransPort. Root's job: the monitor runs it on a
+/// thread of its own from arming to its end ([`crate::monitor`]); LOCAL_V4 decides what
+/// bypasses Tor, so the daemon cannot write it. Every change rtnetlink announces re-reads
+/// the whole list: a host has a handful of addresses, and a full read cannot drift the
+/// way counting additions and removals could. Until the first list is written, a gateway
+/// client's connection to the host goes to the TransPort (closed, not open).
+pub fn follow_local_addresses(maps: Maps) {
+    let maps = Mutex::new(maps);
+    let run = async {
+        // Subscribed before the first read, so a change in between is not missed.
+        let (conn, handle, mut changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+            .context("opening rtnetlink for address changes")?;
+        tokio::spawn(conn);
+        write_local_addresses(&handle, &maps).await?;
+        while changes.next().await.is_some() {
+            write_local_addresses(&handle, &maps).await?;
         }
-    })
+        bail!("rtnetlink closed")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result: Result<()> = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run));
+    if let Err(e) = result {
+        // Losing track of address changes is no reason to stop protecting the host: the
+        // list stays as it was.
+        tracing::warn!("no longer following this host's addresses for the gateway: {e:#}");
+    }
 }
 
 async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &Mutex<Maps>) -> Result<()> {

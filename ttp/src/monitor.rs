@@ -8,6 +8,11 @@
 //! pipe (OpenSSH's privilege separation, reduced to one job):
 //!
 //! - `ARMED`: the datapath is attached and its pins are this daemon's;
+//! - `LOCKDOWN ON` / `LOCKDOWN OFF`: the daemon's services are ready (or ending); the
+//!   monitor sets the flag in CONFIG and answers `OK` (or `ERROR <why>`). The daemon holds
+//!   no writable descriptor of a map any verdict reads ([`crate::datapath::ServiceMaps`]):
+//!   root's process writes them. Lifting lockdown on the daemon's word gives it nothing it
+//!   lacks: the connections it lets through are redirected to it;
 //! - `CLEAN`: the daemon has stopped its services and asks for the teardown. The monitor
 //!   tears down (then answers `DONE`) only if root asked for the stop in a way the
 //!   daemon cannot forge (see below); otherwise it is a fault;
@@ -84,6 +89,12 @@ pub fn request_stop(runtime_dir: &std::path::Path, pid: u32) -> Result<()> {
     crate::rootfs::write_file(runtime_dir, STOP_FILE, format!("{pid}\n").as_bytes())
 }
 
+/// Whether root's stop file names the daemon `pid` (read, not used up: the daemon asks
+/// before it accepts a stop on its control socket, the monitor decides).
+pub fn stop_requested(runtime_dir: &std::path::Path, pid: u32) -> bool {
+    crate::rootfs::read_small(&runtime_dir.join(STOP_FILE)).ok().and_then(|t| t.trim().parse::<u32>().ok()) == Some(pid)
+}
+
 /// Whether root asked for the stop of the daemon `daemon`, by the monitor's own evidence.
 /// The stop file is used up when read.
 struct RootAsked;
@@ -105,10 +116,9 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 
 impl RootAsked {
     fn check(runtime_dir: &std::path::Path, daemon: u32) -> Option<RootAsked> {
-        let file = runtime_dir.join(STOP_FILE);
-        let asked = crate::rootfs::read_small(&file).ok().and_then(|t| t.trim().parse::<u32>().ok());
-        let _ = std::fs::remove_file(&file);
-        (SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) || asked == Some(daemon)).then_some(RootAsked)
+        let asked = stop_requested(runtime_dir, daemon);
+        let _ = std::fs::remove_file(runtime_dir.join(STOP_FILE));
+        (SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) || asked).then_some(RootAsked)
     }
 }
 
@@ -156,6 +166,22 @@ impl Monitor {
     /// The datapath is attached: from now on a clean stop tears it down.
     pub fn armed(&mut self) -> Result<()> {
         self.send("ARMED")
+    }
+
+    /// Has the monitor turn lockdown on or off. Returns once it is done.
+    pub fn set_lockdown(&mut self, on: bool) -> Result<()> {
+        self.send(if on { "LOCKDOWN ON" } else { "LOCKDOWN OFF" })?;
+        let mut line = String::new();
+        self.from.read_line(&mut line).context("waiting for the monitor")?;
+        match line.trim() {
+            "OK" => Ok(()),
+            l => match l.strip_prefix("ERROR ") {
+                Some(why) => bail!("the monitor could not set lockdown: {why}"),
+                None => {
+                    bail!("the monitor is gone (was it killed?): the kill-switch stays closed; `ttp stop` opens it")
+                }
+            },
+        }
     }
 
     /// Root asked the daemon to stop: the monitor tears down. Returns once it is done.
@@ -239,7 +265,26 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                     let pin_dir = cleanup.pin_dir.clone();
                     std::thread::spawn(move || crate::uplinks::follow(pin_dir, skip));
                 }
+                if cleanup.gateway {
+                    // This instance's maps, held by the thread (see `armed`).
+                    match crate::datapath::Maps::open_pinned(&PinLayout::new(&cleanup.pin_dir).maps()) {
+                        Ok(m) => drop(std::thread::spawn(move || crate::gateway::follow_local_addresses(m))),
+                        Err(e) => bail!("opening the pinned maps: {e:#}"),
+                    }
+                }
                 let _ = std::fs::remove_file(cleanup.runtime_dir.join(FAULT_FILE));
+            }
+            Ok(l) if l.starts_with("LOCKDOWN ") => {
+                let on = l == "LOCKDOWN ON";
+                let done = match armed.as_mut() {
+                    Some(m) => m.set_lockdown(on),
+                    None => Err(anyhow::anyhow!("the datapath is not armed")),
+                };
+                let answer = match done {
+                    Ok(()) => "OK".to_string(),
+                    Err(e) => format!("ERROR {}", format!("{e:#}").replace(['\n', '\r'], " ")),
+                };
+                let _ = writeln!(to_daemon, "{answer}");
             }
             Ok("CLEAN") => {
                 if RootAsked::check(&cleanup.runtime_dir, daemon).is_none() {

@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use crate::{
-    datapath::maps::{ConnOrigin, Maps},
+    datapath::maps::{ConnOrigin, ServiceMaps},
     dns::{automap::Mapped, Automap},
     load::{LoadStats, Share, Shares},
     principal::{IsolationKey, Owner},
@@ -40,7 +40,7 @@ pub trait OriginSource: Send + Sync + 'static {
     fn take(&self, peer: SocketAddr) -> Option<ConnOrigin>;
 }
 
-impl OriginSource for Mutex<Maps> {
+impl OriginSource for Mutex<ServiceMaps> {
     fn take(&self, peer: SocketAddr) -> Option<ConnOrigin> {
         self.lock().expect("maps lock").take_origin(peer)
     }

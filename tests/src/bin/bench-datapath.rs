@@ -57,7 +57,7 @@ fn serve(mode: &str, rest: &[String]) -> Result<()> {
             policy: ttp::datapath::Policy { bypass_cgroups: vec![rest[3].clone().into()], ..Default::default() },
         };
         let (dp, _logs) = ttp::datapath::Datapath::start(&opts)?;
-        maps = Some(ttp::datapath::Maps::open_pinned(&dp.layout().maps())?);
+        maps = Some(ttp::datapath::ServiceMaps::open_pinned(&dp.layout().maps())?);
         Some(dp)
     } else {
         None

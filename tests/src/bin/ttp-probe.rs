@@ -16,7 +16,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, UdpSocket},
 };
-use ttp::datapath::{Datapath, DatapathOptions, Ipv6Policy, Maps, Policy};
+use ttp::datapath::{Datapath, DatapathOptions, Ipv6Policy, Policy, ServiceMaps};
 
 /// Address every A query is answered with.
 pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 7);
@@ -84,7 +84,7 @@ async fn main() -> Result<()> {
     let n = ttp::datapath::destroy_stranded(&opts)?;
     tracing::info!("{n} connections opened before start closed");
     let layout = dp.layout().clone();
-    let maps = Arc::new(Mutex::new(Maps::open_pinned(&layout.maps())?));
+    let maps = Arc::new(Mutex::new(ServiceMaps::open_pinned(&layout.maps())?));
     if let Some(logger) = logger {
         tokio::spawn(ttp::datapath::forward_logs(logger));
     }
@@ -106,7 +106,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn trans_port(l: TcpListener, maps: Arc<Mutex<Maps>>) {
+async fn trans_port(l: TcpListener, maps: Arc<Mutex<ServiceMaps>>) {
     while let Ok((mut s, peer)) = l.accept().await {
         let orig = maps.lock().expect("maps lock").take_original_destination(peer);
         tracing::info!(%peer, ?orig, "TransPort accepted");

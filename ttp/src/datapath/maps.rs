@@ -1,7 +1,12 @@
 //! Typed handles on the datapath's maps, whether just loaded or reopened from their pins.
 //!
-//! Userspace owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4; the programs own
-//! ORIG_DST, EXEMPT_SOCK and CONN_DST (userspace only deletes what it consumed).
+//! Root owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4: every map
+//! a verdict of the kill-switch depends on. Only root's processes (the start, the monitor,
+//! the CLI) hold them writable, as [`Maps`]. The programs own ORIG_DST, EXEMPT_SOCK and
+//! CONN_DST. The daemon, once it has given up root, holds [`ServiceMaps`]: CONFIG and
+//! COUNTERS read-only, and CONN_DST, which it consumes and which no verdict reads. So code
+//! running as the service user (a compromised daemon) cannot write its way past the
+//! kill-switch: the kernel refuses writes through a read-only descriptor whoever makes them.
 
 use std::{
     collections::HashSet,
@@ -27,7 +32,7 @@ pub struct ConnOrigin {
     pub cgroup: u64,
 }
 
-/// Every map userspace reads or writes.
+/// Every map root reads or writes.
 pub struct Maps {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
@@ -35,7 +40,6 @@ pub struct Maps {
     bypass_gid: HashMap<MapData, u32, u8>,
     bypass_cgroup: HashMap<MapData, u64, u8>,
     doh: HashMap<MapData, IpKey, u8>,
-    conn_dst: HashMap<MapData, SockAddr, Origin>,
     uplinks: HashMap<MapData, u32, u32>,
     gateways: HashMap<MapData, u32, u32>,
     local_v4: HashMap<MapData, u32, u8>,
@@ -61,9 +65,6 @@ pub const PINNED: [&str; 12] = [
 impl Maps {
     /// Builds the handles from maps taken out of a loaded object (or opened from pins).
     pub fn from_maps(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
-        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
-            T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
-        }
         macro_rules! get {
             ($name:expr) => {
                 typed(take($name)?, $name)?
@@ -76,7 +77,6 @@ impl Maps {
             bypass_gid: get!(names::BYPASS_GID),
             bypass_cgroup: get!(names::BYPASS_CGROUP),
             doh: get!(names::DOH_ADDRS),
-            conn_dst: get!(names::CONN_DST),
             uplinks: get!(names::UPLINKS),
             gateways: get!(names::GATEWAYS),
             local_v4: get!(names::LOCAL_V4),
@@ -85,11 +85,7 @@ impl Maps {
 
     /// Reopens the maps of a running (or crashed) instance from its pin directory.
     pub fn open_pinned(maps_dir: &Path) -> Result<Self> {
-        Self::from_maps(|name| {
-            let path = maps_dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("pinned map {} has an unknown type", path.display()))
-        })
+        Self::from_maps(|name| open_pin(maps_dir, name, Access::ReadWrite))
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -155,13 +151,50 @@ impl Maps {
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let per_cpu = self.counters.get(&(c as u32), 0).context("reading COUNTERS")?;
-                Ok((c, per_cpu.iter().sum()))
-            })
-            .collect()
+        sum_counters(&self.counters)
+    }
+}
+
+/// Sums each counter over CPUs.
+fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u64)>> {
+    Counter::ALL
+        .iter()
+        .map(|&c| {
+            let per_cpu = counters.get(&(c as u32), 0).context("reading COUNTERS")?;
+            Ok((c, per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
+/// The daemon's maps once it runs as the service user (opened by root before the drop,
+/// see [`crate::daemon`]): CONFIG and COUNTERS through read-only descriptors, CONN_DST
+/// writable (the TransPort deletes what it consumed; no program decides anything by it,
+/// so a write there misleads only the daemon itself). Lockdown is the monitor's to set
+/// and lift ([`crate::monitor`]).
+pub struct ServiceMaps {
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    conn_dst: HashMap<MapData, SockAddr, Origin>,
+}
+
+impl ServiceMaps {
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self> {
+        let open = |name, access| open_pin(maps_dir, name, access);
+        Ok(ServiceMaps {
+            config: typed(open(names::CONFIG, Access::ReadOnly)?, names::CONFIG)?,
+            counters: typed(open(names::COUNTERS, Access::ReadOnly)?, names::COUNTERS)?,
+            conn_dst: typed(open(names::CONN_DST, Access::ReadWrite)?, names::CONN_DST)?,
+        })
+    }
+
+    /// Whether the datapath is in lockdown.
+    pub fn lockdown(&self) -> Result<bool> {
+        Ok(self.config.get(&0, 0).context("reading CONFIG")?.flags & flags::LOCKDOWN != 0)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        sum_counters(&self.counters)
     }
 
     /// Where a redirected TCP client wanted to go and who it is, found by the client's
@@ -173,10 +206,36 @@ impl Maps {
         Some(ConnOrigin { dst: socket_addr(&o.dst), uid: o.uid, gid: o.gid, cgroup: o.cgroup })
     }
 
-    /// [`Maps::take_origin`], destination only.
+    /// [`ServiceMaps::take_origin`], destination only.
     pub fn take_original_destination(&mut self, peer: SocketAddr) -> Option<SocketAddr> {
         self.take_origin(peer).map(|o| o.dst)
     }
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// How a pinned map is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    /// The kernel refuses every update and delete through the descriptor (BPF_F_RDONLY),
+    /// whatever the holder's privileges.
+    ReadOnly,
+}
+
+fn open_pin(maps_dir: &Path, name: &str, access: Access) -> Result<Map> {
+    let path = maps_dir.join(name);
+    let data = match access {
+        Access::ReadWrite => MapData::from_pin(&path).map_err(anyhow::Error::from),
+        // aya 0.14 opens pins read-write only: BPF_OBJ_GET by hand, then aya takes the fd.
+        Access::ReadOnly => super::obj_get(&path, super::BPF_F_RDONLY)
+            .map_err(anyhow::Error::from)
+            .and_then(|fd| MapData::from_fd(fd).map_err(anyhow::Error::from)),
+    }
+    .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("pinned map {} has an unknown type", path.display()))
 }
 
 fn sync<K: aya::Pod + Eq + Hash>(

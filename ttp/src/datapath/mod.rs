@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use ttp_common::{flags, programs as prog, Config, ANY_UID};
 
 pub use self::{
-    maps::Maps,
+    maps::{Maps, ServiceMaps},
     pins::{teardown, PinLayout, Stale, Teardown},
 };
 use crate::cgroup;
@@ -500,6 +500,27 @@ pub(crate) fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<(
     // The path outlives the call.
     bpf_call(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning link {}", path.display()))?;
     Ok(())
+}
+
+/// `BPF_OBJ_GET`'s flag for a read-only descriptor.
+pub(crate) const BPF_F_RDONLY: u32 = 1 << 3;
+
+/// Opens a pinned object with `file_flags` (`BPF_F_RDONLY`: updates and deletes through
+/// the descriptor fail with EPERM, whoever holds it).
+pub(crate) fn obj_get(path: &Path, file_flags: u32) -> std::io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        _rest: [u64; 6],
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGet { pathname: cpath.as_ptr() as u64, bpf_fd: 0, file_flags, _rest: [0; 6] };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    // The path outlives the call.
+    bpf_new_fd(BPF_OBJ_GET, &attr)
 }
 
 fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
