@@ -18,6 +18,10 @@ fn main() -> anyhow::Result<()> {
         .find_map(|l| l.trim().strip_prefix("channel"))
         .and_then(|v| v.split('"').nth(1))
         .ok_or_else(|| anyhow!("{pin} names no channel"))?;
+    // aya-build passes every line the nested cargo prints on as a `cargo:warning`, so each
+    // "Compiling core" of the eBPF build showed as a warning of ttp's. Quiet, that cargo
+    // prints only what matters (compiler messages reach aya-build as JSON, still shown).
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package { name: ebpf.name.as_str(), root_dir: root.as_str(), ..Default::default() }],
         aya_build::Toolchain::Custom(channel),
