@@ -131,7 +131,7 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", prefix))
 }
 
-/// cargo-fuzz, for the tunnel's fuzz targets (`cargo xtask fuzz`).
+/// cargo-fuzz, for the fuzz targets of the tunnel and of ttp's parsers (`cargo xtask fuzz`).
 fn cargo_fuzz() -> Result<()> {
     let version = Command::new("cargo").args(["fuzz", "--version"]).output();
     if let Ok(o) = &version {
