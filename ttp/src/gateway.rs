@@ -14,10 +14,7 @@
 //! The daemon also keeps the program's list of this host's own addresses current
 //! ([`follow_local_addresses`]): connections to them go to the host's own services.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    sync::Mutex,
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -126,16 +123,15 @@ fn local_default() -> Result<RouteMessage> {
 /// the whole list: a host has a handful of addresses, and a full read cannot drift the
 /// way counting additions and removals could. Until the first list is written, a gateway
 /// client's connection to the host goes to the TransPort (closed, not open).
-pub fn follow_local_addresses(maps: Maps) {
-    let maps = Mutex::new(maps);
+pub fn follow_local_addresses(mut maps: Maps) {
     let run = async {
         // Subscribed before the first read, so a change in between is not missed.
         let (conn, handle, mut changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
             .context("opening rtnetlink for address changes")?;
         tokio::spawn(conn);
-        write_local_addresses(&handle, &maps).await?;
+        write_local_addresses(&handle, &mut maps).await?;
         while changes.next().await.is_some() {
-            write_local_addresses(&handle, &maps).await?;
+            write_local_addresses(&handle, &mut maps).await?;
         }
         bail!("rtnetlink closed")
     };
@@ -148,7 +144,7 @@ pub fn follow_local_addresses(maps: Maps) {
     }
 }
 
-async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &Mutex<Maps>) -> Result<()> {
+async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &mut Maps) -> Result<()> {
     let mut addrs: Vec<Ipv4Addr> = handle
         .address()
         .get()
@@ -169,7 +165,7 @@ async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &Mutex<Maps>) -
     addrs.retain(|a| !a.is_loopback());
     addrs.sort();
     addrs.dedup();
-    maps.lock().expect("maps lock").set_local_v4(&addrs)?;
+    maps.set_local_v4(&addrs)?;
     tracing::debug!("this host's addresses, for the gateway: {addrs:?}");
     Ok(())
 }

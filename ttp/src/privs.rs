@@ -2,7 +2,7 @@
 //!
 //! Setting up needs most of root: loading and attaching BPF programs, pinning, mounting
 //! bpffs, creating cgroups. Running needs little: BPF map access through the descriptors
-//! already open (stream origins; counters and CONFIG read-only: `CAP_BPF`, see
+//! already open (stream origins; counters read-only: `CAP_BPF`, see
 //! [`crate::datapath::ServiceMaps`]); lockdown is the monitor's to set. What needs root at the
 //! end (destroying sockets, unpinning, removing cgroups) is the monitor's job (see
 //! [`crate::monitor`]).

@@ -3,8 +3,8 @@
 //! Root owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4: every map
 //! a verdict of the kill-switch depends on. Only root's processes (the start, the monitor,
 //! the CLI) hold them writable, as [`Maps`]. The programs own ORIG_DST, EXEMPT_SOCK and
-//! CONN_DST. The daemon, once it has given up root, holds [`ServiceMaps`]: CONFIG and
-//! COUNTERS read-only, and CONN_DST, which it consumes and which no verdict reads. So code
+//! CONN_DST. The daemon, once it has given up root, holds [`ServiceMaps`]: COUNTERS
+//! read-only, and CONN_DST, which it consumes and which no verdict reads. So code
 //! running as the service user (a compromised daemon) cannot write its way past the
 //! kill-switch: the kernel refuses writes through a read-only descriptor whoever makes them.
 
@@ -167,12 +167,11 @@ fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u6
 }
 
 /// The daemon's maps once it runs as the service user (opened by root before the drop,
-/// see [`crate::daemon`]): CONFIG and COUNTERS through read-only descriptors, CONN_DST
+/// see [`crate::daemon`]): COUNTERS through a read-only descriptor, CONN_DST
 /// writable (the TransPort deletes what it consumed; no program decides anything by it,
 /// so a write there misleads only the daemon itself). Lockdown is the monitor's to set
 /// and lift ([`crate::monitor`]).
 pub struct ServiceMaps {
-    config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     conn_dst: HashMap<MapData, SockAddr, Origin>,
 }
@@ -181,15 +180,9 @@ impl ServiceMaps {
     pub fn open_pinned(maps_dir: &Path) -> Result<Self> {
         let open = |name, access| open_pin(maps_dir, name, access);
         Ok(ServiceMaps {
-            config: typed(open(names::CONFIG, Access::ReadOnly)?, names::CONFIG)?,
             counters: typed(open(names::COUNTERS, Access::ReadOnly)?, names::COUNTERS)?,
             conn_dst: typed(open(names::CONN_DST, Access::ReadWrite)?, names::CONN_DST)?,
         })
-    }
-
-    /// Whether the datapath is in lockdown.
-    pub fn lockdown(&self) -> Result<bool> {
-        Ok(self.config.get(&0, 0).context("reading CONFIG")?.flags & flags::LOCKDOWN != 0)
     }
 
     /// Every counter, summed over CPUs.

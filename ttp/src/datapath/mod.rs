@@ -483,22 +483,33 @@ fn bpf_call<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
     Ok(r)
 }
 
+/// `union bpf_attr` of BPF_OBJ_PIN and BPF_OBJ_GET: a path on bpffs, and the descriptor to
+/// pin or the flags to open with.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    _rest: [u64; 6],
+}
+
+/// `path` as the C string an [`ObjAttr`] points to (it must outlive the call).
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
 /// Pins a link given by its descriptor (see [`link_create`]).
 pub(crate) fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<()> {
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        _rest: [u64; 6],
-    }
     let path = layout.links().join(name);
-    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).context("pin path")?;
-    let attr =
-        ObjPin { pathname: cpath.as_ptr() as u64, bpf_fd: link.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
     const BPF_OBJ_PIN: libc::c_long = 6;
-    // The path outlives the call.
-    bpf_call(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning link {}", path.display()))?;
+    c_path(&path)
+        .and_then(|c| {
+            let attr =
+                ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: link.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
+            bpf_call(BPF_OBJ_PIN, &attr)
+        })
+        .with_context(|| format!("pinning link {}", path.display()))?;
     Ok(())
 }
 
@@ -508,19 +519,9 @@ pub(crate) const BPF_F_RDONLY: u32 = 1 << 3;
 /// Opens a pinned object with `file_flags` (`BPF_F_RDONLY`: updates and deletes through
 /// the descriptor fail with EPERM, whoever holds it).
 pub(crate) fn obj_get(path: &Path, file_flags: u32) -> std::io::Result<OwnedFd> {
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        _rest: [u64; 6],
-    }
-    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let attr = ObjGet { pathname: cpath.as_ptr() as u64, bpf_fd: 0, file_flags, _rest: [0; 6] };
     const BPF_OBJ_GET: libc::c_long = 7;
-    // The path outlives the call.
-    bpf_new_fd(BPF_OBJ_GET, &attr)
+    let c = c_path(path)?;
+    bpf_new_fd(BPF_OBJ_GET, &ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags, _rest: [0; 6] })
 }
 
 fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
