@@ -22,6 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub mod bench;
+pub mod booted;
 pub mod bpfheld;
 pub mod exitlog;
 pub mod testnet;

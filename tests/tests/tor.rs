@@ -578,3 +578,6 @@ mod faults;
 mod gateway;
 #[path = "tor/lifecycle.rs"]
 mod lifecycle;
+// The Debian package on a booted Debian with systemd (issue 18).
+#[path = "tor/system.rs"]
+mod system;

@@ -45,6 +45,17 @@ pub fn cgroup_of(pid: u32) -> Result<PathBuf> {
     Ok(cgroup2_root()?.join(rel.trim_start_matches('/')))
 }
 
+/// The cgroup of the systemd service this process runs as, if it runs as one: systemd
+/// tracks, signals and stops a service by its cgroup, and journald names a log line's unit
+/// after its sender's cgroup, so a daemon that moved out would be lost to `systemctl` and
+/// `journalctl -u`. (INVOCATION_ID is set by systemd for every service it starts.)
+pub fn systemd_service() -> Option<PathBuf> {
+    std::env::var_os("INVOCATION_ID")?;
+    let own = cgroup_of(std::process::id()).ok()?;
+    let name = own.file_name()?.to_str()?;
+    (name.ends_with(".service") && own != cgroup2_root().ok()?).then_some(own)
+}
+
 /// Moves a process into a cgroup.
 pub fn move_into(path: &Path, pid: u32) -> Result<()> {
     fs::write(path.join("cgroup.procs"), pid.to_string())

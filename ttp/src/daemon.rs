@@ -152,7 +152,10 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), None)?;
     let root = cgroup::cgroup2_root()?;
     let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts, &root);
-    let daemon_cgroup = opts.daemon_cgroup.clone().unwrap_or_else(|| root.join("ttp.daemon"));
+    // The daemon's own cgroup is exempt from the kill-switch (with its uid). Under systemd,
+    // its unit's: only the unit's processes are in it, and systemd keeps tracking them.
+    let daemon_cgroup =
+        opts.daemon_cgroup.clone().or_else(cgroup::systemd_service).unwrap_or_else(|| root.join("ttp.daemon"));
     // Both must be cgroup2 directories: nothing is created outside the hierarchy.
     for (what, p) in [("--cgroup", &governed), ("--daemon-cgroup", &daemon_cgroup)] {
         if !p.starts_with(&root) {

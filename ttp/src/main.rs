@@ -102,6 +102,9 @@ enum Cmd {
         /// Install under this root instead of / (for packaging).
         #[arg(long, default_value = "/", value_name = "DIR")]
         prefix: PathBuf,
+        /// Which directories: a source install's (/usr/local) or a Debian package's.
+        #[arg(long, value_enum, default_value_t)]
+        layout: cli::install::LayoutKind,
     },
     /// Stop ttp and remove what `ttp install` put on the host (and Tor's state).
     Uninstall {
@@ -342,7 +345,7 @@ fn run(cmd: Cmd) -> Result<()> {
             std::process::exit(code);
         }
         Cmd::CheckLeak { paths, verbose, json } => cli::check_leak::run(&paths.runtime_dir, verbose, json),
-        Cmd::Install { prefix } => cli::install::install(&prefix),
+        Cmd::Install { prefix, layout } => cli::install::install(&prefix, layout),
         Cmd::Uninstall { paths, prefix, keep_state } => {
             cli::install::uninstall(&prefix, &paths.runtime_dir, &paths.pin_dir, keep_state)
         }

@@ -35,7 +35,8 @@ pub struct StartOptions {
     /// Per-instance directory in bpffs.
     #[arg(long, default_value = "/sys/fs/bpf/ttp", value_name = "DIR")]
     pub pin_dir: PathBuf,
-    /// The daemon's own cgroup (default: ttp.daemon under the cgroup2 root).
+    /// The daemon's own cgroup (default: its systemd unit's when systemd runs it, else
+    /// ttp.daemon under the cgroup2 root).
     #[arg(long, value_name = "PATH")]
     pub daemon_cgroup: Option<PathBuf>,
     #[arg(long, default_value_t = DEFAULT_TRANS_PORT)]

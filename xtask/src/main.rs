@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deb;
 mod fuzz;
 mod setup;
 mod testnet;
@@ -44,6 +45,8 @@ enum Cmd {
     },
     /// Run the fuzz targets (cargo fuzz: the tunnel's and ttp's parsers), each for a while.
     Fuzz(fuzz::Args),
+    /// Build the Debian package (target/debian/<profile>/ttp_<version>_<arch>.deb), lintian-checked.
+    Deb(deb::Args),
     /// Set up, build and run the datapath demo in throwaway namespaces.
     Demo,
     /// The private Tor network (Debian's tor relays in a namespace of their own).
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Test { no_setup, args } => test(no_setup, &args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Deb(args) => deb::run(&args).map(drop),
         Cmd::Demo => demo(),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Testnet { cmd } => testnet::run(cmd),
@@ -132,10 +136,16 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     // The end-to-end tests run the `ttp` binary itself, which `cargo test` does not
     // build (it builds ttp's unit-test harness): build every binary first.
     sh(cargo().args(["build", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;
+    // The booted-system tests install this very build as a Debian package on a booted
+    // Debian (a cached debootstrap root).
+    let deb = deb::package("dev")?;
+    deb::lint(&deb)?;
+    let system_root = deb::system_root()?;
     // Unit tests and the end-to-end tests (real eBPF, namespaces, captures).
     let mut c = cargo();
     // Default members: ttp-ebpf's programs only build for the bpf target.
     c.args(["test", "--", "--test-threads", "2"]).args(args);
+    c.env("TTP_TEST_DEB", &deb).env("TTP_TEST_DEBIAN_ROOT", &system_root);
     // Every test passes its own --user: a daemon started without one creates the system
     // user `ttp` on the host (one test once did). Should one slip through again, the host
     // gets its user database back and the run says so.

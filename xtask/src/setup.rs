@@ -36,6 +36,11 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "hyperfine",
     "wireguard-tools",
+    // the Debian package and the booted Debian it is tested on
+    "dpkg-dev",
+    "lintian",
+    "debootstrap",
+    "systemd-container",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

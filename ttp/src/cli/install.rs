@@ -1,9 +1,11 @@
 //! `ttp install` and `ttp uninstall`: what ttp puts on a host, and taking it away again.
 //!
-//! Everything an install writes is listed in [`FILES`]; uninstall removes exactly that,
+//! Everything an install writes is listed in a [`Layout`]; uninstall removes exactly that,
 //! plus the state ttp made while running (Tor's state and cache), so the two can never
 //! drift apart. `--prefix` puts the tree under another root (packaging, tests); the
 //! system-wide steps (the `ttp` group, systemd, stopping a running ttp) only happen for `/`.
+//! `--layout debian` stages the Debian package's tree (`cargo xtask deb`): there dpkg and
+//! the package's maintainer scripts do the system-wide steps.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,15 +15,57 @@ use std::{
 use anyhow::{Context, Result};
 use clap::CommandFactory;
 
-/// What an install writes, relative to the prefix.
-const FILES: &[&str] = &[
-    "usr/local/bin/ttp",
-    "etc/systemd/system/ttp.service",
-    "usr/share/bash-completion/completions/ttp",
-    "usr/share/zsh/vendor-completions/_ttp",
-    "usr/share/fish/vendor_completions.d/ttp.fish",
-    "usr/local/share/man/man1/ttp.1",
-];
+/// Where each of ttp's files goes, relative to the prefix.
+pub struct Layout {
+    pub bin: &'static str,
+    pub unit: &'static str,
+    pub bash: &'static str,
+    pub zsh: &'static str,
+    pub fish: &'static str,
+    pub man: &'static str,
+}
+
+/// A source install (`ttp install`): the admin's own corner of the tree.
+const LOCAL: Layout = Layout {
+    bin: "usr/local/bin/ttp",
+    unit: "etc/systemd/system/ttp.service",
+    bash: "usr/share/bash-completion/completions/ttp",
+    zsh: "usr/share/zsh/vendor-completions/_ttp",
+    fish: "usr/share/fish/vendor_completions.d/ttp.fish",
+    man: "usr/local/share/man/man1/ttp.1",
+};
+
+/// A Debian package's tree (`cargo xtask deb` stages it with `--layout debian`): the
+/// distribution's directories, the unit where bookworm's systemd looks for packaged units.
+/// The packager compresses the man page.
+const DEBIAN: Layout =
+    Layout { bin: "usr/bin/ttp", unit: "lib/systemd/system/ttp.service", man: "usr/share/man/man1/ttp.1", ..LOCAL };
+
+impl Layout {
+    fn files(&self) -> [&'static str; 6] {
+        [self.bin, self.unit, self.bash, self.zsh, self.fish, self.man]
+    }
+}
+
+/// Which tree `ttp install --prefix DIR` writes.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum LayoutKind {
+    /// /usr/local/bin, /etc/systemd/system: a source install.
+    #[default]
+    Local,
+    /// /usr/bin, /lib/systemd/system: staging a distribution package.
+    Debian,
+}
+
+impl LayoutKind {
+    pub fn layout(self) -> &'static Layout {
+        match self {
+            LayoutKind::Local => &LOCAL,
+            LayoutKind::Debian => &DEBIAN,
+        }
+    }
+}
+
 /// Directories ttp owns: the config and the persistent Tor state.
 const CONFIG_DIR: &str = "etc/ttp";
 const STATE_DIR: &str = "var/lib/ttp";
@@ -41,7 +85,18 @@ fn under(prefix: &Path, rel: &str) -> PathBuf {
     prefix.join(rel)
 }
 
-pub fn install(prefix: &Path) -> Result<()> {
+/// The unit, its commands pointing at where this layout puts the binary.
+fn unit(layout: &Layout) -> String {
+    UNIT.replace("/usr/local/bin/ttp", &format!("/{}", layout.bin))
+}
+
+pub fn install(prefix: &Path, kind: LayoutKind) -> Result<()> {
+    let layout = kind.layout();
+    if matches!(kind, LayoutKind::Debian) && prefix == Path::new("/") {
+        anyhow::bail!(
+            "--layout debian stages a package's tree: give it --prefix DIR (install the package with apt instead)"
+        );
+    }
     let write = |rel: &str, data: &[u8], mode: u32| -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let p = under(prefix, rel);
@@ -57,12 +112,12 @@ pub fn install(prefix: &Path) -> Result<()> {
         Ok(())
     };
     let exe = std::fs::read(std::env::current_exe()?).context("reading the ttp binary")?;
-    write(FILES[0], &exe, 0o755)?;
-    write(FILES[1], UNIT.as_bytes(), 0o644)?;
+    write(layout.bin, &exe, 0o755)?;
+    write(layout.unit, unit(layout).as_bytes(), 0o644)?;
     for (rel, shell) in [
-        (FILES[2], clap_complete::Shell::Bash),
-        (FILES[3], clap_complete::Shell::Zsh),
-        (FILES[4], clap_complete::Shell::Fish),
+        (layout.bash, clap_complete::Shell::Bash),
+        (layout.zsh, clap_complete::Shell::Zsh),
+        (layout.fish, clap_complete::Shell::Fish),
     ] {
         let mut out = Vec::new();
         clap_complete::generate(shell, &mut crate::Cli::command(), "ttp", &mut out);
@@ -70,7 +125,7 @@ pub fn install(prefix: &Path) -> Result<()> {
     }
     let mut man = Vec::new();
     clap_mangen::Man::new(crate::Cli::command()).render(&mut man)?;
-    write(FILES[5], &man, 0o644)?;
+    write(layout.man, &man, 0o644)?;
     let config = under(prefix, CONFIG_DIR).join("ttp.toml");
     if !config.exists() {
         write(&format!("{CONFIG_DIR}/ttp.toml"), EXAMPLE_CONFIG.as_bytes(), 0o644)?;
@@ -96,12 +151,12 @@ pub fn uninstall(prefix: &Path, runtime_dir: &Path, pin_dir: &Path, keep_state: 
     if system {
         crate::cli::watchdog::stop(runtime_dir);
         crate::cli::start::stop(runtime_dir, pin_dir)?;
-        if Path::new("/run/systemd/system").exists() && under(prefix, FILES[1]).exists() {
+        if Path::new("/run/systemd/system").exists() && under(prefix, LOCAL.unit).exists() {
             let _ = run(Command::new("systemctl").args(["disable", "--now", "ttp"]));
         }
     }
     let mut removed = 0;
-    for rel in FILES {
+    for rel in LOCAL.files() {
         let p = under(prefix, rel);
         match std::fs::remove_file(&p) {
             Ok(()) => {

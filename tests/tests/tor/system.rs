@@ -1,0 +1,100 @@
+//! ttp as people run it (issue 18): the Debian package installed with apt on a booted
+//! Debian 12, run by systemd, with systemd-resolved as the system's resolver. The
+//! container's network namespace is a test world on the private Tor network, so the
+//! uplink capture sees everything the booted system sends.
+
+use ttp_tests::booted::{debian_package, Booted};
+
+use super::*;
+
+const USER: u32 = 1000;
+const NAME: &str = "www.example.com";
+
+/// A booted Debian on the private network with the package installed and configured
+/// (not started).
+fn installed() -> (Booted, World) {
+    let net = net();
+    let w = World::with_testnet(net).expect("test world on the Tor network");
+    let b = Booted::boot(&w).expect("booting Debian");
+    let deb = debian_package().expect("the package of this build");
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(&deb, b.path("/root").join(&name)).unwrap();
+    b.ok(&format!("apt-get install -y /root/{name}")).expect("apt installs the package");
+    // Point the installed config at the private network (a conffile: written after the install).
+    std::fs::copy(net.arti_toml(), b.path("/etc/ttp/arti.toml")).unwrap();
+    let conf = std::fs::read_to_string(b.path("/etc/ttp/ttp.toml")).unwrap();
+    std::fs::write(
+        b.path("/etc/ttp/ttp.toml"),
+        format!("{conf}\narti-config = \"/etc/ttp/arti.toml\"\ncheck-url = \"{}\"\n", ttp_tests::testnet::CHECK_URL),
+    )
+    .unwrap();
+    (b, w)
+}
+
+/// `curl` as the user, through whatever the system does with it.
+fn user_curl(b: &Booted, url: &str) -> String {
+    let out = b.run_as(USER, &["curl", "-s", "-m", "10", url]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `getent ahostsv4 NAME` as the user: glibc asks systemd-resolved (nss-resolve, or its stub
+/// at 127.0.0.53), which asks its upstream server.
+fn user_getent(b: &Booted, name: &str) -> String {
+    let out = b.run_as(USER, &["getent", "ahostsv4", name]).unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn the_debian_package_on_a_booted_debian_torifies_the_system_and_its_resolver() {
+    let (b, w) = installed();
+    assert!(b.ok("getent passwd ttp").is_ok(), "postinst made no system user");
+    assert_eq!(
+        b.ok("systemctl is-enabled ttp || true").unwrap(),
+        "disabled",
+        "the package must not start ttp by itself"
+    );
+
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    // Type=notify: enable --now returns once the daemon said READY.
+    let t0 = Instant::now();
+    b.ok("systemctl enable --now ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    eprintln!("systemctl enable --now ttp returned after {:.1?}", t0.elapsed());
+    assert_eq!(b.ok("systemctl is-active ttp").unwrap(), "active");
+    let t0 = Instant::now();
+    while user_curl(&b, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no fetch through Tor within 60 s\n{}", journal(&b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The system's resolver (resolved, asking 192.0.2.53) goes through the DNSPort: the
+    // exit's resolver answers, and nothing reaches 192.0.2.53 from the host.
+    assert_eq!(user_getent(&b, NAME), WEB, "{}", journal(&b));
+    let resolvectl = b.ok(&format!("resolvectl query --cache=no {NAME}")).unwrap();
+    assert!(resolvectl.contains(WEB), "{resolvectl}");
+    // A .onion name gets an address of the DNSPort's virtual range.
+    let onion = user_getent(&b, &net().onion);
+    assert!(onion.starts_with("10."), "no virtual address for {}: {onion:?}", net().onion);
+    let pkts = cap.stop().unwrap();
+    assert!(matching(&pkts, &format!("> {}.53:", ttp_tests::testnet::DNS_V4)).is_empty(), "DNS left the host directly");
+    assert_only_relay_traffic(&pkts);
+    let log = journal(&b);
+    assert!(log.contains("ready"), "the journal has no ttp log:\n{log}");
+
+    // A stop leaves no broken DNS behind: resolved's own server answers again, directly.
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    b.ok("systemctl stop ttp").unwrap();
+    assert_eq!(user_getent(&b, "after.example.com"), WEB, "names do not resolve after stop");
+    assert_eq!(user_curl(&b, &format!("http://{WEB}/index.txt")), PAGE);
+    let pkts = cap.stop().unwrap();
+    assert!(
+        !matching(&pkts, &format!("> {}.53:", ttp_tests::testnet::DNS_V4)).is_empty(),
+        "after stop, resolved did not ask its server directly: {pkts:#?}"
+    );
+    assert!(std::fs::read_dir(&b.bpffs).unwrap().all(|e| e.unwrap().file_name() != "ttp"), "pins left after stop");
+}
+
+/// `journalctl -u ttp` of the booted system.
+fn journal(b: &Booted) -> String {
+    b.sh("journalctl -u ttp --no-pager -o cat")
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
