@@ -49,6 +49,10 @@ enum Cmd {
     Stop {
         #[command(flatten)]
         paths: Paths,
+        /// As a systemd unit's ExecStop: tear down only for a stop; through a restart, or
+        /// once the daemon is already gone (killed, crashed), the host stays closed.
+        #[arg(long)]
+        systemd: bool,
     },
     /// Stop, then start again with the options of the running session.
     Restart {
@@ -280,7 +284,11 @@ fn one_line(e: clap::Error) -> anyhow::Error {
 /// Logs go to standard error, or for the daemon and the watchdog to their log files
 /// (rotated; `ttp logs` shows them).
 fn init_tracing(cmd: &Cmd) {
-    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The programs log each refused connect (target ttp::sock_addr); the counters keep the
+    // record, and a program retrying through a lockdown would write hundreds of lines a
+    // second into the journal: by default they are not shown (RUST_LOG brings them back).
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ttp::sock_addr=warn".into());
     let file = match cmd {
         Cmd::Run { opts } => opts.log_file.clone(),
         Cmd::Watchdog { cmd: WatchdogCmd::Run { paths, .. } } => {
@@ -404,7 +412,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             }))
         }
-        Cmd::Stop { paths } => {
+        Cmd::Stop { paths, systemd } => {
+            if systemd && !cli::unit_stop::is_a_stop(&paths.runtime_dir, &paths.pin_dir)? {
+                return Ok(());
+            }
             // A stopped ttp is not to be revived: the watchdog goes first.
             cli::watchdog::stop(&paths.runtime_dir);
             cli::start::stop(&paths.runtime_dir, &paths.pin_dir)

@@ -60,11 +60,7 @@ fn the_debian_package_on_a_booted_debian_torifies_the_system_and_its_resolver() 
     b.ok("systemctl enable --now ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
     eprintln!("systemctl enable --now ttp returned after {:.1?}", t0.elapsed());
     assert_eq!(b.ok("systemctl is-active ttp").unwrap(), "active");
-    let t0 = Instant::now();
-    while user_curl(&b, &format!("http://{WEB}/index.txt")) != PAGE {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no fetch through Tor within 60 s\n{}", journal(&b));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_tor(&b);
     // The system's resolver (resolved, asking 192.0.2.53) goes through the DNSPort: the
     // exit's resolver answers, and nothing reaches 192.0.2.53 from the host.
     assert_eq!(user_getent(&b, NAME), WEB, "{}", journal(&b));
@@ -97,4 +93,72 @@ fn journal(b: &Booted) -> String {
     b.sh("journalctl -u ttp --no-pager -o cat")
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// Installed, enabled and started, with one fetch through Tor done.
+fn running() -> (Booted, World) {
+    let (b, w) = installed();
+    b.ok("systemctl enable --now ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    wait_for_tor(&b);
+    (b, w)
+}
+
+/// Waits until the user's fetch goes through Tor (60 s at most).
+fn wait_for_tor(b: &Booted) {
+    let t0 = Instant::now();
+    while user_curl(b, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no fetch through Tor within 60 s\n{}", journal(b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn systemctl_restart_and_kill_never_open_the_host() {
+    let (b, w) = running();
+    // An application that connects all the time, as the user.
+    let url = format!("http://{WEB}/index.txt");
+    b.start_as(USER, "hammer", &["bash", "-c", &format!("while :; do curl -s -m 2 -o /dev/null {url}; done")]).unwrap();
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+
+    // A restart (also what a package upgrade does): the old daemon's kill-switch holds
+    // until the new daemon has taken it over.
+    let t0 = Instant::now();
+    b.ok("systemctl restart ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    eprintln!("systemctl restart ttp returned after {:.1?}", t0.elapsed());
+    wait_for_tor(&b);
+    let log = journal(&b);
+    assert!(log.contains("the kill-switch stays until the new daemon takes it over"), "{log}");
+
+    // The daemon dies (SIGKILL to the main process only: a crash), its root monitor
+    // lives and holds the host closed; Restart= brings ttp back. (systemd.service(5) says
+    // ExecStop runs also then; bookworm's systemd 252 runs none. One that does finds
+    // $MAINPID unset, and `ttp stop --systemd` keeps the host closed.)
+    b.ok("systemctl kill --kill-whom=main --signal=KILL ttp").unwrap();
+    wait_restarts(&b, 1);
+    wait_for_tor(&b);
+    // SIGKILL to every process of the unit, the root monitor included: the pins alone
+    // hold the host closed until systemd has restarted ttp.
+    b.ok("systemctl kill --signal=KILL ttp").unwrap();
+    wait_restarts(&b, 2);
+    wait_for_tor(&b);
+    let log = journal(&b);
+    // The refusals during the lockdowns are counted, not logged one line each.
+    assert!(!log.contains("refused a governed"), "the journal logs every refused connect:\n{log}");
+
+    let pkts = cap.stop().unwrap();
+    assert!(
+        matching(&pkts, &format!("> {WEB}.80: Flags [S]")).is_empty(),
+        "the hammer connected directly during a restart or after the kill:\n{}\n{log}",
+        matching(&pkts, &format!("> {WEB}.80: Flags [S]")).len()
+    );
+    assert_only_relay_traffic(&pkts);
+}
+
+/// Waits until systemd has restarted ttp `n` times in all (30 s at most).
+fn wait_restarts(b: &Booted, n: u32) {
+    let t0 = Instant::now();
+    while b.ok("systemctl show --property=NRestarts --value ttp").unwrap().parse::<u32>().unwrap() < n {
+        assert!(t0.elapsed() < Duration::from_secs(30), "systemd did not restart ttp\n{}", journal(b));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

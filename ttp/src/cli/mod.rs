@@ -7,4 +7,5 @@ pub mod install;
 pub mod logs;
 pub mod start;
 pub mod tunnel;
+pub mod unit_stop;
 pub mod watchdog;
