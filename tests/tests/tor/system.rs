@@ -113,7 +113,7 @@ fn wait_for_tor(b: &Booted) {
 }
 
 #[test]
-fn systemctl_restart_and_kill_never_open_the_host() {
+fn systemctl_restart_and_kill_never_open_the_host_and_stop_opens_it_without_a_leak() {
     let (b, w) = running();
     // An application that connects all the time, as the user.
     let url = format!("http://{WEB}/index.txt");
@@ -152,6 +152,30 @@ fn systemctl_restart_and_kill_never_open_the_host() {
         matching(&pkts, &format!("> {WEB}.80: Flags [S]")).len()
     );
     assert_only_relay_traffic(&pkts);
+
+    // `systemctl stop` with the loop still running: nothing direct while any link of the
+    // kill-switch is pinned; afterwards the loop's connections go direct (the control).
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    let links = b.bpffs.join("ttp/links");
+    let count = move || std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+    let full = count();
+    assert!(full > 0, "no pinned links in the booted system's bpffs");
+    let watcher = std::thread::spawn(move || {
+        let mut last_full = ttp_tests::now_epoch();
+        while count() == full {
+            last_full = ttp_tests::now_epoch();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        last_full
+    });
+    b.ok("systemctl stop ttp").unwrap();
+    let last_full = watcher.join().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pkts = cap.stop().unwrap();
+    let syns = matching(&pkts, &format!("> {WEB}.80: Flags [S]"));
+    assert!(!syns.is_empty(), "no direct connection after the stop: the loop or the capture did not work");
+    let early: Vec<_> = syns.iter().filter(|p| ttp_tests::time_of(p) <= last_full).collect();
+    assert!(early.is_empty(), "direct connections while the kill-switch was in place: {early:#?}");
 }
 
 /// Waits until systemd has restarted ttp `n` times in all (30 s at most).
