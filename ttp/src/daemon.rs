@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::{
     cgroup,
     control::{self, Control, Ports},
-    datapath::{Datapath, DatapathOptions, Policy, ServiceMaps},
+    datapath::{Datapath, DatapathOptions, ServiceMaps},
     dns::{self, Automap, Cache, DnsService},
     load::{Budget, LoadStats},
     lock::SessionLock,
@@ -113,8 +113,13 @@ impl Event {
 /// inside it.
 fn exec_cgroups(opts: &StartOptions, root: &Path) -> (PathBuf, [PathBuf; 2]) {
     let governed = opts.cgroup.clone().unwrap_or_else(|| root.to_path_buf());
-    let exec = [governed.join("ttp.tor"), governed.join("ttp.direct")];
+    let exec = exec_cgroups_under(&governed);
     (governed, exec)
+}
+
+/// The cgroups of `ttp exec --tor` and `ttp exec --direct` under the governed cgroup.
+pub fn exec_cgroups_under(governed: &Path) -> [PathBuf; 2] {
+    [governed.join("ttp.tor"), governed.join("ttp.direct")]
 }
 
 /// What the monitor removes when this daemon stops.
@@ -210,8 +215,6 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     // `ttp exec --tor` and `ttp exec --direct` run commands in children of these two.
     cgroup::create(&exec_tor)?;
     cgroup::create(&exec_direct)?;
-    let mut bypass_cgroups = opts.bypass_cgroups.clone();
-    bypass_cgroups.push(exec_direct.clone());
 
     let dp_opts = DatapathOptions {
         cgroup: governed.clone(),
@@ -226,16 +229,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         // it, are created as the service user's (privs::owned_by).
         daemon_uid: Some(service_user.uid),
         virtual_v4: Some(opts.virtual_net),
-        policy: Policy {
-            lan_bypass: !opts.no_lan_bypass,
-            lan_discovery: !opts.no_lan_discovery,
-            allow_root: opts.allow_root,
-            ipv6: opts.ipv6(),
-            bypass_uids: opts.bypass_uids.clone(),
-            bypass_gids: opts.bypass_gids.clone(),
-            bypass_cgroups,
-            ..Policy::default()
-        },
+        policy: opts.policy(exec_direct.clone()),
         start_locked: true,
     };
     let (datapath, logger) = Datapath::start(&dp_opts).inspect_err(|_| {
@@ -257,13 +251,16 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     events(Event::KillSwitch(t0.elapsed()));
     // Connections opened before start would only hang now: closed, so that their
     // applications reconnect, through Tor.
-    match crate::datapath::destroy_stranded(&dp_opts) {
+    match crate::datapath::destroy_stranded(&dp_opts.cgroup, &dp_opts.policy) {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} connections opened before start closed (they reconnect through Tor)"),
         Err(e) => tracing::warn!("closing connections opened before start: {e:#} (they hang until they time out)"),
     }
     // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
     // from now on) and the control socket.
+    // The config file's text as applied, for `ttp reload` to compare a changed file with.
+    let config_path =
+        opts.config.clone().or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)).filter(|p| p.exists()));
     let lock = SessionLock {
         pid: std::process::id(),
         started_unix: control::unix_now(),
@@ -271,6 +268,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
         cgroup: governed.clone(),
         pin_dir: opts.pin_dir.clone(),
+        config_text: config_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
+        config_path,
     };
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));

@@ -23,6 +23,12 @@ pub struct SessionLock {
     /// The cgroup2 directory governed.
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
+    /// The config file the session's options came from, if any, and its text as applied
+    /// (what `ttp reload` compares a changed file with). Absent in older locks.
+    #[serde(default)]
+    pub config_path: Option<PathBuf>,
+    #[serde(default)]
+    pub config_text: Option<String>,
 }
 
 impl SessionLock {
@@ -77,6 +83,8 @@ mod tests {
             ports: crate::control::Ports { trans: 9040, dns: 9053, socks: 9055 },
             cgroup: "/sys/fs/cgroup".into(),
             pin_dir: "/sys/fs/bpf/ttp".into(),
+            config_path: Some("/etc/ttp/ttp.toml".into()),
+            config_text: Some("bypass-uid = [1000]\n".into()),
         };
         l.write(&dir).unwrap();
         assert_eq!(SessionLock::read(&dir).unwrap(), Some(l.clone()));

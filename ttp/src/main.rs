@@ -54,6 +54,12 @@ enum Cmd {
         #[arg(long)]
         systemd: bool,
     },
+    /// Apply a changed config file to the running session: the policy (bypass users,
+    /// groups and cgroups, root, LAN, IPv6) at once; names what needs a restart.
+    Reload {
+        #[command(flatten)]
+        paths: Paths,
+    },
     /// Stop, then start again with the options of the running session.
     Restart {
         #[command(flatten)]
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
         | Cmd::Run { .. }
         | Cmd::Stop { .. }
         | Cmd::Restart { .. }
+        | Cmd::Reload { .. }
         | Cmd::Refresh { .. }
         | Cmd::Diagnose { .. }
         | Cmd::Logs { .. }
@@ -324,6 +331,7 @@ fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Start { opts } => cli::start::start(&opts, &args_after("start")),
         Cmd::Restart { paths } => cli::start::restart(&paths.runtime_dir, &paths.pin_dir),
+        Cmd::Reload { paths } => cli::reload::reload(&paths.runtime_dir),
         Cmd::Logs { paths, lines, no_follow, watchdog } => {
             let path =
                 if watchdog { cli::watchdog::log_path(&paths.runtime_dir) } else { paths.runtime_dir.join("ttp.log") };

@@ -123,6 +123,12 @@ pub struct StartOptions {
     pub virtual_net: ipnet::Ipv4Net,
 }
 
+/// The options `ttp reload` applies to a running session (by their clap ids): the
+/// datapath's policy, written into the pinned maps. Every other option is read once at
+/// start.
+pub const LIVE_OPTIONS: &[&str] =
+    &["allow_root", "no_lan_bypass", "no_lan_discovery", "no_ipv6", "bypass_uids", "bypass_gids", "bypass_cgroups"];
+
 impl StartOptions {
     /// The bridges to use, if `--use-bridges` (or bridge lines) say so.
     pub fn bridges(&self) -> anyhow::Result<Option<crate::tor::Bridges>> {
@@ -144,6 +150,23 @@ impl StartOptions {
             anyhow::bail!("bridge lines are given but bridges are off: add --use-bridges");
         }
         Ok(Some(crate::tor::Bridges { lines, obfs4proxy: self.obfs4proxy.clone() }))
+    }
+
+    /// The datapath's policy these options ask for. `exec_direct` is the cgroup of
+    /// `ttp exec --direct`, which always goes direct.
+    pub fn policy(&self, exec_direct: PathBuf) -> crate::datapath::Policy {
+        let mut bypass_cgroups = self.bypass_cgroups.clone();
+        bypass_cgroups.push(exec_direct);
+        crate::datapath::Policy {
+            lan_bypass: !self.no_lan_bypass,
+            lan_discovery: !self.no_lan_discovery,
+            allow_root: self.allow_root,
+            ipv6: self.ipv6(),
+            bypass_uids: self.bypass_uids.clone(),
+            bypass_gids: self.bypass_gids.clone(),
+            bypass_cgroups,
+            ..crate::datapath::Policy::default()
+        }
     }
 
     pub fn ipv6(&self) -> Ipv6Policy {

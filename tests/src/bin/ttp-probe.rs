@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
         policy,
     };
     let (dp, logger) = Datapath::start(&opts)?;
-    let n = ttp::datapath::destroy_stranded(&opts)?;
+    let n = ttp::datapath::destroy_stranded(&opts.cgroup, &opts.policy)?;
     tracing::info!("{n} connections opened before start closed");
     let layout = dp.layout().clone();
     let maps = Arc::new(Mutex::new(ServiceMaps::open_pinned(&layout.maps())?));

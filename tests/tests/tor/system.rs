@@ -186,3 +186,63 @@ fn wait_restarts(b: &Booted, n: u32) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn systemctl_reload_applies_bypass_changes_live_and_names_what_needs_a_restart() {
+    let (b, w) = running();
+    let pid = b.ok("systemctl show --property=MainPID --value ttp").unwrap();
+    let conf = std::fs::read_to_string(b.path("/etc/ttp/ttp.toml")).unwrap();
+    let url = format!("http://{WEB}/index.txt");
+    let direct_syns = |pkts: &[String]| matching(pkts, &format!("> {WEB}.80: Flags [S]")).len();
+
+    // The user is let through directly by a reload: their fetch leaves the host as itself.
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), format!("{conf}bypass-uid = [{USER}]\n")).unwrap();
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    let out = b.ok("systemctl reload ttp && journalctl -u ttp -o cat --no-pager | tail -n 3").unwrap();
+    assert!(out.contains("applied: --bypass-uid"), "{out}");
+    assert_eq!(user_curl(&b, &url), PAGE);
+    let pkts = cap.stop().unwrap();
+    assert!(direct_syns(&pkts) >= 1, "the bypassed user's fetch did not go direct: {pkts:#?}");
+
+    // Taken back: a connection the user holds open directly is closed, and their next
+    // fetch goes through Tor again.
+    b.start_as(
+        USER,
+        "held",
+        &["curl", "-s", "-o", "/dev/null", "--limit-rate", "1k", &format!("http://{WEB}/50M.bin")],
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while direct_open(&b).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the bypassed download did not connect directly");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), &conf).unwrap();
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    let out = b.ok("ttp reload").unwrap();
+    assert!(out.contains("applied: --bypass-uid"), "{out}");
+    assert!(out.contains("direct connections that the new policy governs were closed"), "{out}");
+    assert_eq!(user_curl(&b, &url), PAGE);
+    std::thread::sleep(Duration::from_secs(1));
+    let pkts = cap.stop().unwrap();
+    assert_eq!(direct_syns(&pkts), 0, "a fetch went direct after the bypass was taken back: {pkts:#?}");
+    assert!(direct_open(&b).is_empty(), "the direct download survived the reload ({out}): {}", direct_open(&b));
+
+    // Options read only at start are named, not half-applied; the daemon is the same one.
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), format!("{conf}socks-port = 9155\n")).unwrap();
+    let out = b.ok("ttp reload").unwrap();
+    assert!(out.contains("needs a restart: --socks-port"), "{out}");
+    assert_eq!(b.ok("systemctl show --property=MainPID --value ttp").unwrap(), pid, "reload restarted the daemon");
+    // A config that does not parse changes nothing and says where.
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), "bypass-uid = [\n").unwrap();
+    let out = b.sh("ttp reload").unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line"), "{out:?}");
+    assert_eq!(user_curl(&b, &url), PAGE);
+}
+
+/// The booted system's established TCP connections to the web server itself (not to
+/// the TransPort: a redirected connection's peer is 127.0.0.1).
+fn direct_open(b: &Booted) -> String {
+    b.ok(&format!("ss -Htn state established dst {WEB}:80")).unwrap()
+}

@@ -5,6 +5,7 @@ pub mod check_leak;
 pub mod exec;
 pub mod install;
 pub mod logs;
+pub mod reload;
 pub mod start;
 pub mod tunnel;
 pub mod unit_stop;

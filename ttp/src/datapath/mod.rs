@@ -130,9 +130,6 @@ pub struct DatapathOptions {
 pub struct Datapath {
     pub maps: Maps,
     layout: PinLayout,
-    cgroup_root: PathBuf,
-    /// Ports and daemon identity: the part of CONFIG that never changes while running.
-    base: Config,
     _ebpf: Ebpf,
 }
 
@@ -309,13 +306,8 @@ impl Datapath {
             let id = p.attach(&cg, mode).map_err(aya_err).with_context(|| format!("attaching {name}"))?;
             pin(layout, name, p.take_link(id)?.try_into()?)?;
         }
-        let dp = Datapath { maps, layout: layout.clone(), cgroup_root, base, _ebpf: ebpf };
+        let dp = Datapath { maps, layout: layout.clone(), _ebpf: ebpf };
         Ok((dp, logger))
-    }
-
-    /// Replaces the policy (live).
-    pub fn set_policy(&mut self, policy: &Policy) -> Result<()> {
-        write_policy(&mut self.maps, &self.cgroup_root, self.base, policy)
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -343,12 +335,12 @@ pub fn resolve_cgroup(root: &Path, p: &Path) -> PathBuf {
 /// the application sees its socket closed at once and reconnects, through Tor. Needs root
 /// (SOCK_DESTROY); call it once the kill-switch is attached. Bypass gids are not known
 /// per socket: such a connection is spared only if its uid or cgroup is exempt too.
-pub fn destroy_stranded(opts: &DatapathOptions) -> Result<usize> {
+pub fn destroy_stranded(governed_cgroup: &Path, policy: &Policy) -> Result<usize> {
     let root = cgroup::cgroup2_root()?;
-    let bypass: Vec<PathBuf> = opts.policy.bypass_cgroups.iter().map(|p| resolve_cgroup(&root, p)).collect();
+    let bypass: Vec<PathBuf> = policy.bypass_cgroups.iter().map(|p| resolve_cgroup(&root, p)).collect();
     let mut governed = std::collections::HashSet::new();
-    collect_cgroup_ids(&opts.cgroup, &bypass, &mut governed)?;
-    let p = &opts.policy;
+    collect_cgroup_ids(governed_cgroup, &bypass, &mut governed)?;
+    let p = policy;
     let n = crate::sockdestroy::destroy_where(|s| {
         let governed_socket = s.cgroup != 0 && governed.contains(&s.cgroup) && !s.listening();
         let exempt = p.bypass_uids.contains(&s.uid) || (p.allow_root && s.uid == 0);
@@ -391,15 +383,35 @@ fn governed_level(root: &Path, cgroup: &Path) -> u32 {
 }
 
 /// Fills the policy maps, then CONFIG with READY (keeping lockdown as it is).
+/// The bits of [`Config::flags`] that the policy sets (the rest are lifecycle: lockdown,
+/// ready).
+const POLICY_FLAGS: u32 =
+    flags::LAN_BYPASS | flags::NO_LAN_DISCOVERY | flags::ALLOW_ROOT | flags::IPV6_DROP | flags::HAS_BYPASS_CGROUPS;
+
+/// Replaces a running instance's policy through its pinned maps (root's `ttp reload`):
+/// the sets first, then the flags, each one write, so every verdict sees either the old
+/// value or the new one of each; lockdown and readiness stay as they are.
+pub fn update_policy(maps: &mut Maps, cgroup_root: &Path, policy: &Policy) -> Result<()> {
+    let policy_flags = write_sets(maps, cgroup_root, policy)?;
+    let current = maps.config()?;
+    maps.set_config(Config { flags: (current.flags & !POLICY_FLAGS) | policy_flags, ..current })
+}
+
 fn write_policy(maps: &mut Maps, cgroup_root: &Path, base: Config, policy: &Policy) -> Result<()> {
+    let policy_flags = write_sets(maps, cgroup_root, policy)?;
+    let lockdown = maps.config()?.flags & flags::LOCKDOWN;
+    maps.set_config(Config { flags: policy_flags | lockdown | flags::READY, ..base })
+}
+
+/// Writes the policy's sets (bypass uids, gids, cgroups, DoH resolvers); returns the
+/// policy's flags for the caller to write.
+fn write_sets(maps: &mut Maps, cgroup_root: &Path, policy: &Policy) -> Result<u32> {
     let ids = policy
         .bypass_cgroups
         .iter()
         .map(|p| cgroup::cgroup_id(&resolve_cgroup(cgroup_root, p)))
         .collect::<Result<Vec<_>>>()?;
-    let policy_flags = maps.apply_policy(policy, &ids)?;
-    let lockdown = maps.config()?.flags & flags::LOCKDOWN;
-    maps.set_config(Config { flags: policy_flags | lockdown | flags::READY, ..base })
+    maps.apply_policy(policy, &ids)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
