@@ -94,23 +94,29 @@ impl Booted {
             run(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(nspawn_run))?;
             b.mounted_nspawn_run = true;
         }
+        b.start(world)?;
+        Ok(b)
+    }
+
+    /// Boots the root (nspawn) and waits until systemd says the system is up.
+    fn start(&mut self, world: &World) -> Result<()> {
         let mut c = Command::new("systemd-nspawn");
         c.arg("--directory")
-            .arg(&b.root)
+            .arg(&self.root)
             .args(["--boot", "--register=no", "--keep-unit", "--console=pipe", "--resolv-conf=off"])
             .arg(format!("--machine=ttpt-{}", std::process::id()))
             .arg(format!("--network-namespace-path={}", world.host.path()))
             // ttp loads eBPF programs: every capability, and the bpf syscall past nspawn's filter.
             .args(["--capability=all", "--system-call-filter=bpf"])
-            .arg(format!("--bind={}:/sys/fs/bpf", b.bpffs.display()))
+            .arg(format!("--bind={}:/sys/fs/bpf", self.bpffs.display()))
             .stdin(Stdio::null())
             .stderr(Stdio::null());
-        into_cgroup(&mut c, &b.cgroup);
+        into_cgroup(&mut c, &self.cgroup);
         let p = Proc::spawn(c)?;
         let nspawn_pid = p.child.id();
-        b.nspawn = Some(p);
+        self.nspawn = Some(p);
         let t0 = Instant::now();
-        b.pid1 = loop {
+        self.pid1 = loop {
             if let Some(pid) = child_named(nspawn_pid, "systemd") {
                 break pid;
             }
@@ -121,7 +127,7 @@ impl Booted {
         };
         // Until its namespaces are set up and its bus is up, systemctl gets no answer.
         let state = loop {
-            let out = b.sh("systemctl is-system-running --wait")?;
+            let out = self.sh("systemctl is-system-running --wait")?;
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if !state.is_empty() && state != "offline" {
                 break state;
@@ -133,10 +139,29 @@ impl Booted {
         };
         eprintln!("booted Debian: {state} after {:.1?}", t0.elapsed());
         if state != "running" {
-            let failed = b.sh("systemctl --failed --no-legend")?;
+            let failed = self.sh("systemctl --failed --no-legend")?;
             bail!("the booted system is {state}: {}", String::from_utf8_lossy(&failed.stdout));
         }
-        Ok(b)
+        Ok(())
+    }
+
+    /// `systemctl poweroff`, then a boot of the same disk. The container's /sys/fs/bpf
+    /// starts empty again, as bpffs does after a real reboot.
+    pub fn reboot(&mut self, world: &World) -> Result<()> {
+        let _ = self.sh("systemctl poweroff");
+        let t0 = Instant::now();
+        if let Some(p) = self.nspawn.as_mut() {
+            while p.child.try_wait()?.is_none() {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    bail!("the booted system did not power off within 60 s");
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.nspawn = None;
+        run(Command::new("umount").arg(&self.bpffs))?;
+        run(Command::new("mount").args(["-t", "bpf", "bpffs"]).arg(&self.bpffs))?;
+        self.start(world)
     }
 
     /// A command inside the container, as root, outside its units (nsenter: every

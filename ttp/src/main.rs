@@ -45,6 +45,12 @@ enum Cmd {
         #[command(flatten)]
         opts: Box<ttp::options::StartOptions>,
     },
+    /// Attach the kill-switch in lockdown and exit: nothing governed leaves until `ttp run`
+    /// takes it over, or `ttp stop` (at boot, before the network: ttp-lock.service).
+    Lock {
+        #[command(flatten)]
+        opts: Box<ttp::options::StartOptions>,
+    },
     /// Zero-leak teardown: lockdown, then detach and unpin. Works after a crash too.
     Stop {
         #[command(flatten)]
@@ -227,6 +233,7 @@ fn main() -> ExitCode {
         | Cmd::Stop { .. }
         | Cmd::Restart { .. }
         | Cmd::Reload { .. }
+        | Cmd::Lock { .. }
         | Cmd::Refresh { .. }
         | Cmd::Diagnose { .. }
         | Cmd::Logs { .. }
@@ -253,14 +260,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parses the command line; for `start` and `run`, the config file's keys fill in what the
+/// Parses the command line; for `start`, `run` and `lock`, the config file's keys fill in what the
 /// command line leaves out. Clap's own errors (and --help) exit as clap does.
 fn parse() -> Result<Cli> {
     use clap::{CommandFactory, FromArgMatches};
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cmd = Cli::command();
     let matches = cmd.clone().try_get_matches_from(&argv).map_err(one_line)?;
-    let Some((name, sub)) = matches.subcommand().filter(|(n, _)| *n == "start" || *n == "run") else {
+    let Some((name, sub)) = matches.subcommand().filter(|(n, _)| matches!(*n, "start" | "run" | "lock")) else {
         return Ok(Cli::from_arg_matches(&matches)?);
     };
     let Some(file) = ttp::config::path(sub) else {
@@ -332,6 +339,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Start { opts } => cli::start::start(&opts, &args_after("start")),
         Cmd::Restart { paths } => cli::start::restart(&paths.runtime_dir, &paths.pin_dir),
         Cmd::Reload { paths } => cli::reload::reload(&paths.runtime_dir),
+        Cmd::Lock { opts } => cli::lock::lock(&opts),
         Cmd::Logs { paths, lines, no_follow, watchdog } => {
             let path =
                 if watchdog { cli::watchdog::log_path(&paths.runtime_dir) } else { paths.runtime_dir.join("ttp.log") };

@@ -289,7 +289,7 @@ fi
 if [ "$1" = purge ]; then
     rm -rf /var/lib/ttp
     if command -v deb-systemd-helper >/dev/null; then
-        deb-systemd-helper purge ttp.service >/dev/null || true
+        deb-systemd-helper purge ttp.service ttp-lock.service >/dev/null || true
     fi
 fi
 "#;

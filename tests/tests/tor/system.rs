@@ -246,3 +246,37 @@ fn systemctl_reload_applies_bypass_changes_live_and_names_what_needs_a_restart()
 fn direct_open(b: &Booted) -> String {
     b.ok(&format!("ss -Htn state established dst {WEB}:80")).unwrap()
 }
+
+#[test]
+fn after_a_reboot_nothing_leaves_before_ttp_and_ttp_comes_up() {
+    let (mut b, w) = installed();
+    // A service that fetches as soon as the network is up, as many do.
+    std::fs::write(
+        b.path("/etc/systemd/system/early-fetch.service"),
+        format!(
+            "[Unit]\nAfter=network.target\n[Service]\nUser={USER}\n\
+             ExecStart=/bin/sh -c 'while :; do curl -s -m 2 http://{WEB}/index.txt; echo; sleep 0.2; done'\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        ),
+    )
+    .unwrap();
+    b.ok("systemctl daemon-reload && systemctl enable ttp early-fetch").unwrap();
+    assert_eq!(b.ok("systemctl is-enabled ttp-lock").unwrap(), "enabled", "enabling ttp enables its boot kill-switch");
+
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    b.reboot(&w).unwrap();
+    assert_eq!(b.ok("systemctl is-active ttp").unwrap(), "active", "{}", journal(&b));
+    wait_for_tor(&b);
+    let lock_log = b.ok("journalctl -b -u ttp-lock -o cat --no-pager").unwrap();
+    assert!(lock_log.contains("kill-switch attached in lockdown"), "{lock_log}");
+    // The service's fetches work once ttp is up (through Tor: the capture says).
+    let t0 = Instant::now();
+    while !b.ok("journalctl -b -u early-fetch -o cat --no-pager").unwrap().contains(PAGE) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the early service never fetched");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pkts = cap.stop().unwrap();
+    let direct = matching(&pkts, &format!("> {WEB}.80: Flags [S]"));
+    assert!(direct.is_empty(), "{} direct connections during the boot:\n{}", direct.len(), journal(&b));
+    assert_only_relay_traffic(&pkts);
+}

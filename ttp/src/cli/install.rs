@@ -19,6 +19,8 @@ use clap::CommandFactory;
 pub struct Layout {
     pub bin: &'static str,
     pub unit: &'static str,
+    /// The kill-switch at boot, before the network (`ttp lock`).
+    pub lock_unit: &'static str,
     pub bash: &'static str,
     pub zsh: &'static str,
     pub fish: &'static str,
@@ -29,6 +31,7 @@ pub struct Layout {
 const LOCAL: Layout = Layout {
     bin: "usr/local/bin/ttp",
     unit: "etc/systemd/system/ttp.service",
+    lock_unit: "etc/systemd/system/ttp-lock.service",
     bash: "usr/share/bash-completion/completions/ttp",
     zsh: "usr/share/zsh/vendor-completions/_ttp",
     fish: "usr/share/fish/vendor_completions.d/ttp.fish",
@@ -42,8 +45,8 @@ const DEBIAN: Layout =
     Layout { bin: "usr/bin/ttp", unit: "lib/systemd/system/ttp.service", man: "usr/share/man/man1/ttp.1", ..LOCAL };
 
 impl Layout {
-    fn files(&self) -> [&'static str; 6] {
-        [self.bin, self.unit, self.bash, self.zsh, self.fish, self.man]
+    fn files(&self) -> [&'static str; 7] {
+        [self.bin, self.unit, self.lock_unit, self.bash, self.zsh, self.fish, self.man]
     }
 }
 
@@ -71,6 +74,7 @@ const CONFIG_DIR: &str = "etc/ttp";
 const STATE_DIR: &str = "var/lib/ttp";
 
 const UNIT: &str = include_str!("../../../dist/ttp.service");
+const LOCK_UNIT: &str = include_str!("../../../dist/ttp-lock.service");
 const EXAMPLE_CONFIG: &str =
     "# ttp's configuration: every option of `ttp start` is a key; the command line overrides.\n\
 # See `ttp start --help`. Examples:\n\
@@ -85,9 +89,9 @@ fn under(prefix: &Path, rel: &str) -> PathBuf {
     prefix.join(rel)
 }
 
-/// The unit, its commands pointing at where this layout puts the binary.
-fn unit(layout: &Layout) -> String {
-    UNIT.replace("/usr/local/bin/ttp", &format!("/{}", layout.bin))
+/// A unit, its commands pointing at where this layout puts the binary.
+fn unit(text: &str, layout: &Layout) -> String {
+    text.replace("/usr/local/bin/ttp", &format!("/{}", layout.bin))
 }
 
 pub fn install(prefix: &Path, kind: LayoutKind) -> Result<()> {
@@ -113,7 +117,8 @@ pub fn install(prefix: &Path, kind: LayoutKind) -> Result<()> {
     };
     let exe = std::fs::read(std::env::current_exe()?).context("reading the ttp binary")?;
     write(layout.bin, &exe, 0o755)?;
-    write(layout.unit, unit(layout).as_bytes(), 0o644)?;
+    write(layout.unit, unit(UNIT, layout).as_bytes(), 0o644)?;
+    write(layout.lock_unit, unit(LOCK_UNIT, layout).as_bytes(), 0o644)?;
     for (rel, shell) in [
         (layout.bash, clap_complete::Shell::Bash),
         (layout.zsh, clap_complete::Shell::Zsh),

@@ -4,6 +4,7 @@
 pub mod check_leak;
 pub mod exec;
 pub mod install;
+pub mod lock;
 pub mod logs;
 pub mod reload;
 pub mod start;
