@@ -41,8 +41,13 @@ const LOCAL: Layout = Layout {
 /// A Debian package's tree (`cargo xtask deb` stages it with `--layout debian`): the
 /// distribution's directories, the unit where bookworm's systemd looks for packaged units.
 /// The packager compresses the man page.
-const DEBIAN: Layout =
-    Layout { bin: "usr/bin/ttp", unit: "lib/systemd/system/ttp.service", man: "usr/share/man/man1/ttp.1", ..LOCAL };
+const DEBIAN: Layout = Layout {
+    bin: "usr/bin/ttp",
+    unit: "lib/systemd/system/ttp.service",
+    lock_unit: "lib/systemd/system/ttp-lock.service",
+    man: "usr/share/man/man1/ttp.1",
+    ..LOCAL
+};
 
 impl Layout {
     fn files(&self) -> [&'static str; 7] {
