@@ -302,7 +302,8 @@ fi
 pub fn system_root() -> Result<PathBuf> {
     let dir = root().join("target/debian/bookworm-root");
     let stamp = dir.join(".ttp-root-recipe");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(ROOT_RECIPE) {
+    let recipe = format!("{ROOT_RECIPE}{}\n", ROOT_PACKAGES.join(","));
+    if fs::read_to_string(&stamp).ok() == Some(recipe.clone()) {
         return Ok(dir);
     }
     let _ = fs::remove_dir_all(&dir);
@@ -325,7 +326,7 @@ pub fn system_root() -> Result<PathBuf> {
         std::os::unix::fs::symlink("/dev/null", partial.join("etc/systemd/system").join(unit))?;
     }
     fs::write(partial.join("etc/hostname"), "ttp-booted\n")?;
-    fs::write(partial.join(".ttp-root-recipe"), ROOT_RECIPE)?;
+    fs::write(partial.join(".ttp-root-recipe"), recipe)?;
     fs::rename(&partial, &dir)?;
     Ok(dir)
 }
@@ -336,6 +337,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "dbus",
     "systemd-resolved",
+    // glibc asks resolved over its socket first, as on Ubuntu and Fedora
+    "libnss-resolve",
     "iproute2",
     "curl",
     "ca-certificates",
@@ -343,5 +346,4 @@ const ROOT_PACKAGES: &[&str] = &[
     "dnsutils",
 ];
 /// Bump when [`system_root`] changes what it does.
-const ROOT_RECIPE: &str =
-    "bookworm minbase v1: systemd resolved iproute2 curl dnsutils libssl3; user 1000; resolved -> 192.0.2.53\n";
+const ROOT_RECIPE: &str = "bookworm minbase v2: user 1000; resolved asks 192.0.2.53; no timers\n";

@@ -280,3 +280,42 @@ fn after_a_reboot_nothing_leaves_before_ttp_and_ttp_comes_up() {
     assert!(direct.is_empty(), "{} direct connections during the boot:\n{}", direct.len(), journal(&b));
     assert_only_relay_traffic(&pkts);
 }
+
+#[test]
+fn per_application_mode_keeps_names_away_from_systemd_resolved() {
+    let (b, w) = installed();
+    // Only what `ttp exec --tor` starts is governed: a subtree of its own.
+    b.ok("mkdir -p /sys/fs/cgroup/unified/ttp-apps").unwrap();
+    let conf = std::fs::read_to_string(b.path("/etc/ttp/ttp.toml")).unwrap();
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), format!("{conf}cgroup = \"/sys/fs/cgroup/unified/ttp-apps\"\n"))
+        .unwrap();
+    b.ok("systemctl start ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    // glibc asks resolved over its socket first (nss-resolve), as on Ubuntu and Fedora.
+    let nss = b.ok("grep ^hosts: /etc/nsswitch.conf").unwrap();
+    assert!(nss.contains("resolve"), "nss-resolve is not configured: {nss}");
+    let exec = |argv: &[&str]| {
+        let mut v = vec!["ttp", "exec", "--tor", "--user", "user", "--"];
+        v.extend_from_slice(argv);
+        let out = b.run_as(0, &v).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let t0 = Instant::now();
+    while exec(&["curl", "-s", "-m", "10", &format!("http://{WEB}/index.txt")]) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no fetch through Tor within 60 s\n{}", journal(&b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["port", "53"]).unwrap();
+    // The control: outside ttp exec, resolved asks its server directly.
+    assert_eq!(user_getent(&b, "control.example.com"), WEB);
+    // Through ttp exec --tor: the name lookup and the fetch by name go through Tor.
+    let got = exec(&["getent", "ahostsv4", "private.example.com"]);
+    assert!(got.starts_with(WEB), "{got:?}\n{}", journal(&b));
+    // IPv4: the private network's resolver gives names an IPv6 address no host has.
+    assert_eq!(exec(&["curl", "-4", "-s", "-m", "10", "http://private2.example.com/index.txt"]), PAGE);
+    let pkts = cap.stop().unwrap();
+    assert!(!matching(&pkts, "control.example.com").is_empty(), "the control lookup was not captured: {pkts:#?}");
+    let leaked: Vec<_> =
+        pkts.iter().filter(|p| p.contains("private.example.com") || p.contains("private2.example.com")).collect();
+    assert!(leaked.is_empty(), "a governed program's names left the host in the clear: {leaked:#?}");
+}

@@ -5,6 +5,10 @@
 //! child of one of them, removed when the command ends. With a daemon that governs only a
 //! subtree (`--cgroup`), `exec --tor` is how single applications use Tor; with a
 //! system-wide one, `exec --direct` is how they skip it.
+//!
+//! A command through Tor also gets a mount namespace in which the local name services
+//! (systemd-resolved's socket, nscd's) are out of reach: they run outside the governed
+//! subtree and would look its names up in the clear ([`NAME_SERVICES`]).
 
 use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
 
@@ -61,11 +65,19 @@ pub fn exec(runtime_dir: &std::path::Path, route: Route, user: Option<&str>, arg
     let mut cmd = Command::new(program);
     cmd.args(args);
     let procs = own.join("cgroup.procs");
+    let hide: Vec<PathBuf> = match route {
+        Route::Tor => NAME_SERVICES.iter().map(PathBuf::from).filter(|p| p.exists()).collect(),
+        Route::Direct => Vec::new(),
+    };
     // SAFETY: between fork and exec only async-signal-safe calls: open/write/close on the
-    // cgroup file, then setgroups/setgid/setuid.
+    // cgroup file, unshare and mount (nix passes the paths on the stack), then
+    // setgroups/setgid/setuid.
     unsafe {
         cmd.pre_exec(move || {
             std::fs::write(&procs, b"0")?;
+            if !hide.is_empty() {
+                hide_name_services(&hide)?;
+            }
             if let Some((uid, gid)) = uid.zip(gid) {
                 if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -79,6 +91,27 @@ pub fn exec(runtime_dir: &std::path::Path, route: Route, user: Option<&str>, arg
     let _ = std::fs::remove_dir(&own);
     let status = status?;
     Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
+/// Local services that resolve names for a program, outside the governed subtree: what
+/// glibc asks before (or instead of) DNS. systemd-resolved's varlink socket is what
+/// nss-resolve (Ubuntu's and Fedora's default) uses; nscd's is what glibc tries first
+/// wherever nscd runs. Either would look the name up in the clear, from its own cgroup.
+/// Hidden, glibc finds them unavailable and falls back to DNS through resolv.conf, which
+/// the command sends itself, from the governed cgroup: the DNSPort answers (a stub at
+/// 127.0.0.53 included: loopback DNS is redirected too).
+const NAME_SERVICES: &[&str] = &["/run/systemd/resolve/io.systemd.Resolve", "/run/nscd/socket", "/var/run/nscd/socket"];
+
+/// In the child, before exec: a mount namespace of its own (mounts made here stay here,
+/// the host's still arrive) in which each of `paths` is /dev/null, so connecting to it fails.
+fn hide_name_services(paths: &[PathBuf]) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    for p in paths {
+        mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    }
+    Ok(())
 }
 
 /// The uid and gid to run as: `--user NAME|UID`, else the sudo caller, else unchanged.
