@@ -76,6 +76,25 @@ fn start(extra: &[&str]) -> Running {
     r
 }
 
+/// [`start`] without `--uplink`: the daemon takes the interfaces with a default route and
+/// follows new ones.
+fn start_choosing_uplinks() -> Running {
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-uplink-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let mut c = w.daemon_cmd_choosing_uplinks("ttp", &["run"]);
+    c.args(["--bootstrap-timeout", "90", "--user", &ttp_tests::SERVICE_UID.to_string()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.join("run"))
+        .arg("--arti-config")
+        .arg(net.arti_toml())
+        .args(["--check-url", ttp_tests::testnet::CHECK_URL]);
+    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
+    Running { daemon: Some(d), w, state }
+}
+
 impl Running {
     /// The daemon's reasons for failed streams, for assertion messages.
     fn failures(&self) -> String {
@@ -578,6 +597,9 @@ mod faults;
 mod gateway;
 #[path = "tor/lifecycle.rs"]
 mod lifecycle;
+// Links, addresses and routes that change under a running ttp (issue 18).
+#[path = "tor/network.rs"]
+mod network;
 // The Debian package on a booted Debian with systemd (issue 18).
 #[path = "tor/system.rs"]
 mod system;

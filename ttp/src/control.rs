@@ -83,6 +83,10 @@ pub struct Status {
     pub started_unix: u64,
     pub ports: Ports,
     pub bootstrap: String,
+    /// What Tor is waiting for, with what to do, when Arti believes it is blocked
+    /// (offline, filtered, a wrong clock).
+    #[serde(default)]
+    pub waiting: Option<String>,
     /// Arti has what it needs to carry traffic.
     #[serde(default)]
     pub tor_ready: bool,
@@ -230,6 +234,7 @@ impl Control {
                         started_unix: self.started_unix,
                         ports: self.ports.clone(),
                         bootstrap: boot.to_string(),
+                        waiting: no_network().or_else(|| crate::tor::waiting_for(&boot)),
                         tor_ready: boot.ready_for_traffic(),
                         streams_open: s.streams.open_count(),
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
@@ -478,6 +483,15 @@ pub fn request_within(runtime_dir: &Path, req: &Request, timeout: std::time::Dur
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What ttp itself sees missing: no interface with a default route (a link down, a Wi-Fi
+/// not yet joined). Arti notices only once its connections fail.
+fn no_network() -> Option<String> {
+    // default_uplinks fails exactly when there is none.
+    crate::daemon::default_uplinks().is_err().then(|| {
+        "no network: no interface has a default route; ttp waits for one (the host stays closed meanwhile)".into()
+    })
 }
 
 #[cfg(test)]

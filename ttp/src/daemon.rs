@@ -436,6 +436,8 @@ async fn serve(
     };
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
     release_freed_memory();
+    // Observation only: its end is no fault.
+    tokio::spawn(tor::log_blockages(tor.clone()));
 
     let services = Arc::new(Services {
         tor: tor.clone(),

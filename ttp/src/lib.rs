@@ -31,6 +31,7 @@ pub mod monitor;
 pub mod options;
 pub mod principal;
 pub mod privs;
+pub mod reaper;
 pub mod rootfs;
 pub mod sockdestroy;
 pub mod socks;

@@ -480,6 +480,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 } else {
                     println!("state:      {} (pid {}, up {}s)", status.state, status.pid, status.uptime_secs);
                     println!("tor:        {}", status.bootstrap);
+                    if let Some(w) = &status.waiting {
+                        println!("waiting:    {w}");
+                    }
                     println!(
                         "ports:      trans {}  dns {}  socks {}",
                         status.ports.trans, status.ports.dns, status.ports.socks

@@ -265,6 +265,9 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                     let pin_dir = cleanup.pin_dir.clone();
                     std::thread::spawn(move || crate::uplinks::follow(pin_dir, skip));
                 }
+                // The daemon is this process's parent (it forked the monitor).
+                let daemon = std::os::unix::process::parent_id();
+                std::thread::spawn(move || crate::reaper::follow(daemon));
                 if cleanup.gateway {
                     // This instance's maps, held by the thread (see `armed`). Without them
                     // the monitor lives on (it must, to hold the host closed): a gateway

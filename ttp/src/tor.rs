@@ -162,12 +162,55 @@ pub async fn bootstrap(config: TorClientConfig, timeout: Duration, mut progress:
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("Tor bootstrap failed")),
         Err(_) => {
             let s = client.bootstrap_status();
-            let blockage = s.blocked().map(|b| format!(": {b}")).unwrap_or_default();
+            let what_to_do = waiting_for(&s)
+                .unwrap_or_else(|| "check the network or the bridges, or raise --bootstrap-timeout".into());
             bail!(
-                "Tor bootstrap stalled at {:.0}% after {}s ({s}){blockage}; check the network or the bridges, or raise --bootstrap-timeout",
+                "Tor bootstrap stalled at {:.0}% after {}s ({s}): {what_to_do}",
                 s.as_frac() * 100.0,
                 timeout.as_secs()
             )
+        }
+    }
+}
+
+/// What Tor is waiting for, in plain words with what to do, when Arti believes it is
+/// blocked (offline, filtered, a wrong clock...); `None` when it is not.
+pub fn waiting_for(status: &arti_client::status::BootstrapStatus) -> Option<String> {
+    use arti_client::status::BlockageKind;
+    let b = status.blocked()?;
+    let said = b.message().to_string();
+    Some(match b.kind() {
+        BlockageKind::Offline => format!(
+            "no connection to the Tor network ({said}): waiting for the network; check the uplink (link, address, default route)"
+        ),
+        BlockageKind::Filtering => format!(
+            "connections to Tor relays are cut ({said}): this network may block Tor; try bridges (--use-bridges --bridge LINE)"
+        ),
+        BlockageKind::ClockSkewed => format!(
+            "the system clock is wrong ({said}): Tor refuses relays and directories that are not valid at this time; \
+             set the clock (timedatectl set-ntp true, or date -s) and Tor carries on by itself"
+        ),
+        BlockageKind::CantBootstrap => format!(
+            "no usable Tor directory yet ({said}): if the clock is wrong, set it; otherwise check the network or the bridges"
+        ),
+        _ => format!("{b}: check the network, the clock and the bridges"),
+    })
+}
+
+/// Logs each change of what Tor waits for, for as long as the client lives: a network
+/// that goes away, or a clock that jumps, is named in the log when Arti notices it, and
+/// its end too.
+pub async fn log_blockages(client: Tor) {
+    let mut events = client.bootstrap_events();
+    let mut last: Option<String> = None;
+    while let Some(s) = events.next().await {
+        let now = waiting_for(&s);
+        if now != last {
+            match &now {
+                Some(w) => tracing::warn!("Tor is waiting: {w}"),
+                None => tracing::info!("Tor is no longer blocked ({s})"),
+            }
+            last = now;
         }
     }
 }

@@ -170,20 +170,7 @@ fn a_stop_root_did_not_ask_for_leaves_the_host_closed() {
 /// and not after.
 #[test]
 fn an_uplink_that_appears_after_start_gets_the_kill_switch() {
-    let net = net();
-    let w = World::with_testnet(net).unwrap();
-    let state = std::env::temp_dir().join(format!("ttpt-uplink-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let mut c = w.daemon_cmd_choosing_uplinks("ttp", &["run"]);
-    c.args(["--bootstrap-timeout", "90", "--user", &ttp_tests::SERVICE_UID.to_string()])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(state.join("run"))
-        .arg("--arti-config")
-        .arg(net.arti_toml())
-        .args(["--check-url", ttp_tests::testnet::CHECK_URL]);
-    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
-    let r = Running { daemon: Some(d), w, state };
+    let r = start_choosing_uplinks();
     // A second link, to a namespace of this test's own.
     let other = Netns::new("up2").unwrap();
     r.w.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "eth9", "netns", &other.name]).unwrap();
