@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "tor",
+    // moves one process's clock (a wrong-clock test)
+    "faketime",
     "obfs4proxy",
     "iputils-ping",
     "iperf3",

@@ -107,3 +107,45 @@ fn assert_only_to_and_from_relays(pkts: &[String]) {
         .collect();
     assert!(other.is_empty(), "non-Tor traffic on the link: {other:#?}");
 }
+
+/// A clock days behind (a board without a real-time clock, a laptop whose clock was
+/// reset): Tor refuses a directory that is not yet valid (Arti tolerates one day early,
+/// three days late), and ttp says so in plain words with what to do; nothing but relay
+/// traffic leaves meanwhile (libfaketime moves the daemon's clock only).
+#[test]
+fn a_wrong_clock_is_named_with_what_to_do() {
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-clock-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let mut c = w.daemon_cmd("ttp", &["run"]);
+    c.args(["--bootstrap-timeout", "20", "--user", &ttp_tests::SERVICE_UID.to_string()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.join("run"))
+        .arg("--arti-config")
+        .arg(net.arti_toml())
+        .args(["--check-url", ttp_tests::testnet::CHECK_URL])
+        .env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+        .env("FAKETIME", "-2d")
+        .env("RUST_LOG", "info,tor_guardmgr=warn");
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("ttp still runs with a clock 2 days slow:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ttp bootstrapped with a clock 2 days slow:\n{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("clock"), "the error does not name the clock: {last}");
+    eprintln!("{last}");
+    assert_only_relay_traffic(&cap.stop().unwrap());
+}
