@@ -79,20 +79,25 @@ fn start(extra: &[&str]) -> Running {
 /// [`start`] without `--uplink`: the daemon takes the interfaces with a default route and
 /// follows new ones.
 fn start_choosing_uplinks() -> Running {
-    let net = net();
-    let w = World::with_testnet(net).unwrap();
+    let w = World::with_testnet(net()).unwrap();
     let state = std::env::temp_dir().join(format!("ttpt-uplink-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let mut c = w.daemon_cmd_choosing_uplinks("ttp", &["run"]);
-    c.args(["--bootstrap-timeout", "90", "--user", &ttp_tests::SERVICE_UID.to_string()])
+    let c = run_cmd(w.daemon_cmd_choosing_uplinks("ttp", &["run"]), &state, 90);
+    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
+    Running { daemon: Some(d), w, state }
+}
+
+/// `ttp run` (`c`) on the private network, with its state under `state` and a bounded
+/// bootstrap.
+fn run_cmd(mut c: std::process::Command, state: &std::path::Path, bootstrap_secs: u32) -> std::process::Command {
+    c.args(["--bootstrap-timeout", &bootstrap_secs.to_string(), "--user", &ttp_tests::SERVICE_UID.to_string()])
         .arg("--state-dir")
-        .arg(&state)
+        .arg(state)
         .arg("--runtime-dir")
         .arg(state.join("run"))
         .arg("--arti-config")
-        .arg(net.arti_toml())
+        .arg(net().arti_toml())
         .args(["--check-url", ttp_tests::testnet::CHECK_URL]);
-    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
-    Running { daemon: Some(d), w, state }
+    c
 }
 
 impl Running {

@@ -114,19 +114,10 @@ fn assert_only_to_and_from_relays(pkts: &[String]) {
 /// traffic leaves meanwhile (libfaketime moves the daemon's clock only).
 #[test]
 fn a_wrong_clock_is_named_with_what_to_do() {
-    let net = net();
-    let w = World::with_testnet(net).unwrap();
+    let w = World::with_testnet(net()).unwrap();
     let state = std::env::temp_dir().join(format!("ttpt-clock-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let mut c = w.daemon_cmd("ttp", &["run"]);
-    c.args(["--bootstrap-timeout", "20", "--user", &ttp_tests::SERVICE_UID.to_string()])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(state.join("run"))
-        .arg("--arti-config")
-        .arg(net.arti_toml())
-        .args(["--check-url", ttp_tests::testnet::CHECK_URL])
-        .env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+    let mut c = run_cmd(w.daemon_cmd("ttp", &["run"]), &state, 20);
+    c.env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
         .env("FAKETIME", "-2d")
         .env("RUST_LOG", "info,tor_guardmgr=warn");
     let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
