@@ -29,8 +29,14 @@ pub fn follow(daemon: u32) {
         let (conn, _handle, mut changes) =
             rtnetlink::new_multicast_connection(&groups).context("opening rtnetlink for address changes")?;
         tokio::spawn(conn);
+        let mut usable = usable_addresses();
         while changes.next().await.is_some() {
-            reap(daemon);
+            let now = usable_addresses();
+            let gone: HashSet<IpAddr> = usable.difference(&now).copied().collect();
+            if !gone.is_empty() {
+                reap(daemon, &gone);
+            }
+            usable = now;
         }
         bail!("rtnetlink closed")
     };
@@ -43,16 +49,14 @@ pub fn follow(daemon: u32) {
     }
 }
 
-/// Destroys the daemon's TCP connections whose local address is not usable now.
-fn reap(daemon: u32) {
+/// Destroys the daemon's TCP connections from an address in `gone` (one that was usable
+/// and is not any more). Only such addresses: the daemon's transparent sockets (a gateway
+/// client's connection, accepted with its original destination as local address) have
+/// local addresses that were never the host's, and stay.
+fn reap(daemon: u32, gone: &HashSet<IpAddr>) {
     let Some((uid, cgroup)) = identity(daemon) else { return };
-    let usable = usable_addresses();
     let doomed = |s: &crate::sockdestroy::DiagSocket| {
-        s.uid == uid
-            && s.cgroup == cgroup
-            && !s.listening()
-            && !crate::sockdestroy::is_loopback_ip(s.src.ip())
-            && !usable.contains(&canonical(s.src.ip()))
+        s.uid == uid && s.cgroup == cgroup && !s.listening() && gone.contains(&canonical(s.src.ip()))
     };
     match crate::sockdestroy::destroy_where(doomed) {
         Ok(0) => {}
