@@ -61,7 +61,15 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     let stop = w.ttp_ctl(&["stop"], &state).output().unwrap();
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     assert!(text(&stop.stdout).contains("was not running"), "{}", text(&stop.stdout));
-    one_line_error(&w.ttp_ctl(&["status"], &state).output().unwrap(), "not running");
+    // Status in every state: stopped is exit code 3 (as `systemctl status` gives), and
+    // --json is JSON then too.
+    let status = w.ttp_ctl(&["status"], &state).output().unwrap();
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).starts_with("state:    stopped"), "{}", text(&status.stdout));
+    let status = w.ttp_ctl(&["status", "--json"], &state).output().unwrap();
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json prints JSON when stopped");
+    assert_eq!(v["state"], "stopped", "{v}");
     one_line_error(&w.ttp_ctl(&["restart"], &state).output().unwrap(), "nothing to restart");
     one_line_error(&w.ttp_ctl(&["exec", "--tor", "--", "true"], &state).output().unwrap(), "not running");
 

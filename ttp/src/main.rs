@@ -517,10 +517,16 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             let layout = PinLayout::new(&paths.pin_dir);
             if !layout.exists() {
-                anyhow::bail!(
-                    "not running: nothing pinned under {} (start it with `ttp start`)",
-                    paths.pin_dir.display()
-                );
+                if json {
+                    let v = serde_json::json!({ "state": "stopped", "pid": null, "links": 0 });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!(
+                        "state:    stopped (nothing pinned under {}: the host is open; `ttp start` starts ttp)",
+                        paths.pin_dir.display()
+                    );
+                }
+                std::process::exit(STATUS_STOPPED);
             }
             let maps = Maps::open_pinned(&layout.maps()).context("reading the pinned maps")?;
             let cfg = maps.config()?;
@@ -557,10 +563,16 @@ fn run(cmd: Cmd) -> Result<()> {
                     println!("  {:<24} {n}", c.name());
                 }
             }
-            Ok(())
+            std::process::exit(STATUS_DEAD);
         }
     }
 }
+
+/// `ttp status`'s exit code without a daemon, as LSB init scripts and `systemctl status`
+/// give them: 3 for stopped (nothing pinned: the host is open), 1 for "dead, but its
+/// traces remain" (the kill-switch holds the host closed with no daemon). 0 is running.
+const STATUS_STOPPED: i32 = 3;
+const STATUS_DEAD: i32 = 1;
 
 /// One tunnel peer, as `ttp status` shows it.
 fn print_peer(p: &ttp::tunnel::device::PeerStatus) {

@@ -43,8 +43,18 @@ fn alive(r: &mut Running) -> bool {
     matches!(r.daemon.as_mut().expect("daemon").proc.child.try_wait(), Ok(None))
 }
 
+/// `ttp status --json`, the daemon alive (exit code 0) or dead with its kill-switch in
+/// place (1).
 fn status(r: &Running) -> serde_json::Value {
-    serde_json::from_str(&ttp(r, &["status", "--json"])).unwrap()
+    let out = std::process::Command::new(ttp_tests::bin("ttp"))
+        .args(["status", "--json", "--runtime-dir"])
+        .arg(r.state.join("run"))
+        .arg("--pin-dir")
+        .arg(&r.w.pin_dir)
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "ttp status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// What once opened the host: one program holding more connections than the daemon had

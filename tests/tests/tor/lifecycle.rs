@@ -147,8 +147,10 @@ fn sigkill_leaves_the_host_closed_and_the_next_start_recovers() {
     let to_dns = matching(&packets, ".53:");
     assert!(to_dns.is_empty(), "DNS left while the daemon was dead: {to_dns:#?}");
 
-    // status says so, from the pins.
-    let status: serde_json::Value = serde_json::from_str(&s.ok(&["status", "--json"])).unwrap();
+    // status says so, from the pins, with exit code 1 (dead, its kill-switch remains).
+    let out = s.ctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(status["pid"].is_null() && status["links"].as_u64().unwrap() > 0, "{status}");
 
     // The next start takes the stale pins over and serves again.
