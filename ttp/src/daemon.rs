@@ -256,11 +256,11 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         Ok(n) => tracing::info!("{n} connections opened before start closed (they reconnect through Tor)"),
         Err(e) => tracing::warn!("closing connections opened before start: {e:#} (they hang until they time out)"),
     }
-    // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
-    // from now on) and the control socket.
     // The config file's text as applied, for `ttp reload` to compare a changed file with.
     let config_path =
         opts.config.clone().or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)).filter(|p| p.exists()));
+    // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
+    // from now on) and the control socket.
     let lock = SessionLock {
         pid: std::process::id(),
         started_unix: control::unix_now(),
