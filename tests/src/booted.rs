@@ -180,15 +180,8 @@ impl Booted {
 
     /// `sh -c SCRIPT` inside, failing with its output unless it succeeds; its stdout.
     pub fn ok(&self, script: &str) -> Result<String> {
-        let out = self.sh(script)?;
-        if !out.status.success() {
-            bail!(
-                "`{script}` failed in the booted system ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let out =
+            run(self.cmd("sh").args(["-c", script])).with_context(|| format!("in the booted system: {script}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 

@@ -24,10 +24,12 @@ pub const DEFAULT_PATH: &str = "/etc/ttp/ttp.toml";
 
 /// The config file to use: `--config FILE`, or the default one if present.
 pub fn path(matches: &clap::ArgMatches) -> Option<PathBuf> {
-    match matches.try_get_one::<PathBuf>("config") {
-        Ok(Some(p)) => Some(p.clone()),
-        _ => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
-    }
+    or_default(matches.try_get_one::<PathBuf>("config").ok().flatten().cloned())
+}
+
+/// `given`, else the default file if present.
+pub fn or_default(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()))
 }
 
 /// Arguments for the options that `file` sets and the command line (`matches`) does not,

@@ -257,8 +257,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         Err(e) => tracing::warn!("closing connections opened before start: {e:#} (they hang until they time out)"),
     }
     // The config file's text as applied, for `ttp reload` to compare a changed file with.
-    let config_path =
-        opts.config.clone().or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)).filter(|p| p.exists()));
+    let config_path = crate::config::or_default(opts.config.clone());
     // Root's files, written while we are root: the session lock (`ttp stop` finds us by it
     // from now on) and the control socket.
     let lock = SessionLock {

@@ -28,6 +28,7 @@ pub mod load;
 pub mod lock;
 pub mod logfile;
 pub mod monitor;
+pub mod netwatch;
 pub mod options;
 pub mod principal;
 pub mod privs;

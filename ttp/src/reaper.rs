@@ -16,37 +16,25 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
-use anyhow::{bail, Context, Result};
-use futures::StreamExt;
 use nix::net::if_::InterfaceFlags;
 use rtnetlink::MulticastGroup;
 
 /// Follows link and address changes until the process ends, reaping the connections of
 /// the daemon `daemon` (a pid). Blocking: run it on a thread of its own.
 pub fn follow(daemon: u32) {
-    let run = async {
-        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
-        let (conn, _handle, mut changes) =
-            rtnetlink::new_multicast_connection(&groups).context("opening rtnetlink for address changes")?;
-        tokio::spawn(conn);
-        let mut usable = usable_addresses();
-        while changes.next().await.is_some() {
+    let mut usable = usable_addresses();
+    crate::netwatch::follow(
+        &[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr],
+        "no longer following address changes; after a network change Tor may take minutes to notice",
+        || {
             let now = usable_addresses();
             let gone: HashSet<IpAddr> = usable.difference(&now).copied().collect();
             if !gone.is_empty() {
                 reap(daemon, &gone);
             }
             usable = now;
-        }
-        bail!("rtnetlink closed")
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let result: Result<()> = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run));
-    if let Err(e) = result {
-        tracing::error!(
-            "no longer following address changes: {e:#}; after a network change Tor may take minutes to notice"
-        );
-    }
+        },
+    );
 }
 
 /// Destroys the daemon's TCP connections from an address in `gone` (one that was usable

@@ -18,8 +18,7 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{bail, Context, Result};
-use futures::StreamExt;
+use anyhow::{Context, Result};
 use rtnetlink::MulticastGroup;
 use ttp_common::programs::TC_EGRESS;
 
@@ -29,23 +28,11 @@ use crate::datapath::{Maps, PinLayout};
 /// to treat as uplinks (the gateway's). Blocking: run it on a thread of its own.
 pub fn follow(pin_dir: PathBuf, skip: Vec<String>) {
     let layout = PinLayout::new(&pin_dir);
-    let run = async {
-        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
-        let (conn, _handle, mut changes) =
-            rtnetlink::new_multicast_connection(&groups).context("opening rtnetlink for route changes")?;
-        tokio::spawn(conn);
-        // Once after subscribing, so that a route added since the start is not missed.
-        attach_new(&layout, &skip);
-        while changes.next().await.is_some() {
-            attach_new(&layout, &skip);
-        }
-        bail!("rtnetlink closed")
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let result: Result<()> = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run));
-    if let Err(e) = result {
-        tracing::error!("no longer following new uplinks: {e:#}; a new default-route interface gets no TC kill-switch until the next start");
-    }
+    crate::netwatch::follow(
+        &[MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route],
+        "no longer following new uplinks; a new default-route interface gets no TC kill-switch until the next start",
+        || attach_new(&layout, &skip),
+    );
 }
 
 /// Attaches the kill-switch to every default-route interface that has none.

@@ -104,7 +104,7 @@ pub fn package(profile: &str) -> Result<PathBuf> {
     )?;
     quiet(Command::new("gzip").args(["-9nf"]).arg(doc.join("changelog.Debian")))?;
 
-    let depends = shlib_depends(&staged_bin)?;
+    let depends = shlib_depends(&staged_bin, &out.join("shlibs"))?;
     let debian = stage.join("DEBIAN");
     fs::create_dir_all(&debian)?;
     let mut control = String::new();
@@ -161,14 +161,12 @@ fn output(c: &mut Command) -> Result<String> {
 /// The shared libraries' packages with the minimal versions their symbols files give, as
 /// `dpkg-shlibdeps` works them out for every Debian package. It wants a source tree's
 /// `debian/control`: a minimal one in a scratch directory serves.
-fn shlib_depends(bin: &Path) -> Result<String> {
-    let scratch =
-        bin.parent().and_then(Path::parent).and_then(Path::parent).context("stage")?.join("..").join("shlibs");
-    let _ = fs::remove_dir_all(&scratch);
+fn shlib_depends(bin: &Path, scratch: &Path) -> Result<String> {
+    let _ = fs::remove_dir_all(scratch);
     fs::create_dir_all(scratch.join("debian"))?;
     fs::write(scratch.join("debian/control"), "Source: ttp\n\nPackage: ttp\nArchitecture: any\n")?;
-    let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(bin).current_dir(&scratch))?;
-    let _ = fs::remove_dir_all(&scratch);
+    let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(bin).current_dir(scratch))?;
+    let _ = fs::remove_dir_all(scratch);
     out.lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .map(str::to_owned)

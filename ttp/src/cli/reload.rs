@@ -15,7 +15,7 @@
 //! with and the config file's text at that time. Old and new options are both parsed by
 //! the same clap definition as `ttp run`, and compared option by option.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches};
@@ -35,9 +35,7 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
             lock.pid
         );
     }
-    let Some(path) =
-        lock.config_path.clone().or_else(|| Some(PathBuf::from(ttp::config::DEFAULT_PATH)).filter(|p| p.exists()))
-    else {
+    let Some(path) = ttp::config::or_default(lock.config_path.clone()) else {
         bail!("the session was started without a config file: nothing to reload (`ttp restart` applies new options)");
     };
     let new_text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

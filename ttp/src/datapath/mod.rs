@@ -382,7 +382,6 @@ fn governed_level(root: &Path, cgroup: &Path) -> u32 {
     cgroup.strip_prefix(root).map(|rel| rel.components().count() as u32).unwrap_or(0)
 }
 
-/// Fills the policy maps, then CONFIG with READY (keeping lockdown as it is).
 /// The bits of [`Config::flags`] that the policy sets (the rest are lifecycle: lockdown,
 /// ready).
 const POLICY_FLAGS: u32 =
@@ -397,6 +396,7 @@ pub fn update_policy(maps: &mut Maps, cgroup_root: &Path, policy: &Policy) -> Re
     maps.set_config(Config { flags: (current.flags & !POLICY_FLAGS) | policy_flags, ..current })
 }
 
+/// Fills the policy maps, then CONFIG with READY (keeping lockdown as it is).
 fn write_policy(maps: &mut Maps, cgroup_root: &Path, base: Config, policy: &Policy) -> Result<()> {
     let policy_flags = write_sets(maps, cgroup_root, policy)?;
     let lockdown = maps.config()?.flags & flags::LOCKDOWN;
