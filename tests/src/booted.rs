@@ -29,8 +29,7 @@ fn target_path(var: &str, default: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
-    let target = crate::bin("ttp").parent().and_then(Path::parent).context("target dir")?.to_path_buf();
-    Ok(target.join(default))
+    Ok(crate::target_dir().join(default))
 }
 
 /// The cached Debian root (`cargo xtask deb --profile dev --system-root` makes it).

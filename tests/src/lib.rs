@@ -54,6 +54,12 @@ pub fn bin(name: &str) -> PathBuf {
     )
 }
 
+/// The cargo target directory the tests were built in, where `cargo xtask test` caches
+/// what they need: the booted system's root, the .deb, WireGuard peers (`peers/bin`).
+pub fn target_dir() -> PathBuf {
+    bin("ttp").parent().and_then(std::path::Path::parent).expect("target/<profile>/ttp").to_path_buf()
+}
+
 fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))

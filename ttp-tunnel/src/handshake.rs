@@ -1,11 +1,18 @@
-//! The handshake: Noise IKpsk2 over X25519, ChaCha20-Poly1305 and BLAKE2s (snow, with
-//! ring's ChaCha20-Poly1305), as WireGuard does. The initiator knows the responder's static
-//! key (IK) and proves its own; an optional pre-shared key is mixed in last (psk2). Both
-//! sides use fresh ephemeral keys, so a session's keys die with it (forward secrecy).
+//! The handshake: WireGuard's, byte for byte. Noise IKpsk2 over X25519, ChaCha20-Poly1305
+//! and BLAKE2s (snow, with ring's ChaCha20-Poly1305), with WireGuard's identifier as the
+//! Noise prologue. The initiator knows the responder's static key (IK) and proves its own;
+//! a pre-shared key (all zeros when there is none, as in WireGuard) is mixed in last (psk2).
+//! Both sides use fresh ephemeral keys, so a session's keys die with it (forward secrecy).
 //!
-//! The initiation carries a timestamp (TAI64N-like: seconds and nanoseconds, big-endian)
-//! encrypted under the handshake: the responder accepts only a newer one per peer, so a
-//! replayed initiation cannot reset a session.
+//! Why snow gives WireGuard's bytes: WireGuard's `C = HASH(CONSTRUCTION)`,
+//! `H = HASH(C || IDENTIFIER)`, `H = HASH(H || S_pub_r)` are Noise's initialisation with
+//! the identifier as prologue and the responder's static key as a pre-message; its extra
+//! `C = KDF1(C, E_pub)` is Noise's rule for `e` in psk handshakes; its `psk` step is
+//! Noise's `MixKeyAndHash`; and its transport keys `KDF2(C, ε)` are Noise's `Split()`.
+//! The tests in `lib.rs` check this against a WireGuard handshake computed independently.
+//!
+//! The initiation carries a TAI64N timestamp encrypted under the handshake: the responder
+//! accepts only a newer one per peer, so a replayed initiation cannot reset a session.
 //!
 //! No I/O: functions take and return bytes.
 
@@ -16,10 +23,11 @@ use super::{
     session::Session,
 };
 
+/// WireGuard's CONSTRUCTION: the Noise protocol name.
 pub const PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
-/// Binds every handshake to this protocol: a WireGuard peer cannot be confused with ours.
-const PROLOGUE: &[u8] = b"ttp tunnel v1";
-const TIMESTAMP_LEN: usize = 12;
+/// WireGuard's IDENTIFIER, mixed in as the Noise prologue.
+pub const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
+pub const TIMESTAMP_LEN: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -66,12 +74,19 @@ pub struct PeerKeys {
     pub psk: Option<[u8; 32]>,
 }
 
-/// A timestamp that only grows: seconds and nanoseconds since the epoch, big-endian.
+/// TAI64N: the TAI64 label of the second (2^62 + 10 + Unix seconds, as wireguard-go and
+/// the Linux module compute it), then nanoseconds, both big-endian. The nanoseconds are
+/// rounded down to a multiple of 2^24 (about 16.8 ms), as wireguard-go does, so that the
+/// timestamp does not give away a fine-grained clock. Two initiations to one peer within
+/// that window get the same timestamp and the second is refused as old: WireGuard never
+/// sends them that close (REKEY_TIMEOUT).
 pub fn timestamp(now: std::time::SystemTime) -> [u8; TIMESTAMP_LEN] {
+    const TAI64_BASE: u64 = 0x4000_0000_0000_000a;
+    const WHITENER: u32 = (1 << 24) - 1;
     let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut t = [0u8; TIMESTAMP_LEN];
-    t[..8].copy_from_slice(&(d.as_secs() + (1 << 62)).to_be_bytes());
-    t[8..].copy_from_slice(&d.subsec_nanos().to_be_bytes());
+    t[..8].copy_from_slice(&(TAI64_BASE + d.as_secs()).to_be_bytes());
+    t[8..].copy_from_slice(&(d.subsec_nanos() & !WHITENER).to_be_bytes());
     t
 }
 
@@ -99,7 +114,7 @@ pub fn initiate(
     let mut state = builder()
         .local_private_key(&me.private)
         .remote_public_key(&peer.public)
-        .prologue(PROLOGUE)
+        .prologue(IDENTIFIER)
         .psk(2, peer.psk.as_ref().unwrap_or(&zero))
         .build_initiator()?;
     let mut noise = [0u8; NOISE_INIT_LEN];
@@ -109,18 +124,39 @@ pub fn initiate(
     Ok((Initiator { state, sender }, msg))
 }
 
+/// A response the initiator refused, with the initiation it leaves untouched: anyone who
+/// knows the initiator's public key can make a response with a valid mac1, and such a
+/// forgery must not cost the real answer its handshake.
+pub struct Refused {
+    /// The initiation, still waiting for its answer (`None` only if snow could not turn a
+    /// completed handshake into transport keys, which its pattern rules out).
+    pub initiator: Option<Initiator>,
+    pub error: HandshakeError,
+}
+
 impl Initiator {
-    /// Completes the handshake with the responder's answer.
-    pub fn finish(mut self, me: &Identity, r: &Response<'_>) -> Result<Session, HandshakeError> {
+    /// Completes the handshake with the responder's answer. Authenticated before anything
+    /// is consumed: on failure the initiation comes back as it was (snow restores its
+    /// symmetric state when a message does not decrypt), ready for the real response.
+    pub fn finish(mut self, me: &Identity, r: &Response<'_>) -> Result<Session, Box<Refused>> {
+        let refused = |initiator, error| Err(Box::new(Refused { initiator: Some(initiator), error }));
         if !r.macs.mac1_ok(&me.public) {
-            return Err(HandshakeError::Mac1);
+            return refused(self, HandshakeError::Mac1);
         }
         let mut payload = [0u8; NOISE_RESP_LEN];
-        let n = self.state.read_message(r.noise, &mut payload)?;
-        if n != 0 {
-            return Err(HandshakeError::Payload);
+        match self.state.read_message(r.noise, &mut payload) {
+            Ok(0) => {}
+            // Authenticated, so from the responder itself: a broken peer, not a forgery.
+            Ok(_) => return Err(Box::new(Refused { initiator: None, error: HandshakeError::Payload })),
+            Err(e) => return refused(self, e.into()),
         }
-        Ok(Session::new(self.sender, r.sender, self.state.into_stateless_transport_mode()?, true))
+        let Initiator { state, sender } = self;
+        // After a successful read the pattern is complete, so this does not fail; if snow
+        // ever disagreed, the handshake is lost like any failed one and the timers retry.
+        let keys = state
+            .into_stateless_transport_mode()
+            .map_err(|e| Box::new(Refused { initiator: None, error: HandshakeError::Noise(e) }))?;
+        Ok(Session::new(sender, r.sender, keys, true))
     }
 }
 
@@ -144,7 +180,7 @@ pub fn respond(
     if !init.macs.mac1_ok(&me.public) {
         return Err(HandshakeError::Mac1);
     }
-    let mut state = builder().local_private_key(&me.private).prologue(PROLOGUE).build_responder()?;
+    let mut state = builder().local_private_key(&me.private).prologue(IDENTIFIER).build_responder()?;
     let mut payload = [0u8; NOISE_INIT_LEN];
     let n = state.read_message(init.noise, &mut payload)?;
     if n != TIMESTAMP_LEN {

@@ -1,5 +1,6 @@
-//! The tunnel's wire format: three message kinds, fixed layouts, little-endian integers
-//! (WireGuard's shapes, so the same sizes and the same reasoning apply).
+//! The tunnel's wire format: WireGuard's four message kinds, fixed layouts, little-endian
+//! integers, exactly as the WireGuard paper (section 5.4) and its implementations lay them
+//! out, so that any WireGuard peer is a peer.
 //!
 //! ```text
 //! initiation  1 | 0 0 0 | sender u32 | noise (e, s, timestamp) 108 | mac1 16 | mac2 16   = 148
@@ -160,22 +161,24 @@ pub fn mac1_key(receiver_public: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A keyed BLAKE2s-128 MAC (mac1 with the receiver's key, mac2 with a cookie).
-pub fn mac(key: &[u8; 32], macced: &[u8]) -> [u8; 16] {
-    let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("32-byte key");
+/// WireGuard's `MAC(key, input)`: keyed BLAKE2s with a 16-byte output. The key is used
+/// at its own length (32 bytes for mac1's, 16 for a cookie as mac2's key): BLAKE2s puts
+/// the key length in its parameter block, so a padded key would give another MAC.
+pub fn mac(key: &[u8], macced: &[u8]) -> [u8; 16] {
+    let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("keys of 1 to 32 bytes");
     m.update(macced);
     m.finalize().into_bytes().into()
 }
 
 /// Constant-time check of a MAC (mac1 or mac2).
-pub fn mac_ok(key: &[u8; 32], macced: &[u8], got: &[u8]) -> bool {
-    let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("32-byte key");
+pub fn mac_ok(key: &[u8], macced: &[u8], got: &[u8]) -> bool {
+    let mut m = <Blake2sMac<U16> as Mac>::new_from_slice(key).expect("keys of 1 to 32 bytes");
     m.update(macced);
     m.verify_slice(got).is_ok()
 }
 
-/// Builds a handshake message: header, `noise`, then mac1 and a zero mac2 (cookies are not
-/// in yet).
+/// Builds a handshake message: header, `noise`, then mac1 and a zero mac2 (the cookie jar
+/// writes mac2 when it holds a cookie).
 pub fn handshake_message(kind: u8, indices: &[u32], noise: &[u8], receiver_public: &[u8; 32]) -> Vec<u8> {
     let mut v = Vec::with_capacity(INITIATION_LEN);
     v.extend_from_slice(&[kind, 0, 0, 0]);
@@ -192,15 +195,8 @@ pub fn handshake_message(kind: u8, indices: &[u32], noise: &[u8], receiver_publi
 /// Writes mac2 (keyed by a cookie from the receiver) into a finished handshake message.
 pub fn set_mac2(msg: &mut [u8], cookie: &[u8; 16]) {
     let at = msg.len() - 16;
-    let m = mac(&pad_key(cookie), &msg[..at]);
+    let m = mac(cookie, &msg[..at]);
     msg[at..].copy_from_slice(&m);
-}
-
-/// A 16-byte cookie as a 32-byte MAC key (zero-padded: BLAKE2s keys up to 32 bytes).
-pub fn pad_key(cookie: &[u8; 16]) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(cookie);
-    k
 }
 
 pub fn data_header(receiver: u32, counter: u64) -> [u8; DATA_HEADER_LEN] {

@@ -8,6 +8,7 @@ use snow::StatelessTransportState;
 
 use super::{
     messages::{self, Data, DATA_HEADER_LEN, TAG_LEN},
+    packet::padded_len,
     replay::{ReplayWindow, MAX_COUNTER},
 };
 
@@ -41,19 +42,25 @@ impl Session {
         Session { local, remote, initiator, keys, next: 0, replay: ReplayWindow::new() }
     }
 
-    /// Encrypts `packet` into a data message.
-    pub fn seal(&mut self, packet: &[u8]) -> Result<Vec<u8>, SessionError> {
+    /// Encrypts `packet` into a data message, padded with zeros to a multiple of 16 bytes
+    /// but not past `mtu` (WireGuard's rule; the receiver cuts the padding off by the
+    /// packet's own header).
+    pub fn seal(&mut self, packet: &[u8], mtu: usize) -> Result<Vec<u8>, SessionError> {
         if self.next >= MAX_COUNTER {
             return Err(SessionError::Exhausted);
         }
-        if packet.len() > 65535 - TAG_LEN {
+        let padded = padded_len(packet.len(), mtu);
+        if padded > 65535 - TAG_LEN {
             return Err(SessionError::TooLarge);
         }
         let counter = self.next;
         self.next += 1;
-        let mut out = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
+        let mut plain = Vec::with_capacity(padded);
+        plain.extend_from_slice(packet);
+        plain.resize(padded, 0);
+        let mut out = vec![0u8; DATA_HEADER_LEN + padded + TAG_LEN];
         out[..DATA_HEADER_LEN].copy_from_slice(&messages::data_header(self.remote, counter));
-        self.keys.write_message(counter, packet, &mut out[DATA_HEADER_LEN..]).map_err(|_| SessionError::TooLarge)?;
+        self.keys.write_message(counter, &plain, &mut out[DATA_HEADER_LEN..]).map_err(|_| SessionError::TooLarge)?;
         Ok(out)
     }
 

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod deb;
 mod fuzz;
+mod peers;
 mod setup;
 mod testnet;
 
@@ -141,11 +142,12 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     let deb = deb::package("dev")?;
     deb::lint(&deb)?;
     let system_root = deb::system_root()?;
+    let boringtun = peers::boringtun()?;
     // Unit tests and the end-to-end tests (real eBPF, namespaces, captures).
     let mut c = cargo();
     // Default members: ttp-ebpf's programs only build for the bpf target.
     c.args(["test", "--", "--test-threads", "2"]).args(args);
-    c.env("TTP_TEST_DEB", &deb).env("TTP_TEST_DEBIAN_ROOT", &system_root);
+    c.env("TTP_TEST_DEB", &deb).env("TTP_TEST_DEBIAN_ROOT", &system_root).env("TTP_TEST_BORINGTUN", &boringtun);
     // Every test passes its own --user: a daemon started without one creates the system
     // user `ttp` on the host (one test once did). Should one slip through again, the host
     // gets its user database back and the run says so.

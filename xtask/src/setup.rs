@@ -38,6 +38,11 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "hyperfine",
     "wireguard-tools",
+    // a WireGuard implementation the tunnel is tested against (boringtun-cli is built
+    // from crates.io under target/peers)
+    "wireguard-go",
+    // watches how `ttp tunnel peer add` creates the file with a private key
+    "strace",
     // the Debian package and the booted Debian it is tested on
     "dpkg-dev",
     "lintian",

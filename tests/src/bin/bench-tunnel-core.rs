@@ -65,9 +65,9 @@ fn ttp_handshakes() -> Result<f64> {
         let Ok(Message::Initiation(m)) = parse(&msg) else { anyhow::bail!("initiation") };
         let acc = respond(&b, &m, i, |_| Some((keys_a.clone(), None)))?;
         let Ok(Message::Response(r)) = parse(&acc.response) else { anyhow::bail!("response") };
-        let mut sa = init.finish(&a, &r)?;
+        let mut sa = init.finish(&a, &r).map_err(|r| r.error)?;
         let mut sb = acc.session;
-        let d = sa.seal(&[])?;
+        let d = sa.seal(&[], 0)?;
         let Ok(Message::Data(d)) = parse(&d) else { anyhow::bail!("data") };
         sb.open(&d)?;
     }
@@ -80,11 +80,11 @@ fn ttp_data() -> Result<f64> {
     let Ok(Message::Initiation(m)) = parse(&msg) else { anyhow::bail!("initiation") };
     let acc = respond(&b, &m, 2, |_| Some((PeerKeys { public: a.public, psk: None }, None)))?;
     let Ok(Message::Response(r)) = parse(&acc.response) else { anyhow::bail!("response") };
-    let (mut sa, mut sb) = (init.finish(&a, &r)?, acc.session);
+    let (mut sa, mut sb) = (init.finish(&a, &r).map_err(|r| r.error)?, acc.session);
     let packet = vec![0x45u8; PACKET];
     let t0 = Instant::now();
     for _ in 0..PACKETS {
-        let d = sa.seal(&packet)?;
+        let d = sa.seal(&packet, 0)?;
         let Ok(Message::Data(d)) = parse(&d) else { anyhow::bail!("data") };
         let p = sb.open(&d)?;
         std::hint::black_box(p);

@@ -1,14 +1,17 @@
 //! A gateway and its client after a real handshake, driven by any sequence of inner
-//! packets, waits, new handshakes and an attacker's datagrams (replays, single-byte
-//! tampering, spoofed inner sources, arbitrary bytes, floods of initiations that put the
-//! gateway under load, so that handshakes go through cookies). Whatever the sequence:
+//! packets, waits, new handshakes and an attacker's datagrams to either side (replays,
+//! single-byte tampering, spoofed inner sources, arbitrary bytes, responses forged with a
+//! valid mac1, floods of initiations that put the gateway under load, so that handshakes
+//! go through cookies). Whatever the sequence:
 //! - nothing panics;
 //! - every inner packet a side hands to its TUN was sent by the other side, and no more
 //!   often than it was sent (no forgery, no replay);
 //! - a replayed or tampered datagram, or an inner packet with a source the client may not
 //!   use, is never handed to the TUN;
 //! - while no session can have expired (the first 100 s), each packet sent goes through
-//!   unchanged, at once.
+//!   unchanged, at once;
+//! - a forged response that reaches the client before the real one does not cost the
+//!   client its handshake.
 #![no_main]
 
 use std::{
@@ -23,8 +26,8 @@ use libfuzzer_sys::fuzz_target;
 use ttp_tunnel::{
     handshake::{self, Identity},
     keys,
-    messages::DATA,
-    protocol::{Action, Core, PeerConfig},
+    messages::{mac, mac1_key, DATA, RESPONSE},
+    protocol::{Action, Core, PeerConfig, PeerId},
 };
 
 const CLIENT_INNER: [u8; 4] = [10, 77, 0, 2];
@@ -43,6 +46,12 @@ enum Op {
     Tamper { which: u16, at: u16, xor: u8 },
     /// Any bytes, from one of a few addresses (the client's among them), to the gateway.
     Raw { from: u8, bytes: Vec<u8> },
+    /// Any bytes, from the gateway's address or another, to the client (the initiator).
+    RawToClient { from_gw: bool, bytes: Vec<u8> },
+    /// The client starts a new handshake, and a response forged from the real one (one
+    /// byte of its Noise part changed, mac1 made valid again: it only takes the client's
+    /// public key) reaches the client before the real one.
+    ForgedResponse { at: u8, xor: u8 },
     /// Time passes; both sides' timers run, and what they send is delivered.
     Wait { secs: u8 },
     /// The client starts a new handshake.
@@ -88,10 +97,12 @@ fn client_addr() -> SocketAddr {
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    let payload = &payload[..payload.len().min(1400)];
+    let len = (20 + payload.len() as u16).to_be_bytes();
+    let mut p = vec![0x45, 0, len[0], len[1], 0, 0, 0, 0, 64, 17, 0, 0];
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
-    p.extend_from_slice(&payload[..payload.len().min(1400)]);
+    p.extend_from_slice(payload);
     p
 }
 
@@ -106,7 +117,8 @@ impl World {
             g.clone(),
             vec![PeerConfig { public: c.public, psk, allowed: vec!["10.77.0.2/32".parse().unwrap()], endpoint: None }],
             t0,
-        );
+        )
+        .unwrap();
         let client = Core::new(
             c,
             vec![PeerConfig {
@@ -116,9 +128,10 @@ impl World {
                 endpoint: Some(gw_addr()),
             }],
             t0,
-        );
+        )
+        .unwrap();
         let mut w = World { gw, client, t0, clock: Duration::ZERO, wire: Vec::new(), in_flight: HashMap::new() };
-        let init = w.client.initiate(0, t0, w.wall());
+        let init = w.client.initiate(PeerId(0), t0, w.wall());
         w.exchange(false, init);
         w
     }
@@ -127,13 +140,14 @@ impl World {
         self.t0 + self.clock
     }
 
-    /// Wall-clock time for handshake timestamps: moves with the clock, and a little with
-    /// every handshake so that a new one is always newer.
+    /// Wall-clock time for handshake timestamps: moves with the clock, and with every
+    /// datagram by more than a timestamp's grain (2^24 ns) so that a new handshake is
+    /// always newer.
     fn wall(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH
             + Duration::from_secs(1_700_000_000)
             + self.clock
-            + Duration::from_millis(self.wire.len() as u64)
+            + Duration::from_millis(20 * self.wire.len() as u64)
     }
 
     /// Delivers one datagram to a side and returns what that side does.
@@ -157,7 +171,7 @@ impl World {
                 Action::Network(_, d) => self.deliver(!by_gw, d),
                 Action::Tunnel(_, p) => {
                     self.handed_to_tun(by_gw, &p);
-                    return first.or(Some(Action::Tunnel(0, p)));
+                    return first.or(Some(Action::Tunnel(PeerId(0), p)));
                 }
                 Action::None => return first.or(Some(Action::None)),
             };
@@ -263,9 +277,33 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert!(!matches!(a, Action::Tunnel(..)), "a flood reached the gateway's TUN");
                 }
             }
+            Op::RawToClient { from_gw, bytes } => {
+                let src = if from_gw { gw_addr() } else { "203.0.113.9:1".parse().unwrap() };
+                let now = w.now();
+                let a = w.client.from_network(src, &bytes, now);
+                assert!(!matches!(a, Action::Tunnel(..)), "arbitrary bytes reached the client's TUN");
+            }
+            Op::ForgedResponse { at, xor } if xor != 0 => {
+                let (now, wall) = (w.now(), w.wall());
+                let Action::Network(_, init) = w.client.initiate(PeerId(0), now, wall) else { return };
+                let Action::Network(_, resp) = w.deliver(true, init) else { return };
+                if resp[0] != RESPONSE {
+                    return; // a cookie reply: the gateway is under load
+                }
+                let mut forged = resp.clone();
+                forged[12 + usize::from(at) % 48] ^= xor;
+                let client_public = keys::identity([2; 32]).public;
+                let m1 = mac(&mac1_key(&client_public), &forged[..60]);
+                forged[60..76].copy_from_slice(&m1);
+                w.attack(false, forged);
+                let confirm = w.deliver(false, resp);
+                assert!(matches!(confirm, Action::Network(..)), "a forged response cost the client its handshake");
+                w.exchange(false, confirm);
+            }
+            Op::ForgedResponse { .. } => {}
             Op::Rehandshake => {
                 let (now, wall) = (w.now(), w.wall());
-                let a = w.client.initiate(0, now, wall);
+                let a = w.client.initiate(PeerId(0), now, wall);
                 w.exchange(false, a);
             }
         }

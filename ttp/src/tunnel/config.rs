@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{handshake::Identity, keys, protocol::PeerConfig};
+use super::{allowed, handshake::Identity, keys, protocol::PeerConfig};
 
 /// The default TUN MTU: 1500 less the outer IPv6 (40) and UDP (8) headers and the tunnel's
 /// own data header (16) and tag (16), rounded down to a multiple of 16.
@@ -85,9 +85,16 @@ impl TunnelConfig {
             if let Some(m) = peers.iter().position(|q| q.public == public) {
                 anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
             }
+            // Overlaps, not only repeats: a peer holding a prefix around another's address
+            // could send as that peer (and be isolated as it on Tor).
             for (m, q) in peers.iter().enumerate() {
-                if let Some(net) = p.allowed_ips.iter().find(|a| q.allowed.contains(a)) {
-                    anyhow::bail!("peer {n} and peer {} both claim {net}", m + 1);
+                for net in &p.allowed_ips {
+                    if let Some(held) = q.allowed.iter().find(|h| allowed::overlap(h, net)) {
+                        anyhow::bail!(
+                            "peer {n}'s {net} overlaps peer {}'s {held}: peers' addresses must be apart",
+                            m + 1
+                        );
+                    }
                 }
             }
             let psk = match &p.preshared_key {
@@ -165,20 +172,45 @@ pub fn remove_peer_from_file(path: &Path, public_key: &str) -> Result<TunnelConf
     })
 }
 
-/// Reads, edits, checks, and replaces the file (atomically, with the same permissions:
-/// it holds a private key).
+/// Reads, edits, checks, and replaces the file.
 fn edit_file(path: &Path, edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<()>) -> Result<TunnelConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("parsing {}", path.display()))?;
     edit(&mut doc)?;
     let new = doc.to_string();
     let cfg = TunnelConfig::parse(&new).with_context(|| format!("{} would not be valid", path.display()))?;
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
-    let perms = std::fs::metadata(path)?.permissions();
-    std::fs::set_permissions(&tmp, perms)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    replace_private(path, new.as_bytes()).with_context(|| format!("replacing {}", path.display()))?;
     Ok(cfg)
+}
+
+/// Replaces the file at `path`, which holds a private key, with `contents`, so that the
+/// key is never readable by others, not even for a moment, and a crash leaves the old
+/// file or the new one, never a mix:
+/// - the new file is created beside it under a random name, exclusively (never through a
+///   name planted in advance) and with mode 0600 from the start (tempfile does both);
+/// - it gets the old file's owner and group, and its mode without any bits for others;
+/// - it reaches the disk before it replaces the old one by a rename, and the directory
+///   after, so the rename itself is durable.
+pub fn replace_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::PermissionsExt};
+    let old = std::fs::metadata(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".ttp-").suffix(".new").tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    let file = tmp.as_file();
+    std::os::unix::fs::fchown(
+        file,
+        Some(std::os::unix::fs::MetadataExt::uid(&old)),
+        Some(std::os::unix::fs::MetadataExt::gid(&old)),
+    )?;
+    file.set_permissions(std::fs::Permissions::from_mode(old.permissions().mode() & 0o770))?;
+    file.sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,7 +262,8 @@ mod tests {
         let third = keys::encode(&Identity::generate().unwrap().public);
         for (bad, why) in [
             (entry(&second, "10.77.0.4/32"), "same public key"),
-            (entry(&third, "10.77.0.2/32"), "both claim 10.77.0.2/32"),
+            (entry(&third, "10.77.0.2/32"), "peer 3's 10.77.0.2/32 overlaps peer 1's 10.77.0.2/32"),
+            (entry(&third, "10.77.0.0/30"), "peer 3's 10.77.0.0/30 overlaps peer 1's 10.77.0.2/32"),
             (entry("not-a-key", "10.77.0.4/32"), "public-key"),
         ] {
             let e = format!("{:#}", add_peer_to_file(&path, &bad).unwrap_err());

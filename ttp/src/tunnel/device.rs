@@ -184,8 +184,11 @@ pub async fn start(cfg: TunnelConfig, udp: std::net::UdpSocket) -> Result<(Devic
         commands,
         pinned: Arc::new(Mutex::new(pinned)),
     };
-    let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now()).with_rekey_after(cfg.rekey_after);
-    Ok((device, Runner { core, npeers: cfg.peers.len(), tun, udp, mtu: cfg.mtu as usize, status, commands: rx }))
+    let core = Core::new(cfg.identity.clone(), cfg.peers.clone(), Instant::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_rekey_after(cfg.rekey_after)
+        .with_mtu(cfg.mtu as usize);
+    Ok((device, Runner { core, tun, udp, mtu: cfg.mtu as usize, status, commands: rx }))
 }
 
 /// A device set up and not yet running. Its TUN and socket are registered with the
@@ -193,7 +196,6 @@ pub async fn start(cfg: TunnelConfig, udp: std::net::UdpSocket) -> Result<(Devic
 /// of its own.
 pub struct Runner {
     core: Core,
-    npeers: usize,
     tun: tun::Device,
     udp: std::net::UdpSocket,
     mtu: usize,
@@ -209,7 +211,7 @@ impl Runner {
     pub async fn run(self) -> Result<()> {
         let tun = tun::AsyncDevice::new(self.tun).context("registering the TUN")?;
         let udp = UdpSocket::from_std(self.udp).context("registering the tunnel's socket")?;
-        run(self.core, self.npeers, tun, udp, self.mtu, self.status, self.commands).await
+        run(self.core, tun, udp, self.mtu, self.status, self.commands).await
     }
 
     /// Runs the device on a thread of its own with a current-thread runtime (for the
@@ -242,7 +244,6 @@ impl Runner {
 
 async fn run(
     mut core: Core,
-    npeers: usize,
     tun: tun::AsyncDevice,
     udp: UdpSocket,
     mtu: usize,
@@ -257,7 +258,7 @@ async fn run(
     let mut offload = Offload::enable(&udp);
     let io = &mut Io { udp: &udp, tun: &tun, out: &mut out, offload: &mut offload };
     // A client reaches out at once; a gateway waits to be reached.
-    for peer in 0..npeers {
+    for peer in core.peer_ids() {
         let a = core.initiate(peer, Instant::now(), SystemTime::now());
         io.apply(a).await?;
     }
@@ -302,15 +303,10 @@ async fn run(
             Some(cmd) = commands.recv() => {
                 let (outcome, reply) = match cmd {
                     Command::Add(cfg, reply) => (core.add_peer(cfg).map(drop), reply),
-                    Command::Remove(public, reply) => (core.remove_peer(&public), reply),
+                    Command::Remove(public, reply) => (core.remove_peer(&public).map(drop), reply),
                 };
                 if outcome.is_ok() {
-                    // Indices may have moved: the table is rebuilt, and filled at the next tick.
-                    *status.lock().expect("status lock") = core
-                        .public_keys()
-                        .iter()
-                        .map(|k| PeerStatus { public_key: super::keys::encode(k), ..PeerStatus::default() })
-                        .collect();
+                    *status.lock().expect("status lock") = peer_status(&core, Instant::now());
                 }
                 let _ = reply.send(outcome);
             }
@@ -319,19 +315,26 @@ async fn run(
                     io.apply(a).await?;
                 }
                 io.flush().await;
-                let mut st = status.lock().expect("status lock");
-                let now = Instant::now();
-                for (i, s) in st.iter_mut().enumerate() {
-                    s.endpoint = core.endpoint(i);
-                    s.drops = core.drops(i).map(DropCounts::from).unwrap_or_default();
-                    if let Some(t) = core.traffic(i) {
-                        s.last_handshake_secs = t.handshake_at.map(|at| now.duration_since(at).as_secs());
-                        (s.rx_bytes, s.tx_bytes) = (t.rx_bytes, t.tx_bytes);
-                    }
-                }
+                *status.lock().expect("status lock") = peer_status(&core, Instant::now());
             }
         }
     }
+}
+
+/// What `ttp status` shows of the core's peers, in the order they were added.
+fn peer_status(core: &Core, now: Instant) -> Vec<PeerStatus> {
+    core.peer_ids()
+        .into_iter()
+        .filter_map(|id| core.peer(id))
+        .map(|p| PeerStatus {
+            public_key: super::keys::encode(&p.public),
+            endpoint: p.endpoint,
+            last_handshake_secs: p.traffic.handshake_at.map(|at| now.duration_since(at).as_secs()),
+            rx_bytes: p.traffic.rx_bytes,
+            tx_bytes: p.traffic.tx_bytes,
+            drops: DropCounts::from(&p.drops),
+        })
+        .collect()
 }
 
 /// Where actions go: the TUN at once, datagrams into the batch sent by [`Io::flush`]
