@@ -99,7 +99,7 @@ impl Wan {
     }
 
     /// A WireGuard interface `ifname` in `ns`, up with `address`, configured by
-    /// `wg set ifname ARGS...` (files named in ARGS are written from `files`).
+    /// `wg set ifname ARGS...` (if there are any).
     fn wireguard(&mut self, which: Impl, ns: &Netns, ifname: &str, address: &str, wg_args: &[&str]) {
         let sock = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
         let mut c = ns.cmd(which.program());
@@ -129,7 +129,9 @@ impl Wan {
             assert!(t0.elapsed() < Duration::from_secs(10), "{which:?} made no UAPI socket {}", sock.display());
             std::thread::sleep(Duration::from_millis(50));
         }
-        run(ns.cmd("wg").args(["set", ifname]).args(wg_args)).unwrap();
+        if !wg_args.is_empty() {
+            run(ns.cmd("wg").args(["set", ifname]).args(wg_args)).unwrap();
+        }
         ns.ip(&["addr", "add", address, "dev", ifname]).unwrap();
         ns.ip(&["link", "set", ifname, "mtu", "1420", "up"]).unwrap();
     }
@@ -287,4 +289,105 @@ fn a_ttp_client_uses_a_wireguard_go_gateway_across_rekeys() {
     // At least two rekeys (under iperf3's load a handshake datagram may be dropped, as any
     // UDP datagram may, and then waits for its retry).
     assert!(initiations(&lines) >= 2, "{} handshakes in 8 s with rekey-after = 2", initiations(&lines));
+}
+
+/// `ttp tunnel peer ARGS... --config gw.toml` in the gateway's namespace, under strace
+/// (what it opens and how); returns its output and strace's lines.
+fn peer_cmd(wan: &Wan, args: &[&str]) -> (std::process::Output, Vec<String>) {
+    let log = wan.dir.0.join("strace.log");
+    let mut c = wan.gw.cmd("strace");
+    c.args(["-f", "-qq", "-e", "trace=open,openat,creat,chmod,fchmod,fchmodat", "-o"]).arg(&log);
+    c.arg(bin("ttp")).args(["tunnel", "peer"]).args(args).arg("--config").arg(wan.dir.0.join("gw.toml"));
+    if args[0] != "show" {
+        c.args(["--runtime-dir", "/nonexistent"]);
+    }
+    let out = c.output().unwrap();
+    let trace = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+    (out, trace)
+}
+
+/// Every file `trace` shows created or re-moded under `dir` was created exclusively
+/// with mode 0600, and never given bits for others: a private key is never readable by
+/// anyone else, not even for a moment.
+fn assert_private(trace: &[String], dir: &std::path::Path) {
+    let dir = dir.to_string_lossy();
+    let created: Vec<&String> = trace.iter().filter(|l| l.contains(&*dir) && l.contains("O_CREAT")).collect();
+    assert!(!created.is_empty(), "nothing created under {dir}: {trace:#?}");
+    for l in created {
+        assert!(l.contains("O_EXCL") && l.contains(", 0600)"), "created readable by others, or not exclusively: {l}");
+    }
+    for l in trace.iter().filter(|l| l.contains("chmod(")) {
+        let mode = l.rsplit_once(", ").and_then(|(_, m)| m.split(')').next()).unwrap_or_default();
+        let mode = u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0);
+        assert_eq!(mode & 0o007, 0, "a private file given bits for others: {l}");
+    }
+}
+
+#[test]
+fn devices_added_with_peer_add_work_from_their_printed_configuration() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wan = Wan::new(2);
+    let gw_key = key(&["genkey"], None);
+    let gw_file = wan.file(
+        "gw.toml",
+        &format!("# the gateway\nprivate-key = \"{gw_key}\"\nlisten-port = 51820\naddress = [\"{GW_INNER}/24\"]\n"),
+    );
+    std::fs::set_permissions(&gw_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let endpoint = format!("{GW_OUTER}:51820");
+
+    // Without a default route there is nothing to guess the endpoint from: one clear
+    // error, and nothing changes.
+    let before = std::fs::read_to_string(&gw_file).unwrap();
+    let (out, _) = peer_cmd(&wan, &["add", "phone"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--endpoint"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&gw_file).unwrap(), before);
+
+    let (out, trace) = peer_cmd(&wan, &["add", "phone", "--endpoint", &endpoint, "--qr"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_private(&trace, &wan.dir.0);
+    let kept = wan.dir.0.join("peers/phone.conf");
+    let phone = std::fs::read_to_string(&kept).unwrap();
+    assert!(text.contains(&phone) && text.contains('█'), "the configuration and its QR code: {text}");
+    assert!(phone.contains(&format!("Address = {}/32", peer_inner(0))) && phone.contains("DNS = 10.77.0.1"), "{phone}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&gw_file), mode(&kept), mode(&wan.dir.0.join("peers"))), (0o600, 0o600, 0o700));
+    assert!(std::fs::read_to_string(&gw_file).unwrap().starts_with("# the gateway\n"), "the file's comment kept");
+    let (out, _) = peer_cmd(&wan, &["add", "laptop", "--endpoint", &endpoint]);
+    assert!(out.status.success(), "{out:?}");
+    let (out, _) = peer_cmd(&wan, &["add", "laptop", "--endpoint", &endpoint]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a peer named laptop"), "{out:?}");
+    let (out, _) = peer_cmd(&wan, &["show", "phone"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&phone), "{out:?}");
+
+    let gw = Netns::borrowed(&wan.gw.path());
+    wan.ttp(&gw, "gw-running.toml", &std::fs::read_to_string(&gw_file).unwrap());
+
+    // The phone's file, as a WireGuard app would import it: into wireguard-go with
+    // `wg setconf` (after `wg-quick strip`, which takes out wg-quick's own keys).
+    let ns = Netns::borrowed(&wan.peers[0].path());
+    let ifname = format!("wgd{}", std::process::id() % 10000);
+    let conf = wan.file(&format!("{ifname}.conf"), &phone);
+    let stripped = run(ns.cmd("wg-quick").arg("strip").arg(&conf)).unwrap();
+    let stripped = wan.file("phone.stripped", &String::from_utf8_lossy(&stripped.stdout));
+    let address = format!("{}/32", peer_inner(0));
+    wan.wireguard(Impl::WireguardGo, &ns, &ifname, &address, &[]);
+    run(ns.cmd("wg").args(["setconf", &ifname]).arg(&stripped)).unwrap();
+    ns.ip(&["route", "add", &format!("{GW_INNER}/32"), "dev", &ifname]).unwrap();
+    assert!(reaches(&ns, GW_INNER), "wireguard-go with the printed configuration never reached the gateway");
+
+    // The laptop's, as is, to `ttp tunnel up` (everything routed into the tunnel but the
+    // way to the gateway).
+    let laptop = std::fs::read_to_string(wan.dir.0.join("peers/laptop.conf")).unwrap();
+    let ns = Netns::borrowed(&wan.peers[1].path());
+    wan.ttp(&ns, "laptop.conf", &laptop);
+    assert!(reaches(&ns, GW_INNER), "ttp with the printed configuration never reached the gateway");
+
+    // Removed: its kept configuration goes with it.
+    let (out, _) = peer_cmd(&wan, &["remove", "phone"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!kept.exists());
+    let (out, _) = peer_cmd(&wan, &["list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("laptop") && !list.contains("phone"), "{list}");
 }

@@ -243,7 +243,10 @@ fn main() -> ExitCode {
         Cmd::Watchdog { cmd } => !matches!(cmd, WatchdogCmd::Status { .. }),
         Cmd::Tunnel { cmd } => {
             use cli::tunnel::{PeerCmd, TunnelCmd};
-            matches!(cmd, TunnelCmd::Up { .. } | TunnelCmd::Peer { cmd: PeerCmd::Add { .. } | PeerCmd::Remove { .. } })
+            // `show` prints a device's private key.
+            let root_peer =
+                |c: &PeerCmd| matches!(c, PeerCmd::Add { .. } | PeerCmd::Remove { .. } | PeerCmd::Show { .. });
+            matches!(cmd, TunnelCmd::Up { .. }) || matches!(cmd, TunnelCmd::Peer { cmd } if root_peer(cmd))
         }
         _ => false,
     };

@@ -74,7 +74,17 @@ pub fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("building the fuzz targets of {dir} (needs cargo-fuzz: cargo xtask setup)"))?;
         for t in chosen {
             let mut c = fuzz("run");
-            c.arg(t).args(["--", &format!("-max_total_time={}", args.seconds), "-print_final_stats=1"]);
+            c.arg(t);
+            // Seeds (committed, in `seeds/<target>/`) for inputs a short run would not
+            // find by itself, such as a well-formed key; read beside the corpus, which
+            // stays where new inputs go.
+            let seeds = crate::root().join(dir).join("seeds").join(t);
+            if seeds.is_dir() {
+                let corpus = crate::root().join(dir).join("corpus").join(t);
+                std::fs::create_dir_all(&corpus)?;
+                c.arg(corpus).arg(seeds);
+            }
+            c.args(["--", &format!("-max_total_time={}", args.seconds), "-print_final_stats=1"]);
             crate::sh(&mut c).with_context(|| {
                 format!(
                     "fuzz target {t} failed: the input is in {dir}/artifacts/{t}/; replay it with \

@@ -254,11 +254,14 @@ fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
         (out.status.success(), text)
     };
     let newcomer = key(&["pubkey"], &key(&["genkey"], ""));
-    let (ok, text) = peer_cmd(&["add", "--public-key", &newcomer, "--allowed-ips", "10.77.0.5/32", "--generate-psk"]);
-    assert!(ok && text.contains("the running gateway has it now") && text.contains("preshared-key"), "{text}");
+    let endpoint = "192.0.2.1:51820";
+    let add = ["add", "newcomer", "--public-key", &newcomer, "--address", "10.77.0.5/32", "--endpoint", endpoint];
+    let (ok, text) = peer_cmd(&add);
+    assert!(ok && text.contains("the running gateway has it now") && text.contains("PresharedKey = "), "{text}");
     // Outside the tunnel's prefix a running gateway cannot route: saved, but refused live.
     let far = key(&["pubkey"], &key(&["genkey"], ""));
-    let (ok, text) = peer_cmd(&["add", "--public-key", &far, "--allowed-ips", "10.99.0.1/32"]);
+    let (ok, text) =
+        peer_cmd(&["add", "far", "--public-key", &far, "--address", "10.99.0.1/32", "--endpoint", endpoint]);
     assert!(!ok && text.contains("outside the tunnel's own prefixes"), "{text}");
     let (ok, text) = peer_cmd(&["list"]);
     assert!(ok && text.contains(&newcomer) && text.contains("not in the running gateway"), "{text}");
@@ -274,7 +277,7 @@ fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
     };
     assert!(peers(w).contains(&newcomer), "{:?}", peers(w));
     let first = key(&["pubkey"], &std::fs::read_to_string(b.dir.0.join("peer.key")).unwrap());
-    let (ok, text) = peer_cmd(&["remove", "--public-key", &first]);
+    let (ok, text) = peer_cmd(&["remove", &first]);
     assert!(ok, "{text}");
     assert!(!peers(w).contains(&first));
     assert_ne!(b.peer_curl(page), PAGE, "a removed peer still reaches the internet");

@@ -10,10 +10,10 @@ use clap::Subcommand;
 use ttp::{
     control::{self, PeerChange, Reply, Request},
     tunnel::{
-        config::{self as tconfig, PeerEntry, TunnelConfig},
+        config::{self as tconfig, TunnelConfig},
         device,
         handshake::Identity,
-        keys,
+        keys, onboard,
     },
 };
 
@@ -37,41 +37,68 @@ pub enum TunnelCmd {
     },
 }
 
+/// Where a gateway's tunnel file is when none is named.
+pub const DEFAULT_CONFIG: &str = "/etc/ttp/tunnel.toml";
+
 #[derive(Subcommand)]
 pub enum PeerCmd {
-    /// Add a peer to the gateway's file and, if it runs, to the gateway.
+    /// Add a device: its keys (unless it brings its public key), a free tunnel address,
+    /// saved in the gateway's file and applied to the running gateway; prints the
+    /// device's WireGuard configuration, and a QR code for phone apps.
     Add {
-        /// The gateway's tunnel config file (the one given to `ttp start --tunnel`).
-        #[arg(long, value_name = "FILE")]
+        /// The device's name ("phone", "laptop-anna"): letters, digits, '-', '_', '.'.
+        name: String,
+        /// The gateway's tunnel file (the one given to `ttp start --tunnel`).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// The peer's public key (from `ttp tunnel pubkey` on the peer).
+        /// The device's public key, if it made its own key pair (its app shows it); then
+        /// no private key is made, printed or kept.
         #[arg(long, value_name = "KEY")]
-        public_key: String,
-        /// The peer's tunnel addresses (its inner sources); comma-separated or repeated.
-        #[arg(long, value_name = "PREFIX", value_delimiter = ',', required = true)]
-        allowed_ips: Vec<ipnet::IpNet>,
-        /// Where to reach the peer first (peers usually reach the gateway instead).
-        #[arg(long, value_name = "ADDR:PORT")]
-        endpoint: Option<std::net::SocketAddr>,
-        /// Generate a pre-shared key for this peer and print it (give it to the peer).
+        public_key: Option<String>,
+        /// The device's tunnel addresses (default: the first free one in the gateway's
+        /// prefix); comma-separated or repeated.
+        #[arg(long = "address", visible_alias = "allowed-ips", value_name = "PREFIX", value_delimiter = ',')]
+        addresses: Vec<ipnet::IpNet>,
+        /// Where the device reaches the gateway, HOST:PORT (default: this host's address
+        /// toward its default route, and the file's listen-port). Behind NAT, give the
+        /// public name or address.
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<String>,
+        /// No pre-shared key (by default each device gets one: a second secret that keeps
+        /// its traffic safe even if X25519 falls one day).
         #[arg(long)]
-        generate_psk: bool,
+        no_psk: bool,
+        /// Do not keep the device's configuration on the gateway (then `show` cannot print
+        /// it again).
+        #[arg(long)]
+        no_keep: bool,
+        /// Print the QR code even when the output is not a terminal.
+        #[arg(long)]
+        qr: bool,
         #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
         runtime_dir: PathBuf,
     },
-    /// Remove a peer from the gateway's file and, if it runs, from the gateway (its
-    /// session ends at once).
-    Remove {
-        #[arg(long, value_name = "FILE")]
+    /// Print a device's configuration (and QR code) again, as `add` kept it.
+    Show {
+        name: String,
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        #[arg(long, value_name = "KEY")]
-        public_key: String,
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Remove a device (by name or public key) from the gateway's file and, if it runs,
+    /// from the gateway: its session ends at once, and its kept configuration goes.
+    Remove {
+        /// The device's name, or its public key.
+        name: String,
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
         runtime_dir: PathBuf,
     },
     /// List the peers of the file, with their live state if the gateway runs.
     List {
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
         runtime_dir: PathBuf,
@@ -101,30 +128,54 @@ pub fn run(cmd: TunnelCmd) -> Result<()> {
 
 fn peer(cmd: PeerCmd) -> Result<()> {
     match cmd {
-        PeerCmd::Add { config, public_key, allowed_ips, endpoint, generate_psk, runtime_dir } => {
-            let psk = if generate_psk {
-                let id = Identity::generate().map_err(|e| anyhow::anyhow!("generating a key: {e}"))?;
-                Some(keys::encode(&id.private))
-            } else {
-                None
-            };
-            let entry = PeerEntry { public_key: public_key.clone(), preshared_key: psk.clone(), allowed_ips, endpoint };
-            tconfig::add_peer_to_file(&config, &entry)?;
-            println!("peer {public_key} added to {}", config.display());
-            if let Some(psk) = psk {
-                println!("preshared-key for the peer's file: {psk}");
-            }
+        PeerCmd::Add { name, config, public_key, addresses, endpoint, no_psk, no_keep, qr, runtime_dir } => {
+            let added = onboard::add(&onboard::Request {
+                name: &name,
+                config: &config,
+                public_key: public_key.as_deref(),
+                addresses,
+                endpoint: endpoint.as_deref(),
+                psk: !no_psk,
+                keep: !no_keep,
+            })?;
+            println!("peer {name} added to {} ({})", config.display(), join(&added.entry.allowed_ips));
             let change = PeerChange::Add {
-                public_key,
-                preshared_key: entry.preshared_key,
-                allowed_ips: entry.allowed_ips,
-                endpoint,
+                public_key: added.entry.public_key.clone(),
+                preshared_key: added.entry.preshared_key.clone(),
+                allowed_ips: added.entry.allowed_ips.clone(),
+                endpoint: None,
             };
-            live(&runtime_dir, change)
+            let live = live(&runtime_dir, change);
+            println!(
+                "\nThe device's configuration (import it in its WireGuard app, or `ttp tunnel up --config {name}.conf`):\n"
+            );
+            print_device(&added.device, qr)?;
+            match &added.kept {
+                Some(p) => {
+                    println!("Kept in {} (root only): `ttp tunnel peer show {name}` prints it again.", p.display())
+                }
+                None if public_key.is_none() => println!("Not kept: this is the only time its private key is shown."),
+                None => {}
+            }
+            live
         }
-        PeerCmd::Remove { config, public_key, runtime_dir } => {
-            tconfig::remove_peer_from_file(&config, &public_key)?;
-            println!("peer {public_key} removed from {}", config.display());
+        PeerCmd::Show { name, config, qr } => {
+            let path = onboard::kept_path(&config, &name)?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("reading {} (only devices added without --no-keep are kept)", path.display())
+            })?;
+            print_device(&text, qr)
+        }
+        PeerCmd::Remove { name, config, runtime_dir } => {
+            let (_, public_key) = tconfig::remove_peer_from_file(&config, &name)?;
+            println!("peer {name} removed from {}", config.display());
+            if tconfig::valid_name(&name) {
+                let kept = onboard::kept_path(&config, &name)?;
+                if kept.exists() {
+                    std::fs::remove_file(&kept).with_context(|| format!("removing {}", kept.display()))?;
+                    println!("{} removed", kept.display());
+                }
+            }
             live(&runtime_dir, PeerChange::Remove { public_key })
         }
         PeerCmd::List { config, runtime_dir, json } => {
@@ -146,8 +197,10 @@ fn peer(cmd: PeerCmd) -> Result<()> {
             if json {
                 let rows: Vec<serde_json::Value> = peers
                     .iter()
-                    .map(|(key, p, state)| {
+                    .enumerate()
+                    .map(|(i, (key, p, state))| {
                         serde_json::json!({
+                            "name": cfg.peer_names[i],
                             "public_key": key,
                             "allowed_ips": p.allowed,
                             "preshared_key": p.psk.is_some(),
@@ -158,8 +211,8 @@ fn peer(cmd: PeerCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            for (key, p, state) in &peers {
-                let ips: Vec<String> = p.allowed.iter().map(|n| n.to_string()).collect();
+            for (i, (key, p, state)) in peers.iter().enumerate() {
+                let name = cfg.peer_names[i].as_deref().unwrap_or("-");
                 let state = match state {
                     Some(s) => match (s.endpoint, s.last_handshake_secs) {
                         (Some(e), Some(h)) => {
@@ -170,11 +223,25 @@ fn peer(cmd: PeerCmd) -> Result<()> {
                     None if live.is_empty() => "gateway not running".into(),
                     None => "not in the running gateway (restart to load it)".into(),
                 };
-                println!("{key}  {}  {state}", ips.join(","));
+                println!("{name}  {key}  {}  {state}", join(&p.allowed));
             }
             Ok(())
         }
     }
+}
+
+fn join(nets: &[ipnet::IpNet]) -> String {
+    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A device's configuration, and its QR code when a person is looking (or `--qr`).
+fn print_device(text: &str, qr: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    println!("{text}");
+    if qr || std::io::stdout().is_terminal() {
+        println!("{}", ttp::tunnel::wgquick::qr(text)?);
+    }
+    Ok(())
 }
 
 /// Tells a running gateway about a change already saved in its file.

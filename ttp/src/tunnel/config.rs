@@ -9,12 +9,15 @@
 //! rekey-after = 120              # seconds until a session this side started is renewed
 //!
 //! [[peer]]
+//! name = "phone"                 # optional: `ttp tunnel peer add phone` names it
 //! public-key = "base64 from `ttp tunnel pubkey`"
 //! preshared-key = "base64"       # optional
 //! allowed-ips = ["10.77.0.2/32"] # sources it may use; routed to it (a client may say
 //!                                # "0.0.0.0/0": everything but the way to the gateway)
 //! endpoint = "192.0.2.1:51820"   # where to reach it first (a client names its gateway)
 //! ```
+//!
+//! `ttp tunnel up` also takes WireGuard's own format (see [`super::wgquick`]).
 
 use std::{net::SocketAddr, path::Path};
 
@@ -46,6 +49,8 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct PeerFile {
+    /// The device's name (`ttp tunnel peer add NAME`).
+    name: Option<String>,
     public_key: String,
     preshared_key: Option<String>,
     #[serde(default)]
@@ -62,33 +67,88 @@ pub struct TunnelConfig {
     pub interface: String,
     pub mtu: u32,
     pub peers: Vec<PeerConfig>,
+    /// Each peer's name, if it has one (same order as `peers`).
+    pub peer_names: Vec<Option<String>>,
     /// `rekey-after`: renew the sessions this side starts after this, not two minutes.
     pub rekey_after: Option<std::time::Duration>,
 }
 
 impl TunnelConfig {
+    /// Reads a side's file: this TOML, or WireGuard's own format (`[Interface]`, as
+    /// wg-quick and the WireGuard apps write it), whose interface is named after the
+    /// file as wg-quick names it (`phone.conf` is `phone`) when that is a valid name.
     pub fn load(path: &Path) -> Result<TunnelConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        if super::wgquick::is_wg_quick(&text) {
+            let stem = path.file_stem().and_then(|s| s.to_str()).filter(|s| valid_ifname(s)).unwrap_or("ttp0");
+            let w = super::wgquick::WgQuick::parse(&text).with_context(|| format!("in {}", path.display()))?;
+            return w.to_tunnel_config(stem).with_context(|| format!("in {}", path.display()));
+        }
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<TunnelConfig> {
         let f: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let identity = keys::identity(keys::decode(&f.private_key).context("private-key")?);
-        let mut peers: Vec<PeerConfig> = Vec::new();
+        let mut peers = Vec::new();
         for (i, p) in f.peer.iter().enumerate() {
             let n = i + 1;
             let public = keys::decode(&p.public_key).with_context(|| format!("peer {n}: public-key"))?;
-            if public == identity.public {
+            let psk = match &p.preshared_key {
+                Some(k) => Some(keys::decode(k).with_context(|| format!("peer {n}: preshared-key"))?),
+                None => None,
+            };
+            peers.push(PeerConfig { public, psk, allowed: p.allowed_ips.clone(), endpoint: p.endpoint });
+        }
+        let mut c = Self::from_parts(
+            identity,
+            f.listen_port.unwrap_or(0),
+            f.address,
+            f.interface.unwrap_or_else(|| "ttp0".into()),
+            f.mtu,
+            peers,
+            f.peer.into_iter().map(|p| p.name).collect(),
+        )?;
+        c.rekey_after = match f.rekey_after {
+            Some(s @ 1..=120) => Some(std::time::Duration::from_secs(s)),
+            Some(s) => anyhow::bail!("rekey-after = {s}: between 1 and 120 seconds"),
+            None => None,
+        };
+        Ok(c)
+    }
+
+    /// A side from its parts, checked the same whichever format they came from: no peer
+    /// is this side itself or another peer again (by key or by name), and peers'
+    /// addresses are apart.
+    pub fn from_parts(
+        identity: Identity,
+        listen_port: u16,
+        addresses: Vec<IpNet>,
+        interface: String,
+        mtu: Option<u32>,
+        peers: Vec<PeerConfig>,
+        peer_names: Vec<Option<String>>,
+    ) -> Result<TunnelConfig> {
+        for (i, p) in peers.iter().enumerate() {
+            let n = i + 1;
+            if p.public == identity.public {
                 anyhow::bail!("peer {n} is this side's own public key");
             }
-            if let Some(m) = peers.iter().position(|q| q.public == public) {
-                anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
+            if let Some(name) = &peer_names[i] {
+                if !valid_name(name) {
+                    anyhow::bail!("peer {n}: name {name:?}: use letters, digits, '-', '_' and '.' (at most 32)");
+                }
+                if let Some(m) = peer_names[..i].iter().position(|o| o.as_ref() == Some(name)) {
+                    anyhow::bail!("peer {n} has the same name as peer {}: {name}", m + 1);
+                }
             }
-            // Overlaps, not only repeats: a peer holding a prefix around another's address
-            // could send as that peer (and be isolated as it on Tor).
-            for (m, q) in peers.iter().enumerate() {
-                for net in &p.allowed_ips {
+            for (m, q) in peers[..i].iter().enumerate() {
+                if q.public == p.public {
+                    anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
+                }
+                // Overlaps, not only repeats: a peer holding a prefix around another's
+                // address could send as that peer (and be isolated as it on Tor).
+                for net in &p.allowed {
                     if let Some(held) = q.allowed.iter().find(|h| allowed::overlap(h, net)) {
                         anyhow::bail!(
                             "peer {n}'s {net} overlaps peer {}'s {held}: peers' addresses must be apart",
@@ -97,31 +157,36 @@ impl TunnelConfig {
                     }
                 }
             }
-            let psk = match &p.preshared_key {
-                Some(k) => Some(keys::decode(k).with_context(|| format!("peer {n}: preshared-key"))?),
-                None => None,
-            };
-            peers.push(PeerConfig { public, psk, allowed: p.allowed_ips.clone(), endpoint: p.endpoint });
         }
         Ok(TunnelConfig {
             identity,
-            listen_port: f.listen_port.unwrap_or(0),
-            addresses: f.address,
-            interface: f.interface.unwrap_or_else(|| "ttp0".into()),
-            mtu: f.mtu.unwrap_or(DEFAULT_MTU),
+            listen_port,
+            addresses,
+            interface,
+            mtu: mtu.unwrap_or(DEFAULT_MTU),
             peers,
-            rekey_after: match f.rekey_after {
-                Some(s @ 1..=120) => Some(std::time::Duration::from_secs(s)),
-                Some(s) => anyhow::bail!("rekey-after = {s}: between 1 and 120 seconds"),
-                None => None,
-            },
+            peer_names,
+            rekey_after: None,
         })
     }
+}
+
+/// A peer's name: also a file name (its kept configuration), so nothing that walks paths.
+pub fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// An interface name the kernel takes (at most 15 bytes, no '/' or whitespace).
+fn valid_ifname(name: &str) -> bool {
+    (1..16).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A peer as `ttp tunnel peer add` writes it into a side's file.
 #[derive(Debug, Clone)]
 pub struct PeerEntry {
+    pub name: Option<String>,
     pub public_key: String,
     pub preshared_key: Option<String>,
     pub allowed_ips: Vec<IpNet>,
@@ -134,6 +199,9 @@ pub struct PeerEntry {
 pub fn add_peer_to_file(path: &Path, peer: &PeerEntry) -> Result<TunnelConfig> {
     edit_file(path, |doc| {
         let mut t = toml_edit::Table::new();
+        if let Some(name) = &peer.name {
+            t["name"] = toml_edit::value(name.as_str());
+        }
         t["public-key"] = toml_edit::value(peer.public_key.as_str());
         if let Some(psk) = &peer.preshared_key {
             t["preshared-key"] = toml_edit::value(psk.as_str());
@@ -154,22 +222,28 @@ pub fn add_peer_to_file(path: &Path, peer: &PeerEntry) -> Result<TunnelConfig> {
     })
 }
 
-/// Removes the peer with `public_key` from the file at `path`.
-pub fn remove_peer_from_file(path: &Path, public_key: &str) -> Result<TunnelConfig> {
-    let wanted = keys::decode(public_key).context("public key")?;
-    edit_file(path, |doc| {
+/// Removes the peer named `which` (its name, or its public key) from the file at `path`;
+/// returns the file as it is now and the removed peer's public key.
+pub fn remove_peer_from_file(path: &Path, which: &str) -> Result<(TunnelConfig, String)> {
+    let by_key = keys::decode(which).ok();
+    let mut removed = None;
+    let cfg = edit_file(path, |doc| {
         let Some(toml_edit::Item::ArrayOfTables(peers)) = doc.get_mut("peer") else {
             anyhow::bail!("the file has no peers");
         };
-        let before = peers.len();
-        peers.retain(|t| {
-            t.get("public-key").and_then(|k| k.as_str()).and_then(|k| keys::decode(k).ok()) != Some(wanted)
-        });
-        if peers.len() == before {
-            anyhow::bail!("no peer with public key {public_key} in the file");
-        }
+        let hit = |t: &toml_edit::Table| {
+            let key = t.get("public-key").and_then(|k| k.as_str());
+            t.get("name").and_then(|n| n.as_str()) == Some(which)
+                || (by_key.is_some() && key.and_then(|k| keys::decode(k).ok()) == by_key)
+        };
+        let Some(i) = peers.iter().position(hit) else {
+            anyhow::bail!("no peer named {which} (or with that public key) in the file");
+        };
+        removed = peers.get(i).and_then(|t| t.get("public-key")).and_then(|k| k.as_str()).map(str::to_string);
+        peers.remove(i);
         Ok(())
-    })
+    })?;
+    Ok((cfg, removed.context("the removed peer had no public key")?))
 }
 
 /// Reads, edits, checks, and replaces the file.
@@ -183,17 +257,25 @@ fn edit_file(path: &Path, edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Resu
     Ok(cfg)
 }
 
-/// Replaces the file at `path`, which holds a private key, with `contents`, so that the
-/// key is never readable by others, not even for a moment, and a crash leaves the old
-/// file or the new one, never a mix:
+/// Writes `contents`, which hold a private key, to `path` (replacing the file there, if
+/// any), so that the key is never readable by others, not even for a moment, and a crash
+/// leaves the old file or the new one, never a mix:
 /// - the new file is created beside it under a random name, exclusively (never through a
 ///   name planted in advance) and with mode 0600 from the start (tempfile does both);
-/// - it gets the old file's owner and group, and its mode without any bits for others;
+/// - it gets the old file's owner and group, and its mode without any bits for others
+///   (a new file: ours, 0600);
 /// - it reaches the disk before it replaces the old one by a rename, and the directory
 ///   after, so the rename itself is durable.
 pub fn replace_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::{io::Write, os::unix::fs::PermissionsExt};
-    let old = std::fs::metadata(path)?;
+    use std::{
+        io::Write,
+        os::unix::fs::{MetadataExt, PermissionsExt},
+    };
+    let old = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -201,12 +283,10 @@ pub fn replace_private(path: &Path, contents: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".ttp-").suffix(".new").tempfile_in(dir)?;
     tmp.write_all(contents)?;
     let file = tmp.as_file();
-    std::os::unix::fs::fchown(
-        file,
-        Some(std::os::unix::fs::MetadataExt::uid(&old)),
-        Some(std::os::unix::fs::MetadataExt::gid(&old)),
-    )?;
-    file.set_permissions(std::fs::Permissions::from_mode(old.permissions().mode() & 0o770))?;
+    if let Some(old) = &old {
+        std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o770))?;
+    }
     file.sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()?;
@@ -249,6 +329,7 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let second = keys::encode(&Identity::generate().unwrap().public);
         let entry = |key: &str, ip: &str| PeerEntry {
+            name: None,
             public_key: key.into(),
             preshared_key: None,
             allowed_ips: vec![ip.parse().unwrap()],
@@ -270,8 +351,8 @@ mod tests {
             assert!(e.contains(why), "{e}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), now);
         }
-        let cfg = remove_peer_from_file(&path, &first).unwrap();
-        assert_eq!(cfg.peers.len(), 1);
+        let (cfg, gone) = remove_peer_from_file(&path, &first).unwrap();
+        assert_eq!((cfg.peers.len(), gone), (1, first.clone()));
         assert!(format!("{:#}", remove_peer_from_file(&path, &first).unwrap_err()).contains("no peer"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

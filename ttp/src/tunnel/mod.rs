@@ -13,3 +13,5 @@ pub use ttp_tunnel::{
 pub mod config;
 pub mod device;
 pub mod gso;
+pub mod onboard;
+pub mod wgquick;
