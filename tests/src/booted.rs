@@ -233,7 +233,34 @@ impl Drop for Booted {
         if self.mounted_nspawn_run {
             let _ = Command::new("umount").arg("--lazy").arg("/run/systemd/nspawn").status();
         }
+        remove_systemd_mirror(&self.cgroup.path);
     }
+}
+
+/// On a hybrid host, systemd in the container also makes its cgroups in the v1
+/// `name=systemd` hierarchy, at the same path as in the unified one (`booted/payload`,
+/// `booted/supervisor`), and nothing removes them when the container goes: its
+/// directories go here, deepest first, up to the test's own (each is empty by now).
+fn remove_systemd_mirror(unified: &Path) {
+    let Ok(root) = ttp::cgroup::cgroup2_root() else { return };
+    let Ok(rel) = unified.strip_prefix(&root) else { return };
+    let v1 = Path::new("/sys/fs/cgroup/systemd");
+    let Some(top) = rel.components().next() else { return };
+    let top = v1.join(top);
+    if !top.is_dir() || top == v1 {
+        return;
+    }
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    rmdir_tree(&top);
 }
 
 fn is_mountpoint(p: &Path) -> bool {
