@@ -26,6 +26,7 @@ pub mod booted;
 pub mod bpfheld;
 pub mod exitlog;
 pub mod testnet;
+pub mod wireguard;
 
 /// Addresses of the test topology. Public ranges from the documentation blocks, so LAN
 /// bypass never applies to "internet" destinations by accident.

@@ -3,39 +3,19 @@
 //! both configured with `wg` as their users would. Namespaces made here, joined by veths;
 //! nothing reaches the host's network.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use ttp_tests::{bin, run, Capture, Netns, Proc, TempDir};
+use ttp_tests::{
+    bin, run,
+    wireguard::{Impl, Interface},
+    Capture, Netns, Proc, TempDir,
+};
 
 const GW_OUTER: &str = "192.0.2.1";
 const GW_INNER: &str = "10.77.0.1";
 
 fn key(args: &[&str], stdin: Option<&str>) -> String {
     ttp_tests::tunnel_key(args, stdin.unwrap_or("")).unwrap()
-}
-
-/// A WireGuard implementation run as its users run it: a userspace interface configured
-/// over its UAPI socket with `wg`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Impl {
-    WireguardGo,
-    Boringtun,
-}
-
-impl Impl {
-    fn program(self) -> PathBuf {
-        match self {
-            Impl::WireguardGo => "wireguard-go".into(),
-            Impl::Boringtun => std::env::var_os("TTP_TEST_BORINGTUN").map(PathBuf::from).unwrap_or_else(|| {
-                let p = ttp_tests::target_dir().join("peers/bin/boringtun-cli");
-                assert!(p.exists(), "{} is missing: `cargo xtask test` builds it", p.display());
-                p
-            }),
-        }
-    }
 }
 
 /// The gateway's namespace and one namespace per peer, each joined to the gateway by a
@@ -46,8 +26,7 @@ struct Wan {
     gw_ifs: Vec<String>,
     dir: TempDir,
     procs: Vec<Proc>,
-    /// UAPI sockets of the WireGuard sides: shared across namespaces, removed on drop.
-    socks: Vec<PathBuf>,
+    wg: Vec<Interface>,
 }
 
 fn peer_outer(i: usize) -> String {
@@ -79,7 +58,7 @@ impl Wan {
             peers.push(ns);
             gw_ifs.push(a);
         }
-        Wan { gw, peers, gw_ifs, dir: TempDir::new("wireguard"), procs: Vec::new(), socks: Vec::new() }
+        Wan { gw, peers, gw_ifs, dir: TempDir::new("wireguard"), procs: Vec::new(), wg: Vec::new() }
     }
 
     fn file(&self, name: &str, text: &str) -> PathBuf {
@@ -98,42 +77,16 @@ impl Wan {
         self.procs.push(p);
     }
 
-    /// A WireGuard interface `ifname` in `ns`, up with `address`, configured by
-    /// `wg set ifname ARGS...` (if there are any).
-    fn wireguard(&mut self, which: Impl, ns: &Netns, ifname: &str, address: &str, wg_args: &[&str]) {
-        let sock = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
-        let mut c = ns.cmd(which.program());
-        match which {
-            Impl::WireguardGo => {
-                c.arg(ifname).env("WG_PROCESS_FOREGROUND", "1");
-            }
-            // One thread: its default of four is twice as slow on two cores (KNOWN.md). One
-            // unconnected socket: the route picks each datagram's source, so a peer whose
-            // address changes sends from its new one (the roaming test).
-            Impl::Boringtun => {
-                c.args([
-                    ifname,
-                    "--foreground",
-                    "--disable-drop-privileges",
-                    "--threads",
-                    "1",
-                    "--disable-connected-udp",
-                ]);
-            }
-        }
-        c.stderr(std::process::Stdio::null());
-        self.procs.push(Proc::spawn(c).unwrap());
-        self.socks.push(sock.clone());
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{which:?} made no UAPI socket {}", sock.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// A WireGuard interface `ifname` in `ns`, configured by `wg set ifname ARGS...` (if
+    /// there are any), up with `address`.
+    fn wireguard(&mut self, which: Impl, ns: &Netns, ifname: &str, address: &str, wg_args: &[&str]) -> &Interface {
+        let iface = Interface::start(which, ns, ifname).unwrap();
         if !wg_args.is_empty() {
-            run(ns.cmd("wg").args(["set", ifname]).args(wg_args)).unwrap();
+            iface.set(ns, wg_args).unwrap();
         }
-        ns.ip(&["addr", "add", address, "dev", ifname]).unwrap();
-        ns.ip(&["link", "set", ifname, "mtu", "1420", "up"]).unwrap();
+        iface.up(ns, address).unwrap();
+        self.wg.push(iface);
+        self.wg.last().expect("pushed")
     }
 }
 
@@ -143,9 +96,7 @@ impl Drop for Wan {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
-        for s in &self.socks {
-            let _ = std::fs::remove_file(s);
-        }
+        self.wg.clear();
     }
 }
 
@@ -368,11 +319,8 @@ fn devices_added_with_peer_add_work_from_their_printed_configuration() {
     let ns = Netns::borrowed(&wan.peers[0].path());
     let ifname = format!("wgd{}", std::process::id() % 10000);
     let conf = wan.file(&format!("{ifname}.conf"), &phone);
-    let stripped = run(ns.cmd("wg-quick").arg("strip").arg(&conf)).unwrap();
-    let stripped = wan.file("phone.stripped", &String::from_utf8_lossy(&stripped.stdout));
     let address = format!("{}/32", peer_inner(0));
-    wan.wireguard(Impl::WireguardGo, &ns, &ifname, &address, &[]);
-    run(ns.cmd("wg").args(["setconf", &ifname]).arg(&stripped)).unwrap();
+    wan.wireguard(Impl::WireguardGo, &ns, &ifname, &address, &[]).setconf(&ns, &conf).unwrap();
     ns.ip(&["route", "add", &format!("{GW_INNER}/32"), "dev", &ifname]).unwrap();
     assert!(reaches(&ns, GW_INNER), "wireguard-go with the printed configuration never reached the gateway");
 

@@ -415,3 +415,94 @@ fn idle_connections_from_a_gateway_client_take_nothing_from_the_others() {
     drop(idle);
     assert_only_relay_traffic(&cap.stop().unwrap());
 }
+
+/// A config file's `Key = value` (the first), as wg-quick files have them.
+fn conf_value(conf: &str, key: &str) -> String {
+    conf.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {conf}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
+    use ttp_tests::wireguard::{Impl, Interface};
+    let mut b = Behind::new();
+    // Two devices, each on a link of its own to the gateway (a phone and a laptop on its
+    // Wi-Fi), onboarded before the gateway starts: their configurations are the ones
+    // `ttp tunnel peer add` prints.
+    let devices: Vec<(Impl, Netns, String)> = [Impl::WireguardGo, Impl::Boringtun]
+        .into_iter()
+        .enumerate()
+        .map(|(i, which)| {
+            let ns = Netns::new(&format!("gwdev{i}")).unwrap();
+            let (link, gw, dev) = (format!("gwdev{i}"), format!("100.64.{}.1", 8 + i), format!("100.64.{}.2", 8 + i));
+            let w = &b.run.w;
+            w.host.ip(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns.path()]).unwrap();
+            w.host.ip(&["addr", "add", &format!("{gw}/24"), "dev", &link]).unwrap();
+            w.host.ip(&["link", "set", &link, "up"]).unwrap();
+            ns.ip(&["addr", "add", &format!("{dev}/24"), "dev", "eth0"]).unwrap();
+            ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+            let name = format!("dev{i}");
+            let out = w
+                .host
+                .cmd(bin("ttp"))
+                .args(["tunnel", "peer", "add", &name, "--endpoint", &format!("{gw}:51820"), "--config"])
+                .arg(b.dir.0.join("gw.toml"))
+                .args(["--runtime-dir", "/nonexistent"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            (which, ns, name)
+        })
+        .collect();
+    b.start();
+    let page = "http://www.example.test/index.txt";
+    b.warm_up(page);
+
+    let mut up = Vec::new();
+    for (which, ns, name) in &devices {
+        let conf_path = b.dir.0.join(format!("peers/{name}.conf"));
+        let conf = std::fs::read_to_string(&conf_path).unwrap();
+        let iface = Interface::start(*which, ns, &format!("wgd{}{name}", std::process::id() % 10000)).unwrap();
+        iface.setconf(ns, &conf_path).unwrap();
+        iface.up(ns, &conf_value(&conf, "Address")).unwrap();
+        // What wg-quick does with AllowedIPs = 0.0.0.0/0: everything into the tunnel (the
+        // way to the gateway stays on the link: it is on-link).
+        ns.ip(&["route", "add", "default", "dev", &iface.name]).unwrap();
+        std::fs::write(
+            b.dir.0.join(format!("{name}-resolv.conf")),
+            format!("nameserver {}\n", conf_value(&conf, "DNS")),
+        )
+        .unwrap();
+        up.push(iface);
+    }
+
+    let w = &b.run.w;
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let kit = bin("testkit").display().to_string();
+    for (which, ns, name) in &devices {
+        let resolv = format!("{name}-resolv.conf");
+        let mut got = String::new();
+        // The first packets may go to the handshake.
+        for _ in 0..5 {
+            got = b.in_ns(ns, &resolv, &["curl", "-sS", "--max-time", "30", page]);
+            if got == PAGE {
+                break;
+            }
+        }
+        assert_eq!(got, PAGE, "{which:?} by name through the gateway: {}", b.run.failures());
+        let udp = ns.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&udp.stdout).contains("DIRECT"), "{which:?}: UDP answered directly");
+        let ping = ns.cmd("ping").args(["-c", "1", "-W", "1", WEB]).output().unwrap();
+        assert!(!ping.status.success(), "{which:?}: a ping to the internet was answered");
+    }
+    assert_only_relay_traffic(&cap.stop().unwrap());
+    // `ttp status` has them, by key, with handshakes and bytes.
+    let st = b.run.w.ttp_ctl(&["status", "--json"], &b.run.state).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let moved = st["tunnel_peers"].as_array().unwrap().iter().filter(|p| p["rx_bytes"].as_u64() > Some(0)).count();
+    assert_eq!(moved, 3, "the ttp peer and both devices moved bytes: {st:#}");
+    drop(up);
+}
