@@ -215,7 +215,8 @@ fn a_ttp_client_uses_a_wireguard_go_gateway_across_rekeys() {
         "client.toml",
         &format!(
             "private-key = \"{me_key}\"\naddress = [\"{}/24\"]\nrekey-after = 2\n\
-             [[peer]]\npublic-key = \"{gw_pub}\"\nallowed-ips = [\"10.77.0.0/24\"]\nendpoint = \"{GW_OUTER}:51820\"\n",
+             [[peer]]\npublic-key = \"{gw_pub}\"\nallowed-ips = [\"10.77.0.0/24\"]\nendpoint = \"{GW_OUTER}:51820\"\n\
+             persistent-keepalive = 1\n",
             peer_inner(0)
         ),
     );
@@ -240,6 +241,16 @@ fn a_ttp_client_uses_a_wireguard_go_gateway_across_rekeys() {
     // At least two rekeys (under iperf3's load a handshake datagram may be dropped, as any
     // UDP datagram may, and then waits for its retry).
     assert!(initiations(&lines) >= 2, "{} handshakes in 8 s with rekey-after = 2", initiations(&lines));
+
+    // Idle, the client still sends a keepalive after each second of silence
+    // (persistent-keepalive = 1), as a side behind a NAT must.
+    let cap = Capture::start_filtered(&wan.gw, &wan.gw_ifs[0], &["udp"]).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    let lines = cap.stop().unwrap();
+    let from_client = format!("{}.", peer_outer(0));
+    let keepalives = lines.iter().filter(|l| l.contains(&from_client) && l.contains("> ") && l.contains("length 32"));
+    let keepalives = keepalives.filter(|l| l.split("> ").next().is_some_and(|src| src.contains(&from_client))).count();
+    assert!(keepalives >= 3, "{keepalives} keepalives in 3.5 idle seconds: {lines:#?}");
 }
 
 /// `ttp tunnel peer ARGS... --config gw.toml` in the gateway's namespace, under strace

@@ -29,7 +29,7 @@ impl std::fmt::Display for PeerId {
 }
 
 /// A peer as configured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PeerConfig {
     pub public: [u8; 32],
     pub psk: Option<[u8; 32]>,
@@ -37,6 +37,10 @@ pub struct PeerConfig {
     pub allowed: Vec<IpNet>,
     /// Where to reach it first (a client's gateway); learnt from its traffic otherwise.
     pub endpoint: Option<SocketAddr>,
+    /// Send a keepalive whenever nothing was sent to the peer for this long, traffic or
+    /// not (WireGuard's PersistentKeepalive): keeps a NAT's mapping open for a side that
+    /// must stay reachable while idle.
+    pub persistent_keepalive: Option<std::time::Duration>,
 }
 
 /// Why datagrams or packets were dropped, per peer (for `ttp status`).

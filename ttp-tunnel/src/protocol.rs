@@ -118,7 +118,7 @@ impl Core {
     pub fn with_rekey_after(mut self, d: Option<Duration>) -> Core {
         self.rekey_after = d;
         for p in self.peers.values_mut() {
-            p.timers = Timers::with_rekey_after(d);
+            p.timers = Timers::new(d, p.cfg.persistent_keepalive);
         }
         self
     }
@@ -400,7 +400,8 @@ impl Core {
         let id = PeerId(self.next_id);
         self.allowed.insert(id, &cfg.allowed)?;
         self.next_id += 1;
-        self.peers.insert(id, Peer::new(cfg, Timers::with_rekey_after(self.rekey_after)));
+        let timers = Timers::new(self.rekey_after, cfg.persistent_keepalive);
+        self.peers.insert(id, Peer::new(cfg, timers));
         Ok(id)
     }
 
@@ -447,12 +448,19 @@ mod tests {
         let gw = Core::new(
             g.clone(),
             vec![
-                PeerConfig { public: c.public, psk, allowed: vec!["10.77.0.2/32".parse().unwrap()], endpoint: None },
+                PeerConfig {
+                    public: c.public,
+                    psk,
+                    allowed: vec!["10.77.0.2/32".parse().unwrap()],
+                    endpoint: None,
+                    ..Default::default()
+                },
                 PeerConfig {
                     public: other.public,
                     psk: None,
                     allowed: vec!["10.77.0.3/32".parse().unwrap()],
                     endpoint: None,
+                    ..Default::default()
                 },
             ],
             now,
@@ -465,6 +473,7 @@ mod tests {
                 psk,
                 allowed: vec!["0.0.0.0/0".parse().unwrap()],
                 endpoint: Some(gw_addr),
+                ..Default::default()
             }],
             now,
         )
@@ -522,7 +531,13 @@ mod tests {
         let now = Instant::now();
         let wall = SystemTime::now();
         let side = |me: &Identity, peer: &Identity, allowed: &str, endpoint| {
-            let cfg = PeerConfig { public: peer.public, psk: None, allowed: vec![allowed.parse().unwrap()], endpoint };
+            let cfg = PeerConfig {
+                public: peer.public,
+                psk: None,
+                allowed: vec![allowed.parse().unwrap()],
+                endpoint,
+                ..Default::default()
+            };
             Core::new(me.clone(), vec![cfg], now).unwrap()
         };
         let mut a = side(&a_id, &b_id, "10.77.0.2/32", Some(b_addr));
@@ -557,8 +572,13 @@ mod tests {
         let client_pub = t.gw.peer(PeerId(0)).unwrap().public;
         // A third peer joins; the first one's session is untouched.
         let newcomer = Identity::generate().unwrap();
-        let cfg =
-            |public| PeerConfig { public, psk: None, allowed: vec!["10.77.0.4/32".parse().unwrap()], endpoint: None };
+        let cfg = |public| PeerConfig {
+            public,
+            psk: None,
+            allowed: vec!["10.77.0.4/32".parse().unwrap()],
+            endpoint: None,
+            ..Default::default()
+        };
         assert_eq!(t.gw.add_peer(cfg(newcomer.public)), Ok(PeerId(2)));
         assert_eq!(t.gw.add_peer(cfg(newcomer.public)), Err(PeerError::Exists));
         assert_eq!(t.gw.add_peer(cfg(t.gw.me.public)), Err(PeerError::Own));
@@ -709,6 +729,7 @@ mod tests {
             psk: None,
             allowed: vec![allowed.parse().unwrap()],
             endpoint: None,
+            ..Default::default()
         };
         // The client holds 10.77.0.2/32: a newcomer claiming the prefix around it would
         // be able to send as the client.

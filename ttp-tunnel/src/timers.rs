@@ -14,6 +14,8 @@
 //!   (the peer's keepalive would have come by then), a side starts a new handshake: the
 //!   peer may have restarted and lost the session, and without this the line would stay
 //!   dead until the next rekey.
+//! - With a persistent keepalive configured, a side that has sent nothing for that long
+//!   sends an empty packet anyway, so that a NAT in front of it keeps its mapping.
 
 use std::time::{Duration, Instant};
 
@@ -53,12 +55,16 @@ pub struct Timers {
     retry_now: bool,
     /// [`REKEY_AFTER_TIME`] unless the configuration says otherwise.
     rekey_after: Option<Duration>,
+    /// The peer's persistent keepalive interval, if it has one.
+    persistent: Option<Duration>,
 }
 
 impl Timers {
     /// Timers whose sessions (the ones we initiated) are renewed after `rekey_after`.
-    pub fn with_rekey_after(rekey_after: Option<Duration>) -> Timers {
-        Timers { rekey_after, ..Timers::default() }
+    /// Timers whose sessions (the ones we initiated) are renewed after `rekey_after`,
+    /// sending a keepalive after `persistent` of silence if that is set.
+    pub fn new(rekey_after: Option<Duration>, persistent: Option<Duration>) -> Timers {
+        Timers { rekey_after, persistent, ..Timers::default() }
     }
 
     pub fn initiation_sent(&mut self, now: Instant) {
@@ -121,6 +127,12 @@ impl Timers {
         if self.unanswered_since.is_some_and(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT) {
             self.unanswered_since = None;
             return Some(Due::Initiate);
+        }
+        if let Some(every) = self.persistent {
+            if self.last_sent.is_none_or(|t| now.duration_since(t) >= every) {
+                self.owe_keepalive = false;
+                return Some(Due::Keepalive);
+            }
         }
         let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT);
         if self.owe_keepalive && quiet && self.last_received.is_some() {
@@ -189,5 +201,25 @@ mod tests {
         assert_eq!(t.due(s(576), 0), None);
         assert_eq!(t.due(s(577), 0), Some(Due::Initiate));
         assert_eq!(t.due(s(578), 0), None, "once");
+    }
+
+    #[test]
+    fn a_persistent_keepalive_goes_out_after_each_silence_of_its_length() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut t = Timers::new(None, Some(Duration::from_secs(25)));
+        assert_eq!(t.due(s(30), 0), None, "none without a session");
+        t.session_started(t0, true);
+        t.keepalive_sent(t0);
+        assert_eq!(t.due(s(24), 0), None);
+        assert_eq!(t.due(s(25), 0), Some(Due::Keepalive), "silent for 25 s, nothing received");
+        t.keepalive_sent(s(25));
+        t.keepalive_sent(s(40));
+        assert_eq!(t.due(s(64), 0), None, "counted from the last thing sent");
+        assert_eq!(t.due(s(65), 0), Some(Due::Keepalive));
+        // Without one configured, a silent side stays silent.
+        let mut quiet = Timers::default();
+        quiet.session_started(t0, true);
+        assert_eq!(quiet.due(s(60), 0), None);
     }
 }

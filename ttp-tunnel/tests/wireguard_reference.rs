@@ -88,8 +88,13 @@ fn a_wireguard_initiator_from_the_paper_completes_a_handshake_and_exchanges_padd
     let e_pub = PublicKey::from(&e_priv).to_bytes();
     let psk = [0x33u8; 32];
     let now = Instant::now();
-    let peer =
-        PeerConfig { public: s_pub, psk: Some(psk), allowed: vec!["10.77.0.2/32".parse().unwrap()], endpoint: None };
+    let peer = PeerConfig {
+        public: s_pub,
+        psk: Some(psk),
+        allowed: vec!["10.77.0.2/32".parse().unwrap()],
+        endpoint: None,
+        ..Default::default()
+    };
     let mut core = Core::new(gw.clone(), vec![peer], now).unwrap();
     let from: SocketAddr = "192.0.2.7:51820".parse().unwrap();
 

@@ -176,6 +176,7 @@ impl Control {
                     psk: preshared_key.as_deref().map(decode).transpose().context("preshared key")?,
                     allowed: allowed_ips,
                     endpoint,
+                    persistent_keepalive: None,
                 };
                 tunnel.add_peer(cfg).await?;
                 tracing::info!("tunnel peer {public_key} added");

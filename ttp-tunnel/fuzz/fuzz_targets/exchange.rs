@@ -115,7 +115,13 @@ impl World {
         let psk = Some([3; 32]);
         let gw = Core::new(
             g.clone(),
-            vec![PeerConfig { public: c.public, psk, allowed: vec!["10.77.0.2/32".parse().unwrap()], endpoint: None }],
+            vec![PeerConfig {
+                public: c.public,
+                psk,
+                allowed: vec!["10.77.0.2/32".parse().unwrap()],
+                endpoint: None,
+                ..Default::default()
+            }],
             t0,
         )
         .unwrap();
@@ -126,6 +132,7 @@ impl World {
                 psk,
                 allowed: vec!["0.0.0.0/0".parse().unwrap()],
                 endpoint: Some(gw_addr()),
+                ..Default::default()
             }],
             t0,
         )

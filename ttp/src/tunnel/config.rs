@@ -15,6 +15,8 @@
 //! allowed-ips = ["10.77.0.2/32"] # sources it may use; routed to it (a client may say
 //!                                # "0.0.0.0/0": everything but the way to the gateway)
 //! endpoint = "192.0.2.1:51820"   # where to reach it first (a client names its gateway)
+//! persistent-keepalive = 25      # optional: seconds; a keepalive after each silence this
+//!                                # long (a client behind a NAT that must stay reachable)
 //! ```
 //!
 //! `ttp tunnel up` also takes WireGuard's own format (see [`super::wgquick`]).
@@ -56,6 +58,8 @@ struct PeerFile {
     #[serde(default)]
     allowed_ips: Vec<IpNet>,
     endpoint: Option<SocketAddr>,
+    /// Seconds: a keepalive after each silence this long (behind a NAT).
+    persistent_keepalive: Option<u16>,
 }
 
 /// A tunnel side, checked.
@@ -98,7 +102,13 @@ impl TunnelConfig {
                 Some(k) => Some(keys::decode(k).with_context(|| format!("peer {n}: preshared-key"))?),
                 None => None,
             };
-            peers.push(PeerConfig { public, psk, allowed: p.allowed_ips.clone(), endpoint: p.endpoint });
+            peers.push(PeerConfig {
+                public,
+                psk,
+                allowed: p.allowed_ips.clone(),
+                endpoint: p.endpoint,
+                persistent_keepalive: keepalive(p.persistent_keepalive),
+            });
         }
         let mut c = Self::from_parts(
             identity,
@@ -169,6 +179,11 @@ impl TunnelConfig {
             rekey_after: None,
         })
     }
+}
+
+/// WireGuard's rule: 0 (or nothing) is off.
+pub fn keepalive(secs: Option<u16>) -> Option<std::time::Duration> {
+    secs.filter(|s| *s > 0).map(|s| std::time::Duration::from_secs(s.into()))
 }
 
 /// A peer's name: also a file name (its kept configuration), so nothing that walks paths.

@@ -169,6 +169,7 @@ impl WgQuick {
                 psk: p.preshared_key.as_deref().map(keys::decode).transpose()?,
                 allowed: p.allowed_ips.clone(),
                 endpoint,
+                persistent_keepalive: super::config::keepalive(p.persistent_keepalive),
             });
         }
         TunnelConfig::from_parts(
@@ -251,6 +252,7 @@ mod tests {
         let c = w.to_tunnel_config("wg0").unwrap();
         assert_eq!(c.peers[0].endpoint, Some("192.0.2.1:51820".parse().unwrap()));
         assert_eq!(c.peers[0].psk, Some([3; 32]));
+        assert_eq!(c.peers[0].persistent_keepalive, Some(std::time::Duration::from_secs(25)));
         for (bad, why) in [
             (text.replace("AllowedIPs", "AllowedIP"), "line 10: unknown key in [Peer]"),
             (text.replace("10.77.0.2/32", "10.77.0.300/32"), "line 4"),
