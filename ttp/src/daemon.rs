@@ -6,8 +6,8 @@
 //! 3. The loader's descriptors are closed (the pins hold the datapath), the maps the daemon
 //!    needs are reopened read-only but for the stream origins
 //!    ([`crate::datapath::ServiceMaps`]), the proxy ports are bound (low ports need root),
-//!    then root is given up: the daemon becomes the service user with `CAP_BPF` alone, in
-//!    every thread.
+//!    then root is given up: the daemon becomes the service user with no capability (on
+//!    kernels before 5.19, `CAP_BPF` alone), in every thread.
 //! 4. Arti bootstraps, unprivileged.
 //! 5. The ports are served, the control socket opens.
 //! 6. Lockdown off (the monitor writes it, as root): governed traffic now flows through Tor.
@@ -423,8 +423,8 @@ async fn serve(
     }
     let listeners = crate::privs::owned_by(service_user, || bind_ports(opts, transparent))?;
     // Set up: from here on the daemon needs only map access, through open descriptors.
-    crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
-    tracing::info!("now uid {} with CAP_BPF only; bootstrapping Tor", service_user.uid);
+    let kept = crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
+    tracing::info!("now uid {} with {}; bootstrapping Tor", service_user.uid, crate::privs::names(kept));
     let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));

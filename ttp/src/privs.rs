@@ -7,16 +7,16 @@
 //! end (destroying sockets, unpinning, removing cgroups) is the monitor's job (see
 //! [`crate::monitor`]).
 //!
-//! So the daemon becomes the service user (see [`crate::user`]) and keeps `CAP_BPF` only:
-//! everything else leaves the effective, permitted, inheritable, ambient and bounding
-//! sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
+//! So the daemon becomes the service user (see [`crate::user`]) and keeps no capability at
+//! all on Linux 5.19 and later, `CAP_BPF` alone before (see [`daemon_keep`]): everything
+//! else leaves the effective, permitted, inheritable, ambient and bounding sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
 //! obfs4proxy) from regaining capabilities. A compromised Arti, or a bug in code parsing
 //! network input, then cannot load modules, ptrace, mount, change uids, read or write
 //! root's files, open raw sockets, or signal other users' processes.
 //!
 //! The uid changes with the capabilities still held (`SECBIT_NO_SETUID_FIXUP` stops the
-//! kernel from clearing them at that moment); the capabilities are cut to `CAP_BPF` just
-//! after.
+//! kernel from clearing them at that moment); the capabilities are cut to what is kept
+//! just after.
 //!
 //! Capabilities belong to threads, not processes, and the async runtime's threads already
 //! run: the drop is applied in every thread, each in its own context, by a real-time signal
@@ -37,8 +37,49 @@ use crate::user::ServiceUser;
 /// Capability numbers (linux/capability.h).
 pub const CAP_BPF: u32 = 39;
 pub const CAP_NET_ADMIN: u32 = 12;
-/// What the running daemon keeps.
+/// What the running daemon keeps where the kernel needs it (see [`daemon_keep`]).
 pub const KEEP: u64 = 1 << CAP_BPF;
+
+/// What the running daemon keeps on this kernel. It uses bpf(2) only through the map
+/// descriptors it already holds. Since Linux 5.19 ("bpf: refine
+/// kernel.unprivileged_bpf_disabled behaviour"), `kernel.unprivileged_bpf_disabled` refuses
+/// only what creates (maps, programs, BTF) to a caller without `CAP_BPF`, and a held
+/// descriptor works without any capability (measured on 6.18 with the sysctl at 2): the
+/// daemon keeps nothing, so a compromised one cannot create maps or load socket filters
+/// either. Before 5.19 every bpf(2) command needs `CAP_BPF` while the sysctl is set, so
+/// the daemon keeps it there.
+pub fn daemon_keep() -> u64 {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    keep_for_kernel(&release, disabled)
+}
+
+/// [`daemon_keep`] for a kernel `release` and its `unprivileged_bpf_disabled` (unknown:
+/// assume set). An unparsable release keeps `CAP_BPF`: better a capability too many than
+/// a daemon that cannot read its maps.
+pub fn keep_for_kernel(release: &str, unprivileged_bpf_disabled: Option<u32>) -> u64 {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    let version = match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => Some((major, minor)),
+        _ => None,
+    };
+    match (version, unprivileged_bpf_disabled) {
+        (_, Some(0)) => 0,
+        (Some(v), _) if v >= (5, 19) => 0,
+        _ => KEEP,
+    }
+}
+
+/// The capabilities of `mask`, by name (for logs).
+pub fn names(mask: u64) -> String {
+    match mask {
+        0 => "no capabilities".into(),
+        KEEP => "CAP_BPF only".into(),
+        m => format!("capabilities {m:#x}"),
+    }
+}
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// SECBIT_NOROOT, its lock, SECBIT_NO_SETUID_FIXUP, its lock.
@@ -69,10 +110,12 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Becomes `user` and drops every capability but [`KEEP`], in every thread of the
-/// process, for good.
-pub fn drop_privileges(user: &ServiceUser) -> Result<()> {
-    drop_to(user, KEEP)
+/// Becomes `user` and drops every capability but what this kernel needs the daemon to keep
+/// ([`daemon_keep`]), in every thread of the process, for good. Returns what was kept.
+pub fn drop_privileges(user: &ServiceUser) -> Result<u64> {
+    let keep = daemon_keep();
+    drop_to(user, keep)?;
+    Ok(keep)
 }
 
 /// Becomes `user` in every thread, keeping only the capabilities in `keep` (a mask of
@@ -298,6 +341,21 @@ mod tests {
         ] {
             let e = format!("{:#}", check_dropped(&DROPPED.replace(from, to), &user, KEEP).unwrap_err());
             assert!(e.contains(what), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_daemon_keeps_cap_bpf_only_on_kernels_that_need_it() {
+        for (release, sysctl, keep) in [
+            ("6.18.44-fc-v1272", Some(2), 0),
+            ("5.19.0", Some(1), 0),
+            ("5.18.19-generic", Some(2), KEEP),
+            ("5.10.0-23-amd64", Some(1), KEEP),
+            ("5.10.0-23-amd64", Some(0), 0),
+            ("garbage", Some(2), KEEP),
+            ("6.1.0", None, 0),
+        ] {
+            assert_eq!(keep_for_kernel(release, sysctl), keep, "{release} {sysctl:?}");
         }
     }
 }
