@@ -165,3 +165,16 @@ fn the_default_service_user_is_created_when_missing() {
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), host_passwd, "the host's /etc/passwd changed");
     assert!(!w.pin_dir.exists(), "something was pinned");
 }
+
+#[test]
+fn ttp_logs_never_passes_escape_sequences_to_the_terminal() {
+    // The log is written by the daemon, as the service user: a compromised one could put
+    // terminal escapes in it for root's `ttp logs`.
+    let tmp = ttp_tests::TempDir::new("logs");
+    std::fs::create_dir_all(&tmp.0).unwrap();
+    std::fs::write(tmp.0.join("ttp.log"), "INFO ok\nINFO \u{1b}]0;pwned\u{7}\u{1b}[1A\u{1b}[2Kgone\n").unwrap();
+    let out = Command::new(bin("ttp")).args(["logs", "--no-follow", "--runtime-dir"]).arg(&tmp.0).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "{:?}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("INFO \\x1b]0;pwned\\x07\\x1b[1A\\x1b[2Kgone"), "{}", text(&out.stdout));
+}

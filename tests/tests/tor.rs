@@ -509,6 +509,25 @@ fn socks5_socks4a_and_resolve_through_tor_with_per_user_isolation() {
     assert_eq!(alice.len(), 2, "{streams:#?}");
     assert_eq!(alice[0], alice[1]);
     assert!(!bob.is_empty() && bob[0] != alice[0], "{streams:#?}");
+    // A local user's SOCKS username is theirs to choose, escape sequences included: root's
+    // `ttp streams` shows them escaped, never raw to the terminal.
+    // (curl refuses such credentials and goes around its proxy: a few lines of SOCKS5.)
+    let socks = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 9055), timeout=30)
+user = b"\x1b]0;pwned\x07"
+s.sendall(b"\x05\x01\x02"); assert s.recv(2) == b"\x05\x02"
+s.sendall(b"\x01" + bytes([len(user)]) + user + b"\x01x"); assert s.recv(2)[1] == 0
+host = sys.argv[1].encode()
+s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host + b"\x00\x50"); assert s.recv(10)[1] == 0
+s.sendall(b"GET /index.txt HTTP/1.0\r\nHost: " + host + b"\r\n\r\n")
+print(s.makefile("rb").read().decode(errors="replace"))
+"#;
+    let out = r.w.run_in(&r.w.governed, GOVERNED, GOVERNED, &["/usr/bin/python3", "-c", socks, "www.example.test"]);
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains(PAGE), "{reply}{}{}", String::from_utf8_lossy(&out.stderr), r.failures());
+    let table = ttp(&r, &["streams", "--recent"]);
+    assert!(!table.contains('\u{1b}') && table.contains("socks user \\x1b]0;pwned\\x07"), "{table}");
 
     // Malformed SOCKS input does not take the port down.
     let kit = ttp_tests::bin("testkit");

@@ -14,6 +14,32 @@ use std::{
     time::Duration,
 };
 
+/// A log line as it may reach a terminal: the daemon that wrote it runs as the service
+/// user, and a compromised one could write escape sequences for root's terminal (set its
+/// title, write its clipboard, move the cursor to hide lines). Control characters (C0
+/// but the tab, DEL, C1) and the Unicode controls that reorder or hide text (bidi
+/// overrides and isolates, zero-width characters) are shown escaped (`\x1b`, `\u{202e}`);
+/// everything else, text in any script included, is left as it is. The log itself has
+/// none of these (it is written without colours), so a line of ttp's own never changes.
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    }
+    if !line.chars().any(hidden) {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            c if hidden(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// Rotate once the file would grow past this.
 pub const MAX_BYTES: u64 = 1024 * 1024;
 
@@ -136,6 +162,16 @@ pub fn follow(path: &Path, mut line: impl FnMut(&str) -> bool) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_sequences_from_the_log_never_reach_the_terminal() {
+        let plain = "2026-12-07T00:00:01Z  INFO ttp::daemon: exit verified: Größe, 名前\tok";
+        assert!(matches!(printable(plain), std::borrow::Cow::Borrowed(_)), "ttp's own lines pass unchanged");
+        let evil = "INFO x: \u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2K\u{9b}31m\u{202e}gnp.exe\r";
+        let shown = printable(evil);
+        assert_eq!(shown, "INFO x: \\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2K\\x9b31m\\u{202e}gnp.exe\\x0d");
+        assert!(!shown.chars().any(|c| c.is_control()));
+    }
 
     #[test]
     fn rotates_past_the_limit_and_tail_spans_both_files() {

@@ -14,6 +14,15 @@ use ttp::{
 
 mod cli;
 
+/// `println!` for text that carries what the daemon said (and, through it, what local
+/// users put in SOCKS hostnames and usernames): shown through `logfile::printable`, so no
+/// escape sequence reaches the terminal of root or the `ttp` group.
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", ttp::logfile::printable(&format!($($t)*)))
+    };
+}
+
 #[derive(Parser)]
 #[command(name = "ttp", version, about = "Transparent Tor proxy for Linux: the whole host through Tor, failing closed")]
 struct Cli {
@@ -452,7 +461,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     "id", "destination", "isolation", "circuit", "age", "up", "down"
                 );
                 for s in &streams {
-                    println!(
+                    say!(
                         "{:<5} {:<34} {:<24} {:<10} {:>5}s {:>10} {:>10}{}",
                         s.id,
                         s.destination,
@@ -481,36 +490,46 @@ fn run(cmd: Cmd) -> Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
-                    println!("state:      {} (pid {}, up {}s)", status.state, status.pid, status.uptime_secs);
-                    println!("tor:        {}", status.bootstrap);
+                    say!("state:      {} (pid {}, up {}s)", status.state, status.pid, status.uptime_secs);
+                    say!("tor:        {}", status.bootstrap);
                     if let Some(w) = &status.waiting {
-                        println!("waiting:    {w}");
+                        say!("waiting:    {w}");
                     }
-                    println!(
+                    say!(
                         "ports:      trans {}  dns {}  socks {}",
-                        status.ports.trans, status.ports.dns, status.ports.socks
+                        status.ports.trans,
+                        status.ports.dns,
+                        status.ports.socks
                     );
-                    println!(
+                    say!(
                         "streams:    {} open, {} refused at the limit; {} bytes up, {} down",
-                        status.streams_open, status.streams_refused, status.bytes_up, status.bytes_down
+                        status.streams_open,
+                        status.streams_refused,
+                        status.bytes_up,
+                        status.bytes_down
                     );
-                    println!(
-                        "exit:       {}",
-                        status.exit_address.as_deref().unwrap_or("not verified yet (`ttp check`)")
-                    );
+                    say!("exit:       {}", status.exit_address.as_deref().unwrap_or("not verified yet (`ttp check`)"));
                     if let Some(l) = &status.load {
-                        println!(
+                        say!(
                             "load:       {} of {} descriptors open; {} stream slots ({} per client), {} DNS/TCP",
-                            l.descriptors_open, l.budget.nofile, l.budget.streams, l.budget.per_key, l.budget.dns_tcp
+                            l.descriptors_open,
+                            l.budget.nofile,
+                            l.budget.streams,
+                            l.budget.per_key,
+                            l.budget.dns_tcp
                         );
-                        println!(
+                        say!(
                             "            {} accept errors waited out; refused: {} over a client's share, {} DNS/TCP, \
                              {} control; {} idle connections closed",
-                            l.accept_errors, l.refused_share, l.refused_dns_tcp, l.refused_control, l.idle_closed
+                            l.accept_errors,
+                            l.refused_share,
+                            l.refused_dns_tcp,
+                            l.refused_control,
+                            l.idle_closed
                         );
                     }
                     for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
-                        println!("  {name:<24} {n}");
+                        say!("  {name:<24} {n}");
                     }
                     for p in &status.tunnel_peers {
                         print_peer(p);
@@ -579,7 +598,7 @@ const STATUS_DEAD: i32 = 1;
 
 /// One tunnel peer, as `ttp status` shows it.
 fn print_peer(p: &ttp::tunnel::device::PeerStatus) {
-    println!("peer:       {}", p.public_key);
+    say!("peer:       {}", p.public_key);
     println!("  endpoint:       {}", p.endpoint.map_or("(not seen yet)".to_string(), |e| e.to_string()));
     println!("  last handshake: {}", p.last_handshake_secs.map_or("never".to_string(), |s| format!("{s} s ago")));
     println!("  transfer:       {} bytes received, {} bytes sent", p.rx_bytes, p.tx_bytes);
