@@ -98,6 +98,15 @@ impl Drop for Pair {
     }
 }
 
+/// The device process of a `ttp tunnel up` (the one child of the process started).
+fn device_pid(side: &Proc) -> u32 {
+    let root = side.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).unwrap();
+    let device: Vec<&str> = children.split_whitespace().collect();
+    assert_eq!(device.len(), 1, "one device process under {root}: {children:?}");
+    device[0].parse().unwrap()
+}
+
 fn ping(ns: &Netns, to: &str) -> bool {
     ns.cmd("ping").args(["-c", "1", "-W", "1", to]).output().is_ok_and(|o| o.status.success())
 }
@@ -105,14 +114,17 @@ fn ping(ns: &Netns, to: &str) -> bool {
 #[test]
 fn handshake_then_data_both_ways_and_only_ciphertext_on_the_wire() {
     let p = Pair::up();
-    // Each side parses the network's datagrams as nobody, with CAP_NET_ADMIN alone.
+    // Each side parses the network's datagrams in a device process of its own, as nobody
+    // with no capability at all; the root side (the process started) only waits for it
+    // and removes its routes at the end.
     for side in &p.sides {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", side.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", device_pid(side))).unwrap();
         let field =
             |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
-        assert!(field("Uid:").split_whitespace().all(|u| u != "0"), "tunnel up still root: {}", field("Uid:"));
-        assert_eq!(field("CapEff:"), "0000000000001000", "{status}");
-        assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
+        assert!(field("Uid:").split_whitespace().all(|u| u != "0"), "the device still root: {}", field("Uid:"));
+        assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapBnd:"), "0000000000000000", "{status}");
         assert_eq!(field("NoNewPrivs:"), "1");
     }
     let iface = format!("tg{}", std::process::id() % 100000);
@@ -229,8 +241,15 @@ fn a_restarted_gateway_is_reached_again_without_waiting_for_the_rekey() {
     // The gateway dies and comes back with no sessions; the client still has its own, two
     // minutes from its rekey.
     let mut old = p.sides.remove(0);
+    let device = device_pid(&old);
     old.child.kill().unwrap();
     old.child.wait().unwrap();
+    // Its device process goes with it (it never runs with nobody to clean up after it).
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{device}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the device outlived its root side");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.start_side(true);
     // The client's pings go unanswered; 15 s after the first, it starts a new handshake
     // (the rekey would be at 120 s: 40 s tells the two apart with room to spare).
@@ -241,4 +260,19 @@ fn a_restarted_gateway_is_reached_again_without_waiting_for_the_rekey() {
     }
     assert!(back, "the client never found the restarted gateway (waiting for the rekey?)");
     eprintln!("reached again {:.1?} after the restart", t0.elapsed());
+}
+
+#[test]
+fn a_crashed_device_process_leaves_no_route_behind() {
+    let mut p = Pair::with_client_routes("\"0.0.0.0/0\"");
+    assert!(!route_dev(&p.peer, GW_OUTER).contains("ttp0"), "the way to the gateway is outside the tunnel");
+    // The device (the unprivileged process that parses the network's datagrams) dies
+    // hard; the root side, which waited for it, takes its host route away and says so.
+    let mut client = p.sides.pop().unwrap();
+    let device = device_pid(&client);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(device as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = client.child.wait().unwrap();
+    assert!(!status.success(), "the root side reported a killed device as success");
+    let left = run(p.peer.cmd("ip").args(["route", "show", GW_OUTER])).unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
 }

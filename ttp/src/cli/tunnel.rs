@@ -268,34 +268,122 @@ fn unprivileged_user() -> Result<ttp::user::ServiceUser> {
     Ok(ttp::user::ServiceUser { uid: u.uid.as_raw(), gid, groups: vec![gid] })
 }
 
-fn up(path: &Path) -> Result<()> {
-    let cfg = TunnelConfig::load(path)?;
+fn current_thread() -> Result<tokio::runtime::Runtime> {
     // One thread: the device is one task, and at tens of thousands of packets a second
     // the cost is in wakeups; worker threads parking and waking each other add to it.
-    let rt =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(async {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// `ttp tunnel up` runs as two processes. This one sets the tunnel up as root (the TUN,
+/// its addresses and routes, a host route to each endpoint, the socket), then forks the
+/// device: the child gives up root and every capability before it reads a datagram, and
+/// runs the tunnel; this process, still root, only waits for it and then removes the
+/// endpoint routes, which do not go away with the TUN. So code running in the device (a
+/// bug in parsing what the network sends) holds no capability at all and cannot touch the
+/// routing table; the root side parses nothing from the network.
+fn up(path: &Path) -> Result<()> {
+    let cfg = TunnelConfig::load(path)?;
+    let nobody = unprivileged_user()?;
+    // Set up on a runtime that is gone before the fork (it is current-thread, and its
+    // tasks go with it): fork wants a process of one thread.
+    let (dev, runner) = current_thread()?.block_on(async {
         let udp = device::bind(cfg.listen_port)?;
-        let (dev, runner) = device::start(cfg, udp).await?;
-        // Set up: from here on the device loop parses the network's datagrams, which it
-        // must not do as root. It keeps CAP_NET_ADMIN alone, to remove the endpoint host
-        // routes it added when it goes down.
-        let nobody = unprivileged_user()?;
-        ttp::privs::drop_to(&nobody, 1 << ttp::privs::CAP_NET_ADMIN)
-            .context("giving up root once the tunnel is set up")?;
-        println!(
-            "{} is up; UDP on {}; running as uid {} with CAP_NET_ADMIN only",
-            dev.interface, dev.local, nobody.uid
-        );
-        // A line of its own for whoever started us (scripts and tests wait for it).
-        println!("TUNNEL UP");
+        device::start(cfg, udp).await
+    })?;
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    if threads != 1 {
+        let rt = current_thread()?;
+        rt.block_on(dev.close());
+        anyhow::bail!("cannot start the device process: {threads} threads where one was expected");
+    }
+    let root_pid = nix::unistd::getpid();
+    // SAFETY: the process has one thread (checked above), so the child is a whole copy of
+    // it; it goes on with ordinary Rust code and ends with exit.
+    match unsafe { nix::unistd::fork() }.context("starting the tunnel's device process")? {
+        nix::unistd::ForkResult::Child => {
+            let code = match device_process(&nobody, root_pid, &dev, runner) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ttp: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            // Our copies of the TUN and the socket: the TUN now lives as long as the child.
+            drop(runner);
+            let status = wait_forwarding_signals(child);
+            current_thread()?.block_on(dev.close());
+            match status? {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                nix::sys::wait::WaitStatus::Exited(_, code) => {
+                    anyhow::bail!("the tunnel's device process failed (exit code {code}); its routes are removed")
+                }
+                other => anyhow::bail!("the tunnel's device process ended: {other:?}; its routes are removed"),
+            }
+        }
+    }
+}
+
+/// The device side of `ttp tunnel up` (see [`up`]): no root, no capability, and it dies
+/// with the root side, so that a tunnel never runs with nobody to clean up after it.
+fn device_process(
+    nobody: &ttp::user::ServiceUser,
+    root: nix::unistd::Pid,
+    dev: &device::Device,
+    runner: device::Runner,
+) -> Result<()> {
+    ttp::privs::drop_to(nobody, 0).context("giving up root in the device process")?;
+    // After the drop: a change of credentials clears the parent-death signal.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    if nix::unistd::getppid() != root {
+        anyhow::bail!("the root side of `ttp tunnel up` is gone");
+    }
+    println!(
+        "{} is up; UDP on {}; the device runs as uid {} with no capability (root only removes its routes at the end)",
+        dev.interface, dev.local, nobody.uid
+    );
+    // A line of its own for whoever started us (scripts and tests wait for it).
+    println!("TUNNEL UP");
+    current_thread()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let r = tokio::select! {
+        tokio::select! {
             r = runner.run() => r,
             _ = term.recv() => Ok(()),
             _ = tokio::signal::ctrl_c() => Ok(()),
-        };
-        dev.close().await;
-        r
+        }
     })
+}
+
+/// The device process's pid, for the root side's SIGTERM handler.
+static DEVICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_term(_: libc::c_int) {
+    let pid = DEVICE.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// Waits for the device process. A SIGTERM to this side is passed on to it; Ctrl-C
+/// reaches both (one process group), and the device ends on it by itself.
+fn wait_forwarding_signals(child: nix::unistd::Pid) -> Result<nix::sys::wait::WaitStatus> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    DEVICE.store(child.as_raw(), std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the handler only loads an atomic and calls kill(2).
+    unsafe {
+        sigaction(
+            Signal::SIGTERM,
+            &SigAction::new(SigHandler::Handler(forward_term), SaFlags::SA_RESTART, SigSet::empty()),
+        )?;
+        sigaction(Signal::SIGINT, &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()))?;
+    }
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.context("waiting for the tunnel's device process"),
+        }
+    }
 }
