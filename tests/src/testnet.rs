@@ -235,6 +235,8 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     }
     ns_ip(&["addr", "add", &format!("{DNS_V4}/32"), "dev", "lo"])?;
     ns_ip(&["addr", "add", &format!("{WEB_V4}/32"), "dev", "lo"])?;
+    // The web server has an IPv6 address too (exits are IPv6Exit), for clients' IPv6.
+    ns_ip(&["addr", "add", &format!("{WEB_V6}/128"), "dev", "lo"])?;
     let in_ns = |program: &str| {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={netns}")).arg("--").arg(program);
@@ -387,6 +389,9 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     let mut web = in_ns("python3");
     web.args(["-m", "http.server", "80", "--bind", WEB_V4, "--directory"]).arg(&www);
     children.push(spawn(&mut web, &dir.join("web.log"))?);
+    let mut web6 = in_ns("python3");
+    web6.args(["-m", "http.server", "80", "--bind", WEB_V6, "--directory"]).arg(&www);
+    children.push(spawn(&mut web6, &dir.join("web6.log"))?);
 
     // 5. The relays.
     let t0 = Instant::now();

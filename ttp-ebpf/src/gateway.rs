@@ -11,24 +11,29 @@
 //! program attached and its sockets gone: nothing gets into Tor or past this host, and
 //! every packet but those to the host's own services is dropped.
 //!
+//! IPv6 is served the same way (TCP to the TransPort, DNS to the DNSPort, both listening
+//! on ::1), but for connections to this host's own IPv6 addresses (not tracked yet: they
+//! go to the TransPort too). On a LAN interface neighbour discovery passes, as ARP does
+//! for IPv4; every other ICMPv6 message, extension headers and fragments are dropped.
+//!
 //! On egress one small fix: the DNSPort's answers leave from port 53, the port the client
 //! asked (a socket has one port, and the DNSPort's is not 53).
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4, BPF_F_CURRENT_NETNS,
-        BPF_F_MARK_MANGLED_0,
+        bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6, BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0,
     },
     helpers::generated::{bpf_sk_assign, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::classifier,
     programs::TcContext,
 };
 use ttp_common::Counter;
-use ttp_ebpf::{gateway_decide, gateway_reply_port, GatewayAction, IPPROTO_TCP, TCP_FLAG_SYN};
+use ttp_ebpf::{gateway_decide, gateway_reply_port, GatewayAction, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 
 use crate::{
     maps::{config, count, GATEWAYS, LOCAL_V4},
-    packet::ETH_P_IP,
+    packet::{ETH_P_IP, ETH_P_IPV6},
 };
 
 /// The packet is ours: deliver it (to the socket assigned) and end the chain.
@@ -38,6 +43,13 @@ const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
 const BPF_TCP_LISTEN: u32 = 10;
 const LOOPBACK_BE: u32 = u32::from_be(0x7f00_0001);
+/// ::1 as four network-order words.
+const LOOPBACK6_BE: [u32; 4] = [0, 0, 0, u32::from_be(1)];
+const ETH_P_ARP: u16 = 0x0806;
+const IPPROTO_ICMPV6: u8 = 58;
+/// Neighbour discovery: router solicitation and advertisement, neighbour solicitation
+/// and advertisement, redirect (RFC 4861).
+const NDP: core::ops::RangeInclusive<u8> = 133..=137;
 
 #[classifier]
 pub fn tc_gateway(ctx: TcContext) -> i32 {
@@ -49,17 +61,17 @@ pub fn tc_gateway(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     let l3 = l2 as usize;
-    if u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IP {
-        // ARP keeps the LAN working; IPv6 (and anything else) is not served yet: dropped.
-        return if l2 != 0 && u16::from_be(ctx.skb.protocol() as u16) == 0x0806 {
+    let verdict = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => ipv4(&ctx, l3),
+        ETH_P_IPV6 => ipv6(&ctx, l3, l2 != 0),
+        // ARP keeps the LAN working.
+        ETH_P_ARP if l2 != 0 => {
             count(Counter::GwPassed);
-            TC_ACT_UNSPEC
-        } else {
-            count(Counter::GwDropped);
-            TC_ACT_SHOT
-        };
-    }
-    match ipv4(&ctx, l3) {
+            Some(TC_ACT_UNSPEC)
+        }
+        _ => None,
+    };
+    match verdict {
         Some(v) => v,
         None => {
             count(Counter::GwDropped);
@@ -76,18 +88,27 @@ pub fn tc_gateway_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: u32 copied out at once.
     if let Some(l2) = (unsafe { GATEWAYS.get(&ifindex) }).copied() {
-        if u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP {
-            let _ = fix_reply_port(&ctx, l2 as usize);
-        }
+        let l3 = l2 as usize;
+        let _ = match u16::from_be(ctx.skb.protocol() as u16) {
+            ETH_P_IP => ipv4_l4(&ctx, l3).and_then(|(proto, l4)| fix_reply_port(&ctx, proto, l4)),
+            // Our own answers carry no extension headers: UDP follows the fixed header.
+            ETH_P_IPV6 => ctx.load::<u8>(l3 + 6).ok().and_then(|proto| fix_reply_port(&ctx, proto, l3 + 40)),
+            _ => None,
+        };
     }
     TC_ACT_UNSPEC
 }
 
+/// The protocol and where its header starts.
 #[inline(always)]
-fn fix_reply_port(ctx: &TcContext, l3: usize) -> Option<()> {
+fn ipv4_l4(ctx: &TcContext, l3: usize) -> Option<(u8, usize)> {
     let vihl: u8 = ctx.load(l3).ok()?;
     let proto: u8 = ctx.load(l3 + 9).ok()?;
-    let l4 = l3 + ((vihl & 0x0f) as usize) * 4;
+    Some((proto, l3 + ((vihl & 0x0f) as usize) * 4))
+}
+
+#[inline(always)]
+fn fix_reply_port(ctx: &TcContext, proto: u8, l4: usize) -> Option<()> {
     let sport: u16 = ctx.load(l4).ok()?;
     let port = gateway_reply_port(&config(), proto, u16::from_be(sport))?.to_be();
     // The UDP checksum covers the ports; a zero checksum (none) stays zero.
@@ -117,26 +138,43 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<i32> {
     // `Established` once the local service's socket exists.
     // SAFETY: only tested for presence.
     let to_local = proto == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN != 0 && unsafe { LOCAL_V4.get(&daddr) }.is_some();
-    let cfg = config();
-    Some(match gateway_decide(&cfg, proto, u16::from_be(dport), tcp_flags, to_local) {
+    let action = gateway_decide(&config(), proto, u16::from_be(dport), tcp_flags, to_local);
+    let tuple = |d: u32, dport: u16| tuple4(saddr, sport, d, dport);
+    Some(carry_out(ctx, action, tuple, daddr, dport, LOOPBACK_BE, TUPLE4_LEN))
+}
+
+/// Carries out the policy's decision. `tuple(daddr, dport)` makes a socket lookup's key
+/// from the packet's source and the given destination (`daddr` is the packet's own,
+/// `loopback` the listeners' address), `len` its size: the family's.
+#[inline(always)]
+fn carry_out<A: Copy>(
+    ctx: &TcContext,
+    action: GatewayAction,
+    tuple: impl Fn(A, u16) -> bpf_sock_tuple,
+    daddr: A,
+    dport: u16,
+    loopback: A,
+    len: u32,
+) -> i32 {
+    match action {
         GatewayAction::SteerTcp { port, counter } => {
-            let mut t = tuple(saddr, sport, LOOPBACK_BE, port.to_be());
+            let mut t = tuple(loopback, port.to_be());
             // SAFETY: the tuple lives on our stack for the call; the socket it returns is
             // released in `assign`.
-            let sk = unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut t, TUPLE4_LEN, CURRENT_NETNS, 0) };
+            let sk = unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut t, len, CURRENT_NETNS, 0) };
             assign(ctx, sk, true, counter)
         }
         GatewayAction::SteerUdp { port } => {
-            let mut t = tuple(saddr, sport, LOOPBACK_BE, port.to_be());
+            let mut t = tuple(loopback, port.to_be());
             // SAFETY: as above.
-            let sk = unsafe { bpf_sk_lookup_udp(ctx.skb.skb.cast(), &mut t, TUPLE4_LEN, CURRENT_NETNS, 0) };
+            let sk = unsafe { bpf_sk_lookup_udp(ctx.skb.skb.cast(), &mut t, len, CURRENT_NETNS, 0) };
             assign(ctx, sk, false, Counter::GwDnsSteered)
         }
         GatewayAction::Established => {
-            let mut t = tuple(saddr, sport, daddr, dport);
+            let mut t = tuple(daddr, dport);
             // SAFETY: as above; the socket is released before we return.
             let known = unsafe {
-                let sk = bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut t, TUPLE4_LEN, CURRENT_NETNS, 0);
+                let sk = bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut t, len, CURRENT_NETNS, 0);
                 if sk.is_null() {
                     false
                 } else {
@@ -165,7 +203,47 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<i32> {
             count(Counter::GwDropped);
             TC_ACT_SHOT
         }
-    })
+    }
+}
+
+/// `None`: unparsable, dropped by the caller. Only a TCP or UDP header right after the
+/// fixed one is served: extension headers (fragments among them) are dropped, as ICMPv6
+/// is but for neighbour discovery on a LAN (`l2`).
+#[inline(always)]
+fn ipv6(ctx: &TcContext, l3: usize, l2: bool) -> Option<i32> {
+    let next: u8 = ctx.load(l3 + 6).ok()?;
+    let saddr: [u32; 4] = ctx.load(l3 + 8).ok()?;
+    let daddr: [u32; 4] = ctx.load(l3 + 24).ok()?;
+    let l4 = l3 + 40;
+    if next == IPPROTO_ICMPV6 {
+        let kind: u8 = ctx.load(l4).ok()?;
+        if l2 && NDP.contains(&kind) {
+            count(Counter::GwPassed);
+            return Some(TC_ACT_UNSPEC);
+        }
+        return None;
+    }
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        return None;
+    }
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let tcp_flags: u8 = if next == IPPROTO_TCP { ctx.load(l4 + 13).ok()? } else { 0 };
+    // No list of this host's IPv6 addresses yet: never `Local`.
+    let action = gateway_decide(&config(), next, u16::from_be(dport), tcp_flags, false);
+    let tuple = |d: [u32; 4], dport: u16| tuple6(saddr, sport, d, dport);
+    Some(carry_out(ctx, action, tuple, daddr, dport, LOOPBACK6_BE, TUPLE6_LEN))
+}
+
+const TUPLE6_LEN: u32 = core::mem::size_of::<Tuple6>() as u32;
+
+/// All four in network byte order.
+#[inline(always)]
+fn tuple6(saddr: [u32; 4], sport: u16, daddr: [u32; 4], dport: u16) -> bpf_sock_tuple {
+    // SAFETY: plain data; zeroed so that no byte the kernel reads is uninitialised.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    t.__bindgen_anon_1.ipv6 = Tuple6 { saddr, daddr, sport, dport };
+    t
 }
 
 const TUPLE4_LEN: u32 = core::mem::size_of::<Tuple4>() as u32;
@@ -173,7 +251,7 @@ const CURRENT_NETNS: u64 = BPF_F_CURRENT_NETNS as u64;
 
 /// All four in network byte order.
 #[inline(always)]
-fn tuple(saddr: u32, sport: u16, daddr: u32, dport: u16) -> bpf_sock_tuple {
+fn tuple4(saddr: u32, sport: u16, daddr: u32, dport: u16) -> bpf_sock_tuple {
     // SAFETY: plain data; zeroed so that no byte the kernel reads is uninitialised.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     t.__bindgen_anon_1.ipv4 = Tuple4 { saddr, daddr, sport, dport };

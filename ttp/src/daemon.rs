@@ -350,7 +350,7 @@ struct Listeners {
 fn bind_ports(opts: &StartOptions, transparent: bool) -> Result<Listeners> {
     let mut l = Listeners { trans: vec![], dns_udp: vec![], dns_tcp: vec![], socks: vec![] };
     for ip in loopbacks() {
-        let t = transparent && ip.is_ipv4();
+        let t = transparent;
         let (trans, dns) = (SocketAddr::new(ip, opts.trans_port), SocketAddr::new(ip, opts.dns_port));
         l.trans.push(tcp_listener(trans, t).with_context(|| bind_err("TransPort", trans))?);
         l.dns_udp.push(udp_socket(dns, t).with_context(|| bind_err("DNSPort", dns))?);
@@ -366,11 +366,39 @@ fn bind_ports(opts: &StartOptions, transparent: bool) -> Result<Listeners> {
     Ok(l)
 }
 
+/// A gateway client's packets reach our loopback listeners with the destination it
+/// chose (the TC program assigns them): the sockets may use such an address as their
+/// own (`IP_TRANSPARENT`, `IPV6_TRANSPARENT`).
+fn set_transparent(s: &socket2::Socket, addr: SocketAddr) -> std::io::Result<()> {
+    if addr.is_ipv4() {
+        s.set_ip_transparent_v4(true)
+    } else {
+        // Neither socket2 nor nix has the IPv6 option.
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_IPV6,
+                libc::IPV6_TRANSPARENT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 fn tcp_listener(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     if transparent {
-        s.set_ip_transparent_v4(true)?;
+        set_transparent(&s, addr)?;
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -381,11 +409,13 @@ fn tcp_listener(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListe
 fn udp_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<UdpSocket> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
     if transparent {
-        s.set_ip_transparent_v4(true)?;
+        set_transparent(&s, addr)?;
     }
+    // The DNSPort answers from the address each query was sent to (see dns::server).
     if addr.is_ipv4() {
-        // The DNSPort answers from the address each query was sent to (see dns::server).
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)?;
+    } else {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvPacketInfo, &true)?;
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;

@@ -2,9 +2,9 @@
 //! tunnel's TUN, a LAN interface named with `--gateway`) is delivered to this host, never
 //! forwarded.
 //!
-//! One policy rule per interface (`iif IFACE lookup 29808`) and one route in that table
-//! (`local 0.0.0.0/0 dev lo`): a packet from a gateway interface to any address counts as
-//! addressed to us. The TC program on the interface (`ttp-ebpf/src/gateway.rs`) then hands
+//! One policy rule per interface and family (`iif IFACE lookup 29808`) and one route per
+//! family in that table (`local 0.0.0.0/0 dev lo`, `local ::/0 dev lo`): a packet from a
+//! gateway interface to any address counts as addressed to us. The TC program on the interface (`ttp-ebpf/src/gateway.rs`) then hands
 //! new TCP connections to the TransPort and DNS queries to the DNSPort, and drops the
 //! rest. Both halves fail closed on their own: the rule never forwards, and the program
 //! drops what no ttp socket takes. Set up as root before the daemon gives up root; removed
@@ -14,7 +14,7 @@
 //! The daemon also keeps the program's list of this host's own addresses current
 //! ([`follow_local_addresses`]): connections to them go to the host's own services.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -41,25 +41,28 @@ pub async fn install(interfaces: &[String]) -> Result<()> {
     let conn = tokio::spawn(conn);
     let result = async {
         remove_with(&handle).await?;
-        handle
-            .route()
-            .add(local_default()?)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("adding the route `local 0.0.0.0/0 dev lo table {TABLE}`"))?;
+        let [(v4, v4_text), (v6, v6_text)] = local_defaults()?;
+        let add = |route, text| {
+            let req = handle.route().add(route).replace().execute();
+            async move { req.await.with_context(|| format!("adding the route `{text} dev lo table {TABLE}`")) }
+        };
+        add(v4, v4_text).await?;
+        // A host without IPv6 serves its gateway clients over IPv4 only; their IPv6, if
+        // any, finds no listener and is dropped by the TC program.
+        let v6 = match add(v6, v6_text).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("gateway clients' IPv6 is dropped: {e:#}");
+                false
+            }
+        };
         for iface in interfaces {
-            handle
-                .rule()
-                .add()
-                .v4()
-                .input_interface(iface.clone())
-                .table_id(TABLE)
-                .priority(PRIORITY)
-                .action(RuleAction::ToTable)
-                .execute()
-                .await
-                .with_context(|| format!("adding the rule `iif {iface} lookup {TABLE}`"))?;
+            let rule = || handle.rule().add().input_interface(iface.clone()).table_id(TABLE).priority(PRIORITY);
+            let what = |v| format!("adding the rule `iif {iface} lookup {TABLE}` (IPv{v})");
+            rule().v4().action(RuleAction::ToTable).execute().await.with_context(|| what(4))?;
+            if v6 {
+                rule().v6().action(RuleAction::ToTable).execute().await.with_context(|| what(6))?;
+            }
         }
         anyhow::Ok(())
     }
@@ -84,18 +87,22 @@ pub fn remove_blocking() -> Result<usize> {
 }
 
 async fn remove_with(handle: &rtnetlink::Handle) -> Result<usize> {
-    let rules: Vec<RuleMessage> =
-        handle.rule().get(rtnetlink::IpVersion::V4).execute().try_collect().await.context("listing the rules")?;
     let mut n = 0;
-    for r in rules.into_iter().filter(points_at_our_table) {
-        handle.rule().del(r).execute().await.context("removing a gateway rule")?;
-        n += 1;
+    for family in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+        let rules: Vec<RuleMessage> =
+            handle.rule().get(family).execute().try_collect().await.context("listing the rules")?;
+        for r in rules.into_iter().filter(points_at_our_table) {
+            handle.rule().del(r).execute().await.context("removing a gateway rule")?;
+            n += 1;
+        }
     }
-    match handle.route().del(local_default()?).execute().await {
-        Ok(()) => {}
-        // Not there (ESRCH): nothing to remove.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
-        Err(e) => return Err(e).context(format!("removing the route in table {TABLE}")),
+    for (route, _) in local_defaults()? {
+        match handle.route().del(route).execute().await {
+            Ok(()) => {}
+            // Not there (ESRCH, or ENOENT for IPv6): nothing to remove.
+            Err(rtnetlink::Error::NetlinkError(e)) if [-libc::ESRCH, -libc::ENOENT].contains(&e.raw_code()) => {}
+            Err(e) => return Err(e).context(format!("removing a route in table {TABLE}")),
+        }
     }
     Ok(n)
 }
@@ -104,15 +111,24 @@ fn points_at_our_table(r: &RuleMessage) -> bool {
     r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if *t == TABLE))
 }
 
-fn local_default() -> Result<RouteMessage> {
+/// The table's routes, one per family, with how `ip route` would write them.
+fn local_defaults() -> Result<[(RouteMessage, &'static str); 2]> {
     let lo = nix::net::if_::if_nametoindex("lo").context("no loopback interface")?;
-    Ok(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+    let v4 = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
         .table_id(TABLE)
         .kind(RouteType::Local)
         .scope(RouteScope::Host)
         .output_interface(lo)
-        .build())
+        .build();
+    let v6 = rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+        .table_id(TABLE)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .output_interface(lo)
+        .build();
+    Ok([(v4, "local 0.0.0.0/0"), (v6, "local ::/0")])
 }
 
 /// Keeps LOCAL_V4 equal to this host's IPv4 addresses, so that the gateway program hands

@@ -16,6 +16,8 @@ const GW_OUTER: &str = "100.64.7.1";
 const PEER_OUTER: &str = "100.64.7.2";
 const GW_INNER: &str = "10.77.0.1";
 const PEER_INNER: &str = "10.77.0.2";
+const GW_INNER6: &str = "fd77::1";
+const PEER_INNER6: &str = "fd77::2";
 const GW_LAN: &str = "192.168.77.1";
 const LAN_CLIENT: &str = "192.168.77.2";
 
@@ -54,19 +56,20 @@ impl Behind {
         std::fs::write(
             dir.0.join("gw.toml"),
             format!(
-                "private-key = \"{gw_key}\"\nlisten-port = 51820\naddress = [\"{GW_INNER}/24\"]\ninterface = \"{TUN}\"\n\
-                 [[peer]]\npublic-key = \"{peer_pub}\"\nallowed-ips = [\"{PEER_INNER}/32\"]\n"
+                "private-key = \"{gw_key}\"\nlisten-port = 51820\naddress = [\"{GW_INNER}/24\", \"{GW_INNER6}/64\"]\n\
+                 interface = \"{TUN}\"\n\
+                 [[peer]]\npublic-key = \"{peer_pub}\"\nallowed-ips = [\"{PEER_INNER}/32\", \"{PEER_INNER6}/128\"]\n"
             ),
         )
         .unwrap();
-        // The peer routes the tunnel's prefix, the internet's web prefix and the .onion
+        // The peer routes the tunnel's prefixes, the internet's web prefixes and the .onion
         // virtual range into the tunnel; its resolver is the gateway's tunnel address.
         std::fs::write(
             dir.0.join("peer.toml"),
             format!(
-                "private-key = \"{peer_key}\"\naddress = [\"{PEER_INNER}/24\"]\n\
+                "private-key = \"{peer_key}\"\naddress = [\"{PEER_INNER}/24\", \"{PEER_INNER6}/64\"]\n\
                  [[peer]]\npublic-key = \"{gw_pub}\"\n\
-                 allowed-ips = [\"10.77.0.0/24\", \"203.0.113.0/24\", \"10.192.0.0/10\"]\n\
+                 allowed-ips = [\"10.77.0.0/24\", \"203.0.113.0/24\", \"10.192.0.0/10\", \"fd77::/64\", \"2001:db8:113::/64\"]\n\
                  endpoint = \"{GW_OUTER}:51820\"\n"
             ),
         )
@@ -172,14 +175,19 @@ impl Drop for Behind {
     }
 }
 
-/// Our table in `ip rule` of the gateway's namespace.
+/// Our table in `ip rule` (both families) of the gateway's namespace.
 fn gateway_rules(w: &World) -> String {
-    let out = w.host.cmd("ip").args(["rule", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("lookup {}", ttp::gateway::TABLE)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut rules = Vec::new();
+    for family in ["-4", "-6"] {
+        let out = w.host.cmd("ip").args([family, "rule", "show"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        rules.extend(
+            text.lines()
+                .filter(|l| l.contains(&format!("lookup {}", ttp::gateway::TABLE)))
+                .map(|l| format!("{family} {l}")),
+        );
+    }
+    rules.join("\n")
 }
 
 #[test]
@@ -189,6 +197,7 @@ fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
     let w = &b.run.w;
     let rules = gateway_rules(w);
     assert!(rules.contains(TUN) && rules.contains(LAN_LINK), "gateway rules: {rules}");
+    assert_eq!(rules.lines().count(), 4, "a rule per interface and family: {rules}");
     let page = "http://www.example.test/index.txt";
     b.warm_up(page);
 
@@ -467,10 +476,15 @@ fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
         let conf = std::fs::read_to_string(&conf_path).unwrap();
         let iface = Interface::start(*which, ns, &format!("wgd{}{name}", std::process::id() % 10000)).unwrap();
         iface.setconf(ns, &conf_path).unwrap();
-        iface.up(ns, &conf_value(&conf, "Address")).unwrap();
-        // What wg-quick does with AllowedIPs = 0.0.0.0/0: everything into the tunnel (the
-        // way to the gateway stays on the link: it is on-link).
+        let addresses = conf_value(&conf, "Address");
+        let mut addresses = addresses.split(", ");
+        iface.up(ns, addresses.next().unwrap()).unwrap();
+        let v6 = addresses.next().expect("an IPv6 address too: the gateway has an IPv6 prefix");
+        ns.ip(&["-6", "addr", "add", v6, "dev", &iface.name, "nodad"]).unwrap();
+        // What wg-quick does with AllowedIPs = 0.0.0.0/0, ::/0: everything into the tunnel
+        // (the way to the gateway stays on the link: it is on-link).
         ns.ip(&["route", "add", "default", "dev", &iface.name]).unwrap();
+        ns.ip(&["-6", "route", "add", "default", "dev", &iface.name]).unwrap();
         std::fs::write(
             b.dir.0.join(format!("{name}-resolv.conf")),
             format!("nameserver {}\n", conf_value(&conf, "DNS")),
@@ -493,6 +507,8 @@ fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
             }
         }
         assert_eq!(got, PAGE, "{which:?} by name through the gateway: {}", b.run.failures());
+        let six = b.in_ns(ns, &resolv, &["curl", "-6", "-sS", "--max-time", "30", page]);
+        assert_eq!(six, PAGE, "{which:?} over IPv6 by name through the gateway: {}", b.run.failures());
         let udp = ns.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
         assert!(!String::from_utf8_lossy(&udp.stdout).contains("DIRECT"), "{which:?}: UDP answered directly");
         let ping = ns.cmd("ping").args(["-c", "1", "-W", "1", WEB]).output().unwrap();
@@ -505,4 +521,50 @@ fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
     let moved = st["tunnel_peers"].as_array().unwrap().iter().filter(|p| p["rx_bytes"].as_u64() > Some(0)).count();
     assert_eq!(moved, 3, "the ttp peer and both devices moved bytes: {st:#}");
     drop(up);
+}
+
+#[test]
+fn ipv6_from_a_tunnel_peer_and_a_lan_client_goes_through_tor_and_never_leaves_in_the_clear() {
+    let web6 = ttp_tests::testnet::WEB_V6;
+    let mut b = Behind::new();
+    // The LAN has IPv6 too (neighbour discovery must pass the gateway's program); the
+    // gateway is the LAN client's IPv6 router.
+    b.run.w.host.ip(&["-6", "addr", "add", "fd78::1/64", "dev", LAN_LINK, "nodad"]).unwrap();
+    b.lan.ip(&["-6", "addr", "add", "fd78::2/64", "dev", "eth0", "nodad"]).unwrap();
+    b.lan.ip(&["-6", "route", "add", "default", "via", "fd78::1"]).unwrap();
+    b.start();
+    let page = "http://www.example.test/index.txt";
+    b.warm_up(page);
+    let w = &b.run.w;
+    let before = w.counters().unwrap();
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    // DNS over IPv6 to the DNSPort (at the gateway's tunnel address), AAAA from the exit.
+    let aaaa =
+        b.in_ns(&b.peer, "peer-resolv.conf", &["dig", "+short", &format!("@{GW_INNER6}"), "www.example.test", "AAAA"]);
+    assert_eq!(aaaa, web6, "AAAA over IPv6 through the DNSPort: {}", b.run.failures());
+    // TCP over IPv6, by name and by address: through Tor.
+    let by_name = b.in_ns(&b.peer, "peer-resolv.conf", &["curl", "-6", "-sS", "--max-time", "30", page]);
+    assert_eq!(by_name, PAGE, "curl -6 by name: {}", b.run.failures());
+    let by_addr = format!("http://[{web6}]/index.txt");
+    assert_eq!(b.in_ns(&b.peer, "peer-resolv.conf", &["curl", "-6", "-sS", "--max-time", "30", &by_addr]), PAGE);
+    // The LAN client: DNS over IPv6 to its router, and a page over IPv6 by name.
+    let aaaa = b.in_ns(&b.lan, "lan-resolv.conf", &["dig", "+short", "@fd78::1", "www.example.test", "AAAA"]);
+    assert_eq!(aaaa, web6, "the LAN client's AAAA over IPv6: {}", b.run.failures());
+    let lan = b.in_ns(&b.lan, "lan-resolv.conf", &["curl", "-6", "-sS", "--max-time", "30", page]);
+    assert_eq!(lan, PAGE, "the LAN client's curl -6 by name: {}", b.run.failures());
+    // ICMPv6 and UDP over IPv6 are dropped at the gateway, never forwarded.
+    let kit = bin("testkit").display().to_string();
+    for ns in [&b.peer, &b.lan] {
+        let ping = ns.cmd("ping").args(["-6", "-c", "1", "-W", "1", web6]).output().unwrap();
+        assert!(!ping.status.success(), "a ping over IPv6 to the internet was answered");
+        let udp = ns.cmd(&kit).args(["udp", &format!("[{web6}]:443")]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&udp.stdout).contains("FROM"), "UDP over IPv6 was answered");
+    }
+    let pkts = cap.stop().unwrap();
+    assert_only_relay_traffic(&pkts);
+    let direct6: Vec<&String> = pkts.iter().filter(|l| l.contains(&format!("> {web6}."))).collect();
+    assert!(direct6.is_empty(), "IPv6 to the destination left the host: {direct6:#?}");
+    let after = w.counters().unwrap();
+    assert!(after["gateway_tcp_steered"] >= before["gateway_tcp_steered"] + 3, "{after:?}");
+    assert!(after["gateway_dns_steered"] > before["gateway_dns_steered"], "{after:?}");
 }

@@ -2,7 +2,7 @@
 //! they also take the queries of machines behind the gateway (see [`crate::gateway`]).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd,
     sync::Arc,
     time::Duration,
@@ -28,8 +28,8 @@ const MAX_IN_FLIGHT: usize = 1024;
 const _: () = assert!(MAX_IN_FLIGHT > super::service::MAX_TOR_LOOKUPS);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// Answers UDP queries. On IPv4 each answer leaves from the address its query was sent
-/// to (`IP_PKTINFO`): a query the gateway program handed over was sent to some resolver's
+/// Answers UDP queries. Each answer leaves from the address its query was sent to
+/// (`IP_PKTINFO`, `IPV6_PKTINFO`): a query the gateway program handed over was sent to some resolver's
 /// address (the client's own choice), and the client only accepts the answer from there.
 /// For this host's redirected queries that address is 127.0.0.1, as before.
 ///
@@ -39,14 +39,13 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<LoadStats>) -> Result<()> {
     let sock = Arc::new(sock);
     let local = sock.local_addr()?;
-    let pktinfo = local.is_ipv4();
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 65535];
     loop {
-        let received = if pktinfo {
+        let received = if local.is_ipv4() {
             sock.async_io(Interest::READABLE, || recv_v4(&sock, &mut buf)).await
         } else {
-            sock.recv_from(&mut buf).await.map(|(n, peer)| (n, peer, None))
+            sock.async_io(Interest::READABLE, || recv_v6(&sock, &mut buf)).await
         };
         // A receive error that is not the socket's own (no memory, an ICMP error) is
         // waited out like an accept error: it must not end the DNSPort.
@@ -67,8 +66,11 @@ pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<Load
             let asker = Asker::of_datagram(peer, local);
             if let Some(answer) = service.handle(&query, &asker).await {
                 let _ = match (dst, peer) {
-                    (Some(from), SocketAddr::V4(to)) => {
+                    (Some(IpAddr::V4(from)), SocketAddr::V4(to)) => {
                         sock.async_io(Interest::WRITABLE, || send_v4(&sock, &answer, from, to)).await
+                    }
+                    (Some(IpAddr::V6(from)), SocketAddr::V6(to)) => {
+                        sock.async_io(Interest::WRITABLE, || send_v6(&sock, &answer, from, to)).await
                     }
                     _ => sock.send_to(&answer, peer).await.map(drop),
                 };
@@ -79,17 +81,43 @@ pub async fn serve_udp(sock: UdpSocket, service: Arc<DnsService>, load: Arc<Load
 }
 
 /// One datagram and the destination address it was sent to.
-fn recv_v4(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+fn recv_v4(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<IpAddr>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
     let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
     let peer = msg.address.map(|a| SocketAddr::V4(a.into())).ok_or(std::io::ErrorKind::InvalidData)?;
     let dst = msg.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::Ipv4PacketInfo(pi) => Some(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))),
+        ControlMessageOwned::Ipv4PacketInfo(pi) => Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)))),
         _ => None,
     });
     Ok((msg.bytes, peer, dst))
+}
+
+/// [`recv_v4`] for IPv6.
+fn recv_v6(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn6};
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrIn6>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let peer = msg.address.map(|a| SocketAddr::V6(a.into())).ok_or(std::io::ErrorKind::InvalidData)?;
+    let dst = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv6PacketInfo(pi) => Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr))),
+        _ => None,
+    });
+    Ok((msg.bytes, peer, dst))
+}
+
+/// [`send_v4`] for IPv6.
+fn send_v6(sock: &UdpSocket, data: &[u8], from: Ipv6Addr, to: SocketAddrV6) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn6};
+    // SAFETY: in6_pktinfo is plain data; zero is "no interface".
+    let mut pi: libc::in6_pktinfo = unsafe { std::mem::zeroed() };
+    pi.ipi6_addr.s6_addr = from.octets();
+    let iov = [std::io::IoSlice::new(data)];
+    let to = SockaddrIn6::from(to);
+    sendmsg(sock.as_raw_fd(), &iov, &[ControlMessage::Ipv6PacketInfo(&pi)], MsgFlags::empty(), Some(&to))?;
+    Ok(())
 }
 
 /// Sends `data` to `to` from the address `from`.

@@ -77,7 +77,7 @@ pub fn add(r: &Request<'_>) -> Result<Added> {
             (Some(id.private), id.public)
         }
     };
-    let addresses = if r.addresses.is_empty() { vec![free_address(&gw)?] } else { r.addresses.clone() };
+    let addresses = if r.addresses.is_empty() { free_addresses(&gw)? } else { r.addresses.clone() };
     let endpoint = match r.endpoint {
         Some(e) => check_endpoint(e)?,
         None => guess_endpoint(gw.listen_port)?,
@@ -99,7 +99,7 @@ pub fn add(r: &Request<'_>) -> Result<Added> {
         private_key: private.map(|k| keys::encode(&k)).unwrap_or_default(),
         addresses,
         // Any resolver the device asks is answered by the gateway's DNSPort; its own
-        // tunnel address is the one that is always there.
+        // tunnel address is the one that is always there (IPv4: every device has it).
         dns: gw.addresses.iter().take(1).map(|a| a.addr().to_string()).collect(),
         listen_port: None,
         mtu: None,
@@ -150,21 +150,30 @@ fn keep(path: &Path, text: &str) -> Result<()> {
     config::replace_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The first address of the gateway's IPv4 prefix that is neither the gateway's own nor
-/// any peer's.
-fn free_address(gw: &TunnelConfig) -> Result<IpNet> {
-    let prefix = gw.addresses.iter().find(|a| a.addr().is_ipv4()).context(
-        "the gateway's file has no IPv4 address (`address = [\"10.77.0.1/24\"]`) to give the device one from",
-    )?;
+/// The first free address of the gateway's IPv4 prefix, and of its IPv6 prefix if it has
+/// one (the device's IPv6 goes through Tor as its IPv4 does): neither the gateway's own
+/// nor any peer's.
+fn free_addresses(gw: &TunnelConfig) -> Result<Vec<IpNet>> {
     let taken = |ip: IpAddr| {
         gw.addresses.iter().any(|a| a.addr() == ip)
             || gw.peers.iter().flat_map(|p| &p.allowed).any(|n| allowed::overlap(n, &IpNet::from(ip)))
     };
-    prefix
-        .hosts()
-        .find(|ip| !taken(*ip))
-        .map(IpNet::from)
-        .with_context(|| format!("no free address left in {}: give one with --address", prefix.trunc()))
+    let first_free = |prefix: &IpNet| {
+        prefix
+            .hosts()
+            .take(1 << 16)
+            .find(|ip| !taken(*ip))
+            .map(IpNet::from)
+            .with_context(|| format!("no free address left in {}: give one with --address", prefix.trunc()))
+    };
+    let v4 = gw.addresses.iter().find(|a| a.addr().is_ipv4()).context(
+        "the gateway's file has no IPv4 address (`address = [\"10.77.0.1/24\"]`) to give the device one from",
+    )?;
+    let mut out = vec![first_free(v4)?];
+    if let Some(v6) = gw.addresses.iter().find(|a| a.addr().is_ipv6()) {
+        out.push(first_free(v6)?);
+    }
+    Ok(out)
 }
 
 fn check_endpoint(e: &str) -> Result<String> {
