@@ -299,15 +299,24 @@ fn a_tunnel_peer_and_a_lan_client_reach_the_internet_only_through_tor() {
 #[test]
 fn a_killed_gateway_forwards_nothing() {
     let mut b = Behind::new();
-    let udp_out = format!("> {WEB}.443");
+    let web6 = ttp_tests::testnet::WEB_V6;
+    with_ipv6_uplink_and_lan(&b);
+    let (udp_out, udp6_out) = (format!("> {WEB}.443"), format!("> {web6}.443"));
     let kit = bin("testkit").display().to_string();
-    let lan_udp = |b: &Behind| b.lan.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
-    // Positive control: without ttp this namespace is a router, and the capture sees the
-    // LAN client's datagram leave for the internet.
+    let lan_udp = |b: &Behind| {
+        b.lan.cmd(&kit).args(["udp", &format!("{WEB}:443")]).output().unwrap();
+        b.lan.cmd(&kit).args(["udp", &format!("[{web6}]:443")]).output().unwrap();
+    };
+    // Positive control: without ttp this namespace is a router (IPv4 and IPv6), and the
+    // capture sees the LAN client's datagrams leave for the internet.
+    // (A few tries: the links' neighbour discovery takes a moment after they come up.)
     let cap = Capture::start(&b.run.w.inet, &b.run.w.inet_if).unwrap();
-    lan_udp(&b);
+    for _ in 0..5 {
+        lan_udp(&b);
+    }
     let pkts = cap.stop().unwrap();
     assert!(!matching(&pkts, &udp_out).is_empty(), "the control datagram was not forwarded: {pkts:#?}");
+    assert!(!matching(&pkts, &udp6_out).is_empty(), "the IPv6 control datagram was not forwarded: {pkts:#?}");
 
     b.start();
     b.warm_up("http://www.example.test/index.txt");
@@ -318,9 +327,13 @@ fn a_killed_gateway_forwards_nothing() {
     assert_ne!(b.lan_curl(&format!("http://{WEB}/index.txt")), PAGE);
     lan_udp(&b);
     assert_ne!(b.peer_curl(&format!("http://{WEB}/index.txt")), PAGE);
+    let by_addr6 = format!("http://[{web6}]/index.txt");
+    assert_ne!(b.in_ns(&b.lan, "lan-resolv.conf", &["curl", "-6", "-sS", "--max-time", "5", &by_addr6]), PAGE);
+    assert_ne!(b.in_ns(&b.peer, "peer-resolv.conf", &["curl", "-6", "-sS", "--max-time", "5", &by_addr6]), PAGE);
     let pkts = cap.stop().unwrap();
     let out: Vec<_> = pkts.iter().filter(|l| l.contains(" > ") && !l.contains("ARP")).collect();
-    assert!(out.iter().all(|l| !l.contains(&format!("> {WEB}."))), "left after the crash: {out:#?}");
+    let leaked = |l: &&&String| l.contains(&format!("> {WEB}.")) || l.contains(&format!("> {web6}."));
+    assert!(!out.iter().any(|l| leaked(&l)), "left after the crash: {out:#?}");
     let counters = b.run.w.counters().unwrap();
     assert!(counters["gateway_no_listener"] + counters["gateway_dropped"] > 0, "{counters:?}");
     // The gateway's own services stay reachable, so an admin can still log in to fix it.
@@ -425,6 +438,22 @@ fn idle_connections_from_a_gateway_client_take_nothing_from_the_others() {
     assert_only_relay_traffic(&cap.stop().unwrap());
 }
 
+/// IPv6 on the gateway's uplink (a router on the internet side) and on its LAN (the
+/// gateway is the LAN client's router), and IPv6 forwarding on: without ttp the
+/// gateway would route its LAN's IPv6 to the internet.
+fn with_ipv6_uplink_and_lan(b: &Behind) {
+    let w = &b.run.w;
+    let n = w.inet_if.trim_start_matches("th");
+    w.inet.ip(&["-6", "addr", "add", &format!("2001:db8:19:{n}::1/64"), "dev", &w.inet_if, "nodad"]).unwrap();
+    let uplink = ttp_tests::UPLINK;
+    w.host.ip(&["-6", "addr", "add", &format!("2001:db8:19:{n}::2/64"), "dev", uplink, "nodad"]).unwrap();
+    w.host.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:19:{n}::1")]).unwrap();
+    w.host.cmd("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]).status().unwrap();
+    w.host.ip(&["-6", "addr", "add", "fd78::1/64", "dev", LAN_LINK, "nodad"]).unwrap();
+    b.lan.ip(&["-6", "addr", "add", "fd78::2/64", "dev", "eth0", "nodad"]).unwrap();
+    b.lan.ip(&["-6", "route", "add", "default", "via", "fd78::1"]).unwrap();
+}
+
 /// A config file's `Key = value` (the first), as wg-quick files have them.
 fn conf_value(conf: &str, key: &str) -> String {
     conf.lines()
@@ -527,11 +556,9 @@ fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
 fn ipv6_from_a_tunnel_peer_and_a_lan_client_goes_through_tor_and_never_leaves_in_the_clear() {
     let web6 = ttp_tests::testnet::WEB_V6;
     let mut b = Behind::new();
-    // The LAN has IPv6 too (neighbour discovery must pass the gateway's program); the
-    // gateway is the LAN client's IPv6 router.
-    b.run.w.host.ip(&["-6", "addr", "add", "fd78::1/64", "dev", LAN_LINK, "nodad"]).unwrap();
-    b.lan.ip(&["-6", "addr", "add", "fd78::2/64", "dev", "eth0", "nodad"]).unwrap();
-    b.lan.ip(&["-6", "route", "add", "default", "via", "fd78::1"]).unwrap();
+    // The LAN has IPv6 too (neighbour discovery must pass the gateway's program), and so
+    // has the uplink: a forwarded packet would leave.
+    with_ipv6_uplink_and_lan(&b);
     b.start();
     let page = "http://www.example.test/index.txt";
     b.warm_up(page);
