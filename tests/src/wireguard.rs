@@ -84,6 +84,11 @@ impl Interface {
         Ok(iface)
     }
 
+    /// The implementation's process.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     /// `wg set NAME ARGS...`
     pub fn set(&self, ns: &Netns, args: &[&str]) -> Result<()> {
         run(ns.cmd("wg").args(["set", &self.name]).args(args)).map(drop)

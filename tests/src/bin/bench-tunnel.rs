@@ -1,10 +1,11 @@
 //! `cargo xtask bench tunnel`: throughput through the tunnel, side by side with the bare
-//! veth and with boringtun (`boringtun-cli`, configured with Debian's `wg`), in one run on
-//! the same two namespaces and veth. iperf3: one TCP stream, four TCP streams, and UDP
+//! veth, boringtun (`boringtun-cli`) and Debian's wireguard-go (both configured with
+//! Debian's `wg`), in one run on the same two namespaces and veth. iperf3: one TCP stream, four TCP streams, and UDP
 //! packets per second (small datagrams); and the CPU both tunnel ends used per gigabit.
 //!
 //! Both ends run on this machine, so "CPU" is the two tunnel processes' user+system time
-//! (from /proc) while iperf3 ran, divided by the gigabits moved.
+//! (from /proc; for ttp, whose `tunnel up` forks its device, the children's too) while
+//! iperf3 ran, divided by the gigabits moved.
 
 use std::{
     process::Command,
@@ -12,7 +13,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ttp_tests::{bin, run, tunnel_key, Netns, Proc, TempDir};
+use ttp_tests::{
+    bin, run, tunnel_key,
+    wireguard::{Impl, Interface},
+    Netns, Proc, TempDir,
+};
 
 const SECS: u32 = 8;
 const ROUNDS: usize = 3;
@@ -33,6 +38,7 @@ fn main() -> Result<()> {
         "boringtun-cli is not installed: `cargo install boringtun-cli --locked` (under a minute), then run again",
     )?;
     which("wg").context("wg is not installed: `apt-get install wireguard-tools`")?;
+    which("wireguard-go").context("wireguard-go is not installed: `apt-get install wireguard-go`")?;
     which("iperf3").context("iperf3 is not installed: `apt-get install iperf3`")?;
     let (a, b) = (Netns::new("bta").unwrap(), Netns::new("btb").unwrap());
     a.ip(&["link", "add", "bt0", "type", "veth", "peer", "name", "bt1"])?;
@@ -45,7 +51,7 @@ fn main() -> Result<()> {
     let _server = iperf_server(&b)?;
 
     let mut table: Vec<(&str, Vec<[Sample; 3]>)> =
-        vec![("bare veth", vec![]), ("ttp tunnel", vec![]), ("boringtun", vec![])];
+        vec![("bare veth", vec![]), ("ttp tunnel", vec![]), ("boringtun", vec![]), ("wireguard-go", vec![])];
     for round in 0..ROUNDS {
         table[0].1.push(measure(&a, B_OUTER, &[])?);
         {
@@ -58,9 +64,17 @@ fn main() -> Result<()> {
             let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
             table[2].1.push(measure(&a, B_INNER, &pids)?);
         }
+        {
+            let ends = wireguard_go_tunnel(&a, &b, &dir, round)?;
+            let pids: Vec<u32> = ends.iter().map(|i| i.pid()).collect();
+            table[3].1.push(measure(&a, B_INNER, &pids)?);
+        }
         eprintln!(
-            "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2} Gbit/s",
-            table[0].1[round][0].rate, table[1].1[round][0].rate, table[2].1[round][0].rate
+            "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2}, wireguard-go {:.2} Gbit/s",
+            table[0].1[round][0].rate,
+            table[1].1[round][0].rate,
+            table[2].1[round][0].rate,
+            table[3].1[round][0].rate
         );
     }
     println!("| path (median of {ROUNDS} rounds, {SECS} s each) | 1 TCP stream, Gbit/s | 4 TCP streams, Gbit/s | UDP 64-byte datagrams, packets/s | tunnel CPU, core-seconds per Gbit (1 stream) |");
@@ -116,8 +130,15 @@ fn iperf(client: &Netns, to: &str, extra: &[&str], pids: &[u32]) -> Result<Sampl
     Ok(Sample { rate, cpu_secs })
 }
 
-/// utime + stime of a process and its threads, in seconds.
+/// utime + stime of a process and its threads, and of its children (ttp's device
+/// process), in seconds.
 fn cpu_secs(pid: u32) -> f64 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children: f64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_secs).sum();
+    children + own_cpu_secs(pid)
+}
+
+fn own_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let ticks: f64 =
@@ -188,6 +209,31 @@ fn boringtun_tunnel(a: &Netns, b: &Netns, boringtun: &str, round: usize) -> Resu
         let _ = std::fs::remove_file(&keyfile);
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &name])?;
         ns.ip(&["link", "set", &name, "mtu", "1420", "up"])?;
+    }
+    wait_for_ping(a, B_INNER)?;
+    Ok(ends)
+}
+
+/// Debian's wireguard-go (0.0.20220316: before wireguard-go's TUN offloads of 2023) on
+/// both ends.
+fn wireguard_go_tunnel(a: &Netns, b: &Netns, dir: &TempDir, round: usize) -> Result<Vec<Interface>> {
+    let (ka, pa, kb, pb) = keys()?;
+    let mut ends = vec![];
+    let pid = std::process::id() % 10000;
+    for (i, (ns, key, addr, peer, peer_addr, endpoint)) in
+        [(a, &ka, A_INNER, &pb, B_INNER, B_OUTER), (b, &kb, B_INNER, &pa, A_INNER, A_OUTER)].into_iter().enumerate()
+    {
+        let iface = Interface::start(Impl::WireguardGo, ns, &format!("wg{pid}x{round}{i}"))?;
+        let keyfile = dir.0.join(format!("wg{i}.key"));
+        std::fs::write(&keyfile, key)?;
+        let keyfile = keyfile.to_string_lossy().into_owned();
+        let (allowed, endpoint) = (format!("{peer_addr}/32"), format!("{endpoint}:51820"));
+        iface.set(
+            ns,
+            &["listen-port", "51820", "private-key", &keyfile, "peer", peer, "allowed-ips", &allowed, "endpoint", &endpoint],
+        )?;
+        iface.up(ns, &format!("{addr}/24"))?;
+        ends.push(iface);
     }
     wait_for_ping(a, B_INNER)?;
     Ok(ends)

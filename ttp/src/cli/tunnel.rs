@@ -299,7 +299,15 @@ fn up(path: &Path) -> Result<()> {
     let root_pid = nix::unistd::getpid();
     // SAFETY: the process has one thread (checked above), so the child is a whole copy of
     // it; it goes on with ordinary Rust code and ends with exit.
-    match unsafe { nix::unistd::fork() }.context("starting the tunnel's device process")? {
+    let forked = unsafe { nix::unistd::fork() };
+    let forked = match forked {
+        Ok(f) => f,
+        Err(e) => {
+            current_thread()?.block_on(dev.close());
+            return Err(e).context("starting the tunnel's device process");
+        }
+    };
+    match forked {
         nix::unistd::ForkResult::Child => {
             let code = match device_process(&nobody, root_pid, &dev, runner) {
                 Ok(()) => 0,
