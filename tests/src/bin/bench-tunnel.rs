@@ -71,10 +71,7 @@ fn main() -> Result<()> {
         }
         eprintln!(
             "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2}, wireguard-go {:.2} Gbit/s",
-            table[0].1[round][0].rate,
-            table[1].1[round][0].rate,
-            table[2].1[round][0].rate,
-            table[3].1[round][0].rate
+            table[0].1[round][0].rate, table[1].1[round][0].rate, table[2].1[round][0].rate, table[3].1[round][0].rate
         );
     }
     println!("| path (median of {ROUNDS} rounds, {SECS} s each) | 1 TCP stream, Gbit/s | 4 TCP streams, Gbit/s | UDP 64-byte datagrams, packets/s | tunnel CPU, core-seconds per Gbit (1 stream) |");
@@ -230,7 +227,18 @@ fn wireguard_go_tunnel(a: &Netns, b: &Netns, dir: &TempDir, round: usize) -> Res
         let (allowed, endpoint) = (format!("{peer_addr}/32"), format!("{endpoint}:51820"));
         iface.set(
             ns,
-            &["listen-port", "51820", "private-key", &keyfile, "peer", peer, "allowed-ips", &allowed, "endpoint", &endpoint],
+            &[
+                "listen-port",
+                "51820",
+                "private-key",
+                &keyfile,
+                "peer",
+                peer,
+                "allowed-ips",
+                &allowed,
+                "endpoint",
+                &endpoint,
+            ],
         )?;
         iface.up(ns, &format!("{addr}/24"))?;
         ends.push(iface);
