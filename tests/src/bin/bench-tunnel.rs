@@ -7,10 +7,7 @@
 //! (from /proc; for ttp, whose `tunnel up` forks its device, the children's too) while
 //! iperf3 ran, divided by the gigabits moved.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use ttp_tests::{
@@ -34,9 +31,15 @@ struct Sample {
 }
 
 fn main() -> Result<()> {
-    let boringtun = which("boringtun-cli").context(
-        "boringtun-cli is not installed: `cargo install boringtun-cli --locked` (under a minute), then run again",
-    )?;
+    // boringtun-cli from target/peers (`cargo xtask test` builds it there), or the PATH.
+    if std::env::var_os("TTP_TEST_BORINGTUN").is_none()
+        && !ttp_tests::target_dir().join("peers/bin/boringtun-cli").exists()
+    {
+        let found = which("boringtun-cli").context(
+            "boringtun-cli is missing: `cargo xtask test` builds it under target/peers (or `cargo install boringtun-cli --locked`)",
+        )?;
+        std::env::set_var("TTP_TEST_BORINGTUN", found);
+    }
     which("wg").context("wg is not installed: `apt-get install wireguard-tools`")?;
     which("wireguard-go").context("wireguard-go is not installed: `apt-get install wireguard-go`")?;
     which("iperf3").context("iperf3 is not installed: `apt-get install iperf3`")?;
@@ -59,15 +62,10 @@ fn main() -> Result<()> {
             let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
             table[1].1.push(measure(&a, B_INNER, &pids)?);
         }
-        {
-            let ends = boringtun_tunnel(&a, &b, &boringtun, round)?;
-            let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
-            table[2].1.push(measure(&a, B_INNER, &pids)?);
-        }
-        {
-            let ends = wireguard_go_tunnel(&a, &b, &dir, round)?;
+        for (row, which) in [(2, Impl::Boringtun), (3, Impl::WireguardGo)] {
+            let ends = wireguard_tunnel(which, &a, &b, &dir, round)?;
             let pids: Vec<u32> = ends.iter().map(|i| i.pid()).collect();
-            table[3].1.push(measure(&a, B_INNER, &pids)?);
+            table[row].1.push(measure(&a, B_INNER, &pids)?);
         }
         eprintln!(
             "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2}, wireguard-go {:.2} Gbit/s",
@@ -172,55 +170,17 @@ fn ttp_tunnel(a: &Netns, b: &Netns, dir: &TempDir) -> Result<Vec<Proc>> {
     Ok(ends)
 }
 
-fn boringtun_tunnel(a: &Netns, b: &Netns, boringtun: &str, round: usize) -> Result<Vec<Proc>> {
-    let (ka, pa, kb, pb) = keys()?;
-    let mut ends = vec![];
-    // The UAPI socket (/var/run/wireguard/NAME.sock) is shared across namespaces: unique names.
-    let pid = std::process::id() % 10000;
-    for (i, (ns, key, addr, peer, peer_addr, endpoint)) in
-        [(a, &ka, A_INNER, &pb, B_INNER, B_OUTER), (b, &kb, B_INNER, &pa, A_INNER, A_OUTER)].into_iter().enumerate()
-    {
-        let name = format!("bg{pid}x{round}{i}");
-        let mut c = ns.cmd(boringtun);
-        // One thread: its default (4) is about 2x slower on this 2-core machine.
-        c.args(["--foreground", "--disable-drop-privileges", "--threads", "1", &name]);
-        ends.push(Proc::spawn(c)?);
-        let sock = format!("/var/run/wireguard/{name}.sock");
-        let t0 = Instant::now();
-        while !std::path::Path::new(&sock).exists() {
-            if t0.elapsed() > Duration::from_secs(5) {
-                bail!("boringtun did not create {sock}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let keyfile = std::env::temp_dir().join(format!("{name}.key"));
-        std::fs::write(&keyfile, key)?;
-        run(ns.cmd("wg").args(["set", &name, "listen-port", "51820", "private-key"]).arg(&keyfile).args([
-            "peer",
-            peer,
-            "allowed-ips",
-            &format!("{peer_addr}/32"),
-            "endpoint",
-            &format!("{endpoint}:51820"),
-        ]))?;
-        let _ = std::fs::remove_file(&keyfile);
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &name])?;
-        ns.ip(&["link", "set", &name, "mtu", "1420", "up"])?;
-    }
-    wait_for_ping(a, B_INNER)?;
-    Ok(ends)
-}
-
-/// Debian's wireguard-go (0.0.20220316: before wireguard-go's TUN offloads of 2023) on
-/// both ends.
-fn wireguard_go_tunnel(a: &Netns, b: &Netns, dir: &TempDir, round: usize) -> Result<Vec<Interface>> {
+/// `which` on both ends: boringtun-cli 0.7.1 (one thread: its default of four is about 2x
+/// slower on this 2-core machine), or Debian's wireguard-go (0.0.20220316: before
+/// wireguard-go's TUN offloads of 2023).
+fn wireguard_tunnel(which: Impl, a: &Netns, b: &Netns, dir: &TempDir, round: usize) -> Result<Vec<Interface>> {
     let (ka, pa, kb, pb) = keys()?;
     let mut ends = vec![];
     let pid = std::process::id() % 10000;
     for (i, (ns, key, addr, peer, peer_addr, endpoint)) in
         [(a, &ka, A_INNER, &pb, B_INNER, B_OUTER), (b, &kb, B_INNER, &pa, A_INNER, A_OUTER)].into_iter().enumerate()
     {
-        let iface = Interface::start(Impl::WireguardGo, ns, &format!("wg{pid}x{round}{i}"))?;
+        let iface = Interface::start(which, ns, &format!("wg{pid}x{round}{i}"))?;
         let keyfile = dir.0.join(format!("wg{i}.key"));
         std::fs::write(&keyfile, key)?;
         let keyfile = keyfile.to_string_lossy().into_owned();
