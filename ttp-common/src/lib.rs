@@ -34,6 +34,9 @@ pub mod maps {
     /// `HashMap<u32, u8>`: this host's own IPv4 addresses (network byte order). A gateway
     /// client's new TCP connection to one of them goes to the host's own services.
     pub const LOCAL_V4: &str = "LOCAL_V4";
+    /// `HashMap<[u32; 4], u8>`: this host's own IPv6 addresses (four network-order words),
+    /// for the same purpose.
+    pub const LOCAL_V6: &str = "LOCAL_V6";
 }
 
 /// Names of the programs in the eBPF object, one per hook.

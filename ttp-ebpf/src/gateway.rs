@@ -12,9 +12,9 @@
 //! every packet but those to the host's own services is dropped.
 //!
 //! IPv6 is served the same way (TCP to the TransPort, DNS to the DNSPort, both listening
-//! on ::1), but for connections to this host's own IPv6 addresses (not tracked yet: they
-//! go to the TransPort too). On a LAN interface neighbour discovery passes, as ARP does
-//! for IPv4; every other ICMPv6 message, extension headers and fragments are dropped.
+//! on ::1; connections to the host's own IPv6 addresses, LOCAL_V6, to its services). On
+//! a LAN interface neighbour discovery passes, as ARP does for IPv4; every other ICMPv6
+//! message, extension headers and fragments are dropped.
 //!
 //! On egress one small fix: the DNSPort's answers leave from port 53, the port the client
 //! asked (a socket has one port, and the DNSPort's is not 53).
@@ -32,7 +32,7 @@ use ttp_common::Counter;
 use ttp_ebpf::{gateway_decide, gateway_reply_port, GatewayAction, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 
 use crate::{
-    maps::{config, count, GATEWAYS, LOCAL_V4},
+    maps::{config, count, GATEWAYS, LOCAL_V4, LOCAL_V6},
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 
@@ -229,8 +229,9 @@ fn ipv6(ctx: &TcContext, l3: usize, l2: bool) -> Option<i32> {
     let sport: u16 = ctx.load(l4).ok()?;
     let dport: u16 = ctx.load(l4 + 2).ok()?;
     let tcp_flags: u8 = if next == IPPROTO_TCP { ctx.load(l4 + 13).ok()? } else { 0 };
-    // No list of this host's IPv6 addresses yet: never `Local`.
-    let action = gateway_decide(&config(), next, u16::from_be(dport), tcp_flags, false);
+    // SAFETY: only tested for presence.
+    let to_local = next == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN != 0 && unsafe { LOCAL_V6.get(&daddr) }.is_some();
+    let action = gateway_decide(&config(), next, u16::from_be(dport), tcp_flags, to_local);
     let tuple = |d: [u32; 4], dport: u16| tuple6(saddr, sport, d, dport);
     Some(carry_out(ctx, action, tuple, daddr, dport, LOOPBACK6_BE, TUPLE6_LEN))
 }

@@ -32,6 +32,8 @@ pub static UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 pub static GATEWAYS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[map]
 pub static LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static LOCAL_V6: HashMap<[u32; 4], u8> = HashMap::with_max_entries(1024, 0);
 
 /// The configuration; a zeroed one (no READY flag) makes every program fail closed.
 #[inline(always)]

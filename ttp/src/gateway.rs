@@ -131,19 +131,20 @@ fn local_defaults() -> Result<[(RouteMessage, &'static str); 2]> {
     Ok([(v4, "local 0.0.0.0/0"), (v6, "local ::/0")])
 }
 
-/// Keeps LOCAL_V4 equal to this host's IPv4 addresses, so that the gateway program hands
-/// a gateway client's new connection to one of them (an admin's SSH from the LAN) to the
-/// host's own services instead of the TransPort. Root's job: the monitor runs it on a
-/// thread of its own from arming to its end ([`crate::monitor`]); LOCAL_V4 decides what
-/// bypasses Tor, so the daemon cannot write it. Every change rtnetlink announces re-reads
+/// Keeps LOCAL_V4 and LOCAL_V6 equal to this host's addresses, so that the gateway
+/// program hands a gateway client's new connection to one of them (an admin's SSH from
+/// the LAN) to the host's own services instead of the TransPort. Root's job: the monitor
+/// runs it on a thread of its own from arming to its end ([`crate::monitor`]); these maps
+/// decide what bypasses Tor, so the daemon cannot write them. Every change rtnetlink announces re-reads
 /// the whole list: a host has a handful of addresses, and a full read cannot drift the
 /// way counting additions and removals could. Until the first list is written, a gateway
 /// client's connection to the host goes to the TransPort (closed, not open).
 pub fn follow_local_addresses(mut maps: Maps) {
     let run = async {
         // Subscribed before the first read, so a change in between is not missed.
-        let (conn, handle, mut changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
-            .context("opening rtnetlink for address changes")?;
+        let groups = [MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
+        let (conn, handle, mut changes) =
+            rtnetlink::new_multicast_connection(&groups).context("opening rtnetlink for address changes")?;
         tokio::spawn(conn);
         write_local_addresses(&handle, &mut maps).await?;
         while changes.next().await.is_some() {
@@ -161,17 +162,22 @@ pub fn follow_local_addresses(mut maps: Maps) {
 }
 
 async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &mut Maps) -> Result<()> {
-    let mut addrs: Vec<Ipv4Addr> = handle
+    let mut addrs: Vec<IpAddr> = handle
         .address()
         .get()
         .execute()
         .map_ok(|m| {
-            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer's on a
-            // point-to-point link).
-            m.attributes.into_iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(v4)) => Some(v4),
+            // IFA_LOCAL is an IPv4 interface's own address (IFA_ADDRESS is the peer's on a
+            // point-to-point link); IPv6 gives its own as IFA_ADDRESS alone.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
-            })
+            });
+            let v6 = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some(*ip),
+                _ => None,
+            });
+            local.or(v6)
         })
         .try_filter_map(|a| async move { Ok(a) })
         .try_collect()
@@ -181,7 +187,10 @@ async fn write_local_addresses(handle: &rtnetlink::Handle, maps: &mut Maps) -> R
     addrs.retain(|a| !a.is_loopback());
     addrs.sort();
     addrs.dedup();
-    maps.set_local_v4(&addrs)?;
+    let v4: Vec<Ipv4Addr> = addrs.iter().filter_map(|a| if let IpAddr::V4(v) = a { Some(*v) } else { None }).collect();
+    let v6: Vec<Ipv6Addr> = addrs.iter().filter_map(|a| if let IpAddr::V6(v) = a { Some(*v) } else { None }).collect();
+    maps.set_local_v4(&v4)?;
+    maps.set_local_v6(&v6)?;
     tracing::debug!("this host's addresses, for the gateway: {addrs:?}");
     Ok(())
 }

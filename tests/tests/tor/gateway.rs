@@ -587,6 +587,21 @@ fn ipv6_from_a_tunnel_peer_and_a_lan_client_goes_through_tor_and_never_leaves_in
         let udp = ns.cmd(&kit).args(["udp", &format!("[{web6}]:443")]).output().unwrap();
         assert!(!String::from_utf8_lossy(&udp.stdout).contains("FROM"), "UDP over IPv6 was answered");
     }
+    // The gateway's own services stay reachable over IPv6 (an admin's SSH): a connection
+    // to one of its IPv6 addresses reaches its socket, not the TransPort.
+    let mut own = w.host.cmd(&kit);
+    own.args(["serve-tcp", &format!("[{GW_INNER6}]:2222"), "[fd78::1]:2222"]);
+    let mut own = Proc::spawn(own).unwrap();
+    own.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    for (ns, addr) in [(&b.peer, GW_INNER6), (&b.lan, "fd78::1")] {
+        let out = ns.cmd(&kit).args(["connect", &format!("[{addr}]:2222")]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("DIRECT [{addr}]:2222"),
+            "own service at {addr}"
+        );
+    }
+    drop(own);
     let pkts = cap.stop().unwrap();
     assert_only_relay_traffic(&pkts);
     let direct6: Vec<&String> = pkts.iter().filter(|l| l.contains(&format!("> {web6}."))).collect();
@@ -594,4 +609,5 @@ fn ipv6_from_a_tunnel_peer_and_a_lan_client_goes_through_tor_and_never_leaves_in
     let after = w.counters().unwrap();
     assert!(after["gateway_tcp_steered"] >= before["gateway_tcp_steered"] + 3, "{after:?}");
     assert!(after["gateway_dns_steered"] > before["gateway_dns_steered"], "{after:?}");
+    assert!(after["gateway_local"] >= before["gateway_local"] + 2, "{after:?}");
 }

@@ -222,9 +222,7 @@ pub fn restart(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
 /// to ports about to close), then SIGKILL. Its monitor leaves the pins; a new start takes
 /// them over.
 pub fn end_without_teardown(lock: &SessionLock, pin_dir: &Path) {
-    if let Ok(mut maps) = ttp::datapath::Maps::open_pinned(&PinLayout::new(pin_dir).maps()) {
-        let _ = maps.set_lockdown(true);
-    }
+    let _ = ttp::datapath::Maps::set_lockdown_pinned(&PinLayout::new(pin_dir).maps(), true);
     if pid_alive(lock.pid) && is_ttp(lock.pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lock.pid as i32), nix::sys::signal::SIGKILL);
         let t0 = Instant::now();

@@ -220,15 +220,13 @@ fn dns_answers(port: u16) -> Result<()> {
 /// the session's options.
 fn repair(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>, faults: &[String]) -> Result<String> {
     if layout.exists() {
-        Maps::open_pinned(&layout.maps())
-            .and_then(|mut m| m.set_lockdown(true))
-            .context("setting the lockdown flag")?;
+        Maps::set_lockdown_pinned(&layout.maps(), true).context("setting the lockdown flag")?;
     }
     let only_tor = faults.iter().all(|f| f.starts_with("Tor is not bootstrapped"));
     if only_tor {
         // Not a fault of ours: the daemon keeps trying, and fails closed meanwhile.
         if layout.exists() {
-            Maps::open_pinned(&layout.maps())?.set_lockdown(false)?;
+            Maps::set_lockdown_pinned(&layout.maps(), false)?;
         }
         return Ok("nothing to do while Tor bootstraps (traffic waits for it; nothing leaks)".into());
     }

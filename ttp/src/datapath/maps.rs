@@ -1,6 +1,6 @@
 //! Typed handles on the datapath's maps, whether just loaded or reopened from their pins.
 //!
-//! Root owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4: every map
+//! Root owns CONFIG, the bypass sets, DOH_ADDRS, UPLINKS, GATEWAYS and LOCAL_V4/V6: every map
 //! a verdict of the kill-switch depends on. Only root's processes (the start, the monitor,
 //! the CLI) hold them writable, as [`Maps`]. The programs own ORIG_DST, EXEMPT_SOCK and
 //! CONN_DST. The daemon, once it has given up root, holds [`ServiceMaps`]: COUNTERS
@@ -43,11 +43,12 @@ pub struct Maps {
     uplinks: HashMap<MapData, u32, u32>,
     gateways: HashMap<MapData, u32, u32>,
     local_v4: HashMap<MapData, u32, u8>,
+    local_v6: HashMap<MapData, [u32; 4], u8>,
 }
 
 /// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
 /// that `bpftool` can inspect a crashed instance, though userspace never touches them.
-pub const PINNED: [&str; 12] = [
+pub const PINNED: [&str; 13] = [
     names::CONFIG,
     names::COUNTERS,
     names::BYPASS_UID,
@@ -58,6 +59,7 @@ pub const PINNED: [&str; 12] = [
     names::UPLINKS,
     names::GATEWAYS,
     names::LOCAL_V4,
+    names::LOCAL_V6,
     names::ORIG_DST,
     names::EXEMPT_SOCK,
 ];
@@ -80,6 +82,7 @@ impl Maps {
             uplinks: get!(names::UPLINKS),
             gateways: get!(names::GATEWAYS),
             local_v4: get!(names::LOCAL_V4),
+            local_v6: get!(names::LOCAL_V6),
         })
     }
 
@@ -106,6 +109,21 @@ impl Maps {
             cfg.flags &= !flags::LOCKDOWN;
         }
         self.set_config(cfg)
+    }
+
+    /// Turns lockdown on or off in a pinned instance through its CONFIG alone: works on
+    /// the pins of any version of ttp (an older one may lack maps this one has), so a
+    /// takeover, an upgrade or a stop can close the host before anything else.
+    pub fn set_lockdown_pinned(maps_dir: &Path, on: bool) -> Result<()> {
+        let mut config: Array<MapData, Config> =
+            typed(open_pin(maps_dir, names::CONFIG, Access::ReadWrite)?, names::CONFIG)?;
+        let mut cfg = config.get(&0, 0).context("reading CONFIG")?;
+        if on {
+            cfg.flags |= flags::LOCKDOWN;
+        } else {
+            cfg.flags &= !flags::LOCKDOWN;
+        }
+        config.set(0, cfg, 0).context("writing CONFIG")
     }
 
     /// Makes the policy maps equal to `policy` (live: takes effect for the next connect or
@@ -147,6 +165,11 @@ impl Maps {
     /// client's new TCP connection to one of them to the host's own services.
     pub fn set_local_v4(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
         sync(&mut self.local_v4, addrs.iter().map(|a| u32::from_ne_bytes(a.octets())), "LOCAL_V4")
+    }
+
+    /// Makes LOCAL_V6 this host's IPv6 addresses, for the same purpose.
+    pub fn set_local_v6(&mut self, addrs: &[Ipv6Addr]) -> Result<()> {
+        sync(&mut self.local_v6, addrs.iter().map(words), "LOCAL_V6")
     }
 
     /// Every counter, summed over CPUs.

@@ -115,9 +115,8 @@ impl Stale {
             return Ok(None);
         }
         if layout.exists() {
-            match Maps::open_pinned(&layout.maps()) {
-                Ok(mut m) => m.set_lockdown(true)?,
-                Err(e) => tracing::warn!("stale pins in {}: cannot set lockdown: {e:#}", layout.root.display()),
+            if let Err(e) = Maps::set_lockdown_pinned(&layout.maps(), true) {
+                tracing::warn!("stale pins in {}: cannot set lockdown: {e:#}", layout.root.display());
             }
         }
         let mut links = Vec::new();
@@ -167,10 +166,8 @@ pub struct Teardown {
 /// Works whether or not the daemon is alive; with nothing pinned it does nothing.
 pub fn teardown(layout: &PinLayout) -> Result<Teardown> {
     let mut report = Teardown::default();
-    if layout.exists() {
-        if let Ok(mut m) = Maps::open_pinned(&layout.maps()) {
-            m.set_lockdown(true)?;
-        }
+    if layout.exists() && layout.maps().join(ttp_common::maps::CONFIG).exists() {
+        Maps::set_lockdown_pinned(&layout.maps(), true)?;
     }
     for p in layout.link_pins()? {
         // Removing the pin drops the last reference: the kernel detaches the link.
