@@ -2,8 +2,12 @@
 //! WireGuard's schedule (the whitepaper's section 6), as a pure state machine: the device
 //! reports events and asks [`Timers::due`] what to do at `now`.
 //!
-//! - The initiator of a session starts a new handshake once it is [`REKEY_AFTER_TIME`]
-//!   old or has sent [`REKEY_AFTER_MESSAGES`], so keys are short-lived.
+//! - The initiator of a session starts a new handshake when it sends data on a session
+//!   [`REKEY_AFTER_TIME`] old, or has sent [`REKEY_AFTER_MESSAGES`], so keys are
+//!   short-lived; and when it receives data on one [`REKEY_AFTER_RECEIVING`] old, so the
+//!   session does not die under a peer that only answers. An idle session is not renewed:
+//!   it expires, and the next packet starts a handshake (WireGuard's rules: an idle tunnel
+//!   stays silent).
 //! - A session older than [`REJECT_AFTER_TIME`] is never used again, in either
 //!   direction: an old session cannot be revived.
 //! - A handshake without an answer is retried every [`REKEY_TIMEOUT`], for at most
@@ -25,6 +29,9 @@ pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT: WireGuard's point past which
+/// receiving on our session also starts a new handshake.
+pub const REKEY_AFTER_RECEIVING: Duration = Duration::from_secs(165);
 
 /// What the device should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,8 @@ pub struct Timers {
     /// When the first unanswered initiation of this attempt was sent, and the last one.
     attempt: Option<(Instant, Instant)>,
     last_sent: Option<Instant>,
+    /// The last packet with a payload sent (a keepalive is not data).
+    last_data_sent: Option<Instant>,
     last_received: Option<Instant>,
     /// Received data since our last send (a keepalive is owed).
     owe_keepalive: bool,
@@ -90,6 +99,7 @@ impl Timers {
     /// A data packet (with a payload) went out.
     pub fn data_sent(&mut self, now: Instant) {
         self.keepalive_sent(now);
+        self.last_data_sent = Some(now);
         self.unanswered_since.get_or_insert(now);
     }
 
@@ -121,7 +131,10 @@ impl Timers {
             self.session = None;
             return Some(Due::Expire);
         }
-        if ours && (age >= self.rekey_after.unwrap_or(REKEY_AFTER_TIME) || sent >= REKEY_AFTER_MESSAGES) {
+        let rekey_at = born + self.rekey_after.unwrap_or(REKEY_AFTER_TIME);
+        let sent_late = self.last_data_sent.is_some_and(|t| t >= rekey_at);
+        let received_late = self.last_received.is_some_and(|t| t >= born + REKEY_AFTER_RECEIVING);
+        if ours && (sent_late || received_late || sent >= REKEY_AFTER_MESSAGES) {
             return Some(Due::Initiate);
         }
         if self.unanswered_since.is_some_and(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT) {
@@ -165,13 +178,26 @@ mod tests {
         assert_eq!(t.due(s(6), 0), None, "once");
         assert_eq!(t.due(s(90), 0), Some(Due::GiveUp));
 
-        // Our session: rekey at 120 s (or at the message limit), dead at 180 s.
+        // Our session: renewed when data goes out on it at 120 s or later (or at the message
+        // limit), or data comes in at 165 s or later; idle, it is not renewed, and dead at
+        // 180 s.
         t.session_started(s(100), true);
         assert_eq!(t.due(s(150), 0), None);
         assert_eq!(t.due(s(150), REKEY_AFTER_MESSAGES), Some(Due::Initiate));
-        assert_eq!(t.due(s(220), 0), Some(Due::Initiate));
-        assert_eq!(t.due(s(280), 0), Some(Due::Expire));
-        assert_eq!(t.due(s(281), 0), None, "expired once");
+        assert_eq!(t.due(s(220), 0), None, "idle: an idle tunnel stays silent");
+        t.data_sent(s(221));
+        assert_eq!(t.due(s(221), 0), Some(Due::Initiate), "data sent on a session 121 s old");
+        let mut r = Timers::default();
+        r.session_started(s(100), true);
+        r.data_received(s(264));
+        assert_ne!(r.due(s(264), 0), Some(Due::Initiate), "received at 164 s: not yet a rekey");
+        r.data_received(s(265));
+        assert_eq!(r.due(s(265), 0), Some(Due::Initiate), "received at 165 s");
+        let mut idle = Timers::default();
+        idle.session_started(s(100), true);
+        assert_eq!(idle.due(s(279), 0), None);
+        assert_eq!(idle.due(s(280), 0), Some(Due::Expire));
+        assert_eq!(idle.due(s(281), 0), None, "expired once");
 
         // The peer's session: we never rekey it, but still drop it when too old.
         t.session_started(s(300), false);
