@@ -125,7 +125,13 @@ impl Timers {
             }
             return (self.retry_now || now.duration_since(last) >= REKEY_TIMEOUT).then_some(Due::Initiate);
         }
-        let (born, ours) = self.session?;
+        let persistent_due =
+            |t: &Timers| t.persistent.is_some_and(|every| t.last_sent.is_none_or(|l| now.duration_since(l) >= every));
+        let Some((born, ours)) = self.session else {
+            // No session (it expired idle, or never was) and a keepalive is due: a
+            // handshake carries it, as WireGuard's does, so the NAT mapping stays open.
+            return persistent_due(self).then_some(Due::Initiate);
+        };
         let age = now.duration_since(born);
         if age >= REJECT_AFTER_TIME {
             self.session = None;
@@ -141,11 +147,11 @@ impl Timers {
             self.unanswered_since = None;
             return Some(Due::Initiate);
         }
-        if let Some(every) = self.persistent {
-            if self.last_sent.is_none_or(|t| now.duration_since(t) >= every) {
-                self.owe_keepalive = false;
-                return Some(Due::Keepalive);
-            }
+        if persistent_due(self) {
+            self.owe_keepalive = false;
+            // A keepalive is sending: on our session old enough to renew, it renews it.
+            let renew = ours && age >= self.rekey_after.unwrap_or(REKEY_AFTER_TIME);
+            return Some(if renew { Due::Initiate } else { Due::Keepalive });
         }
         let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= KEEPALIVE_TIMEOUT);
         if self.owe_keepalive && quiet && self.last_received.is_some() {
@@ -234,7 +240,7 @@ mod tests {
         let t0 = Instant::now();
         let s = |secs: u64| t0 + Duration::from_secs(secs);
         let mut t = Timers::new(None, Some(Duration::from_secs(25)));
-        assert_eq!(t.due(s(30), 0), None, "none without a session");
+        assert_eq!(t.due(s(30), 0), Some(Due::Initiate), "no session yet: a handshake carries it");
         t.session_started(t0, true);
         t.keepalive_sent(t0);
         assert_eq!(t.due(s(24), 0), None);
@@ -243,6 +249,14 @@ mod tests {
         t.keepalive_sent(s(40));
         assert_eq!(t.due(s(64), 0), None, "counted from the last thing sent");
         assert_eq!(t.due(s(65), 0), Some(Due::Keepalive));
+        // On a session old enough to renew, the keepalive renews it; with the session
+        // expired, a handshake carries it.
+        t.keepalive_sent(s(119));
+        assert_eq!(t.due(s(144), 0), Some(Due::Initiate), "keepalive due on a session 144 s old");
+        t.initiation_sent(s(144));
+        assert_eq!(t.due(s(240), 0), Some(Due::GiveUp), "unanswered for 90 s");
+        assert_eq!(t.due(s(240), 0), Some(Due::Expire), "the session, 240 s old");
+        assert_eq!(t.due(s(240), 0), Some(Due::Initiate), "no session: a handshake carries the keepalive");
         // Without one configured, a silent side stays silent.
         let mut quiet = Timers::default();
         quiet.session_started(t0, true);
