@@ -59,7 +59,7 @@ pub fn report(runtime_dir: &Path, pin_dir: &Path) -> String {
                 let _ =
                     writeln!(out, "  {}", l.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
             }
-            match Maps::open_pinned(&layout.maps()).and_then(|m| Ok((m.config()?, m.counters()?))) {
+            match Maps::read_pinned_state(&layout.maps()) {
                 Ok((cfg, counters)) => {
                     let _ =
                         writeln!(out, "  config: trans {} dns {} flags {:#x}", cfg.trans_port, cfg.dns_port, cfg.flags);

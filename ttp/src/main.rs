@@ -550,9 +550,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
                 std::process::exit(STATUS_STOPPED);
             }
-            let maps = Maps::open_pinned(&layout.maps()).context("reading the pinned maps")?;
-            let cfg = maps.config()?;
-            let counters = maps.counters()?;
+            let (cfg, counters) = Maps::read_pinned_state(&layout.maps()).context("reading the pinned maps")?;
             let links = layout.link_pins()?.len();
             let lockdown = cfg.has(ttp_common::flags::LOCKDOWN);
             // Why the last daemon failed, as its monitor (root) recorded it.

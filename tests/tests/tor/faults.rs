@@ -141,6 +141,10 @@ fn a_service_that_fails_leaves_the_host_closed_and_says_why() {
     assert_eq!(s["state"], "lockdown", "{s}");
     let fault = s["fault"].as_str().unwrap_or_default();
     assert!(fault.contains("TransPort"), "status gives no reason: {s}");
+    // Pins of another version of ttp (here one without LOCAL_V6, as an instance from
+    // before it would be after an upgrade) are read and stopped all the same.
+    std::fs::remove_file(r.w.pin_dir.join("maps").join("LOCAL_V6")).unwrap();
+    assert_eq!(status(&r)["state"], "lockdown", "the pins of another version");
     // Only root's stop opens the host.
     r.daemon.take().unwrap().kill(); // already dead: keeps the pins for `ttp stop`
     ttp(&r, &["stop"]);

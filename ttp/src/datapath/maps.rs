@@ -126,6 +126,17 @@ impl Maps {
         config.set(0, cfg, 0).context("writing CONFIG")
     }
 
+    /// CONFIG and the counters of a pinned instance, opened alone: like
+    /// [`Maps::set_lockdown_pinned`], readable on the pins of any version of ttp (for
+    /// `ttp status` and `ttp diagnose` after an upgrade over a crashed instance).
+    pub fn read_pinned_state(maps_dir: &Path) -> Result<(Config, Vec<(Counter, u64)>)> {
+        let config: Array<MapData, Config> =
+            typed(open_pin(maps_dir, names::CONFIG, Access::ReadOnly)?, names::CONFIG)?;
+        let counters: PerCpuArray<MapData, u64> =
+            typed(open_pin(maps_dir, names::COUNTERS, Access::ReadOnly)?, names::COUNTERS)?;
+        Ok((config.get(&0, 0).context("reading CONFIG")?, sum_counters(&counters)?))
+    }
+
     /// Makes the policy maps equal to `policy` (live: takes effect for the next connect or
     /// packet). Returns the flags the policy implies, for CONFIG.
     pub fn apply_policy(&mut self, policy: &Policy, bypass_cgroup_ids: &[u64]) -> Result<u32> {
