@@ -292,6 +292,29 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     let elsewhere: Vec<&&String> =
         out.iter().filter(|l| !l.split(" > ").nth(1).unwrap().starts_with(&format!("{bridge}:"))).collect();
     assert!(elsewhere.is_empty(), "traffic to other than the bridge {bridge}: {elsewhere:#?}");
+    // The transport runs as the service user with no capability (Arti starts it after
+    // the daemon gave up root), and with no_new_privs: it parses the bridge's bytes.
+    // (A process's children are listed per thread: Arti spawns from any of them.)
+    let mut tree = vec![r.daemon.as_ref().unwrap().proc.child.id()];
+    let mut i = 0;
+    while i < tree.len() {
+        for task in std::fs::read_dir(format!("/proc/{}/task", tree[i])).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            tree.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    let comm = |p: &u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim().to_string();
+    let pt: Vec<u32> = tree.iter().copied().filter(|p| comm(p) == "obfs4proxy").collect();
+    assert_eq!(pt.len(), 1, "one obfs4proxy among ttp's processes: {:?}", tree.iter().map(comm).collect::<Vec<_>>());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pt[0])).unwrap();
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().trim().to_string();
+    let uid = ttp_tests::SERVICE_UID.to_string();
+    assert_eq!(field("Uid:").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
+    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        assert_eq!(field(set), "0000000000000000", "obfs4proxy's {set} {status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
 }
 
 /// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.
