@@ -377,6 +377,7 @@ fn bring_up(dir: &Path, children: &mut Vec<Child>) -> Result<BroughtUp> {
     fs::write(www.join("index.txt"), "hello from the private internet\n")?;
     // 50 MB for throughput benchmarks (sparse: costs no disk).
     fs::File::create(www.join("50M.bin"))?.set_len(50 * 1024 * 1024)?;
+    fs::File::create(www.join("4M.bin"))?.set_len(4 * 1024 * 1024)?;
     let mut dns = in_ns(crate::bin("testkit").to_str().context("path")?);
     dns.args(["serve-dns", &format!("{DNS_V4}:53"), WEB_V4, WEB_V6]);
     children.push(spawn(&mut dns, &dir.join("dns.log"))?);

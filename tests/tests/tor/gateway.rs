@@ -549,6 +549,37 @@ fn wireguard_apps_added_with_peer_add_reach_the_internet_only_through_tor() {
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     let moved = st["tunnel_peers"].as_array().unwrap().iter().filter(|p| p["rx_bytes"].as_u64() > Some(0)).count();
     assert_eq!(moved, 3, "the ttp peer and both devices moved bytes: {st:#}");
+
+    // The laptop (boringtun) changes address in the middle of a download through Tor, as
+    // when it moves to another network: the gateway follows its authenticated datagrams,
+    // and the download completes whole.
+    let (_, laptop, name) = &devices[1];
+    let w = &b.run.w;
+    let cap = Capture::start_filtered(&w.host, "gwdev1", &["udp"]).unwrap();
+    let out = b.dir.0.join("4M.bin");
+    let mut download = laptop.cmd("unshare");
+    download
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#])
+        .arg(b.dir.0.join(format!("{name}-resolv.conf")))
+        .args(["curl", "-sS", "--max-time", "60", "--limit-rate", "1M", "-o"])
+        .arg(&out)
+        .args(["-w", "%{size_download}", "http://www.example.test/4M.bin"]);
+    let download = download.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    laptop.cmd("sysctl").args(["-qw", "net.ipv4.conf.eth0.promote_secondaries=1"]).status().unwrap();
+    laptop.ip(&["addr", "add", "100.64.9.3/24", "dev", "eth0"]).unwrap();
+    laptop.ip(&["addr", "del", "100.64.9.2/24", "dev", "eth0"]).unwrap();
+    let done = download.wait_with_output().unwrap();
+    let lines = cap.stop().unwrap();
+    assert!(done.status.success(), "the download across the move failed: {done:?}\n{}", b.run.failures());
+    assert_eq!(String::from_utf8_lossy(&done.stdout), (4 * 1024 * 1024).to_string(), "the whole file");
+    assert!(lines.iter().any(|l| l.contains("IP 100.64.9.3.")), "the laptop never sent from its new address");
+    assert!(lines.iter().any(|l| l.contains("> 100.64.9.3.")), "the gateway never answered at the new address");
+    // Followed by its data alone: no new handshake was needed (a gateway that did not
+    // roam would have answered the old address until the laptop, hearing nothing for
+    // 15 s, started one).
+    let handshakes: Vec<&String> = lines.iter().filter(|l| l.contains("UDP, length 148")).collect();
+    assert!(handshakes.is_empty(), "the move took a new handshake: {handshakes:#?}");
     drop(up);
 }
 
