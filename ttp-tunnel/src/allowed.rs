@@ -17,6 +17,8 @@ use super::peer::PeerId;
 pub struct Overlap {
     pub new: IpNet,
     pub held: IpNet,
+    /// The peer that holds `held`.
+    pub holder: PeerId,
 }
 
 /// Do the two prefixes share an address?
@@ -35,8 +37,8 @@ impl AllowedIps {
     pub fn insert(&mut self, peer: PeerId, nets: &[IpNet]) -> Result<(), Overlap> {
         for new in nets {
             let new = new.trunc();
-            if let Some((held, _)) = self.entries.iter().find(|(held, p)| *p != peer && overlap(held, &new)) {
-                return Err(Overlap { new, held: *held });
+            if let Some((held, holder)) = self.entries.iter().find(|(held, p)| *p != peer && overlap(held, &new)) {
+                return Err(Overlap { new, held: *held, holder: *holder });
             }
         }
         self.entries.extend(nets.iter().map(|n| (n.trunc(), peer)));
@@ -75,6 +77,7 @@ mod tests {
         for bad in ["10.77.1.5/32", "10.77.0.0/16", "10.77.0.2/32", "0.0.0.0/0"] {
             let e = t.insert(PeerId(3), &nets(&["10.77.2.1/32", bad])).unwrap_err();
             assert_eq!(e.new, bad.parse::<IpNet>().unwrap().trunc(), "{bad}");
+            assert!(e.holder == a || e.holder == b, "{e:?}");
         }
         assert_eq!(t.lookup("10.77.2.1".parse().unwrap()), None, "a refused insert adds nothing");
         // Host bits are cleared, as a route would have them.

@@ -55,9 +55,15 @@ impl Session {
         }
         let counter = self.next;
         self.next += 1;
-        let mut plain = Vec::with_capacity(padded);
-        plain.extend_from_slice(packet);
-        plain.resize(padded, 0);
+        // A copy only when there is padding to add (a full-size packet has none).
+        let plain: std::borrow::Cow<'_, [u8]> = if padded == packet.len() {
+            packet.into()
+        } else {
+            let mut v = Vec::with_capacity(padded);
+            v.extend_from_slice(packet);
+            v.resize(padded, 0);
+            v.into()
+        };
         let mut out = vec![0u8; DATA_HEADER_LEN + padded + TAG_LEN];
         out[..DATA_HEADER_LEN].copy_from_slice(&messages::data_header(self.remote, counter));
         self.keys.write_message(counter, &plain, &mut out[DATA_HEADER_LEN..]).map_err(|_| SessionError::TooLarge)?;

@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{allowed, handshake::Identity, keys, protocol::PeerConfig};
+use super::{allowed::AllowedIps, handshake::Identity, keys, peer::PeerId, protocol::PeerConfig};
 
 /// The default TUN MTU: 1500 less the outer IPv6 (40) and UDP (8) headers and the tunnel's
 /// own data header (16) and tag (16), rounded down to a multiple of 16.
@@ -139,6 +139,7 @@ impl TunnelConfig {
         peers: Vec<PeerConfig>,
         peer_names: Vec<Option<String>>,
     ) -> Result<TunnelConfig> {
+        let mut table = AllowedIps::default();
         for (i, p) in peers.iter().enumerate() {
             let n = i + 1;
             if p.public == identity.public {
@@ -152,20 +153,19 @@ impl TunnelConfig {
                     anyhow::bail!("peer {n} has the same name as peer {}: {name}", m + 1);
                 }
             }
-            for (m, q) in peers[..i].iter().enumerate() {
-                if q.public == p.public {
-                    anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
-                }
-                // Overlaps, not only repeats: a peer holding a prefix around another's
-                // address could send as that peer (and be isolated as it on Tor).
-                for net in &p.allowed {
-                    if let Some(held) = q.allowed.iter().find(|h| allowed::overlap(h, net)) {
-                        anyhow::bail!(
-                            "peer {n}'s {net} overlaps peer {}'s {held}: peers' addresses must be apart",
-                            m + 1
-                        );
-                    }
-                }
+            if let Some(m) = peers[..i].iter().position(|q| q.public == p.public) {
+                anyhow::bail!("peer {n} has the same public key as peer {}", m + 1);
+            }
+            // The table the tunnel routes by refuses overlaps, not only repeats: a peer
+            // holding a prefix around another's address could send as that peer (and be
+            // isolated as it on Tor).
+            if let Err(o) = table.insert(PeerId(i as u32), &p.allowed) {
+                anyhow::bail!(
+                    "peer {n}'s {} overlaps peer {}'s {}: peers' addresses must be apart",
+                    o.new,
+                    o.holder.0 + 1,
+                    o.held
+                );
             }
         }
         Ok(TunnelConfig {
@@ -272,6 +272,11 @@ fn edit_file(path: &Path, edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Resu
     Ok(cfg)
 }
 
+/// The directory a file named `path` is in (`.` for a bare name).
+pub fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// Writes `contents`, which hold a private key, to `path` (replacing the file there, if
 /// any), so that the key is never readable by others, not even for a moment, and a crash
 /// leaves the old file or the new one, never a mix:
@@ -291,10 +296,7 @@ pub fn replace_private(path: &Path, contents: &[u8]) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.into()),
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let mut tmp = tempfile::Builder::new().prefix(".ttp-").suffix(".new").tempfile_in(dir)?;
     tmp.write_all(contents)?;
     let file = tmp.as_file();

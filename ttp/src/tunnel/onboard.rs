@@ -55,8 +55,7 @@ pub fn kept_path(gateway_file: &Path, name: &str) -> Result<PathBuf> {
     if !config::valid_name(name) {
         bail!("{name:?} is not a peer name: letters, digits, '-', '_' and '.' (at most 32)");
     }
-    let dir = gateway_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok(dir.join("peers").join(format!("{name}.conf")))
+    Ok(config::dir_of(gateway_file).join("peers").join(format!("{name}.conf")))
 }
 
 pub fn add(r: &Request<'_>) -> Result<Added> {
