@@ -234,13 +234,14 @@ fn a_ttp_client_uses_a_wireguard_go_gateway_across_rekeys() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bytes = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
     assert!(bytes > 1e6, "iperf3 through wireguard-go moved {bytes} bytes");
-    // No ping lost across the rekeys either.
-    assert_eq!(answered(&client, GW_INNER, 60), 60, "pings lost across rekeys");
+    // No ping lost across the rekeys either (5 s of light load: at least two rekeys
+    // happen here even if iperf3's load cost a handshake datagram its retry above).
+    assert_eq!(answered(&client, GW_INNER, 100), 100, "pings lost across rekeys");
     drop(server);
     let lines = cap.stop().unwrap();
     // At least two rekeys (under iperf3's load a handshake datagram may be dropped, as any
     // UDP datagram may, and then waits for its retry).
-    assert!(initiations(&lines) >= 2, "{} handshakes in 8 s with rekey-after = 2", initiations(&lines));
+    assert!(initiations(&lines) >= 2, "{} handshakes in 10 s with rekey-after = 2", initiations(&lines));
 
     // Idle, the client still sends a keepalive after each second of silence
     // (persistent-keepalive = 1), as a side behind a NAT must.

@@ -9,8 +9,9 @@
 //!
 //! So the daemon becomes the service user (see [`crate::user`]) and keeps no capability at
 //! all on Linux 5.19 and later, `CAP_BPF` alone before (see [`daemon_keep`]): everything
-//! else leaves the effective, permitted, inheritable, ambient and bounding sets, `no_new_privs` is set, and the securebits keep a later exec (Arti runs
-//! obfs4proxy) from regaining capabilities. A compromised Arti, or a bug in code parsing
+//! else leaves the effective, permitted, inheritable, ambient and bounding sets,
+//! `no_new_privs` is set, and the securebits keep a later exec (Arti runs obfs4proxy)
+//! from regaining capabilities. A compromised Arti, or a bug in code parsing
 //! network input, then cannot load modules, ptrace, mount, change uids, read or write
 //! root's files, open raw sockets, or signal other users' processes.
 //!
