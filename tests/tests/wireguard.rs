@@ -120,7 +120,7 @@ fn answered(ns: &Netns, to: &str, n: u32) -> u32 {
 
 /// Handshake initiations (148-byte datagrams) among tcpdump's lines.
 fn initiations(lines: &[String]) -> usize {
-    lines.iter().filter(|l| l.contains("UDP, length 148")).count()
+    lines.iter().filter(|l| l.ends_with("UDP, length 148")).count()
 }
 
 fn key_file(wan: &Wan, name: &str, key: &str) -> String {
