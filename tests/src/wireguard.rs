@@ -1,7 +1,8 @@
 //! WireGuard implementations we did not write, run as their users run them: a userspace
 //! interface in a namespace, configured over its UAPI socket with `wg`. Debian's
-//! wireguard-go, and boringtun-cli (crates.io, built once under target/peers by `cargo
-//! xtask test`).
+//! wireguard-go, boringtun-cli (crates.io, built once under target/peers by `cargo
+//! xtask test`), and for the benchmark a wireguard-go with TUN offloads (Debian 13's,
+//! fetched under target/peers by `cargo xtask bench tunnel`).
 
 use std::{
     path::{Path, PathBuf},
@@ -17,12 +18,18 @@ use crate::{run, Netns, Proc};
 pub enum Impl {
     WireguardGo,
     Boringtun,
+    /// wireguard-go 0.0.20231211, with the TUN offloads Debian 12's lacks.
+    WireguardGoOffloads,
 }
 
 impl Impl {
     fn program(self) -> Result<PathBuf> {
         Ok(match self {
             Impl::WireguardGo => "wireguard-go".into(),
+            Impl::WireguardGoOffloads => match std::env::var_os("TTP_TEST_WIREGUARD_GO_OFFLOADS") {
+                Some(p) => PathBuf::from(p),
+                None => bail!("TTP_TEST_WIREGUARD_GO_OFFLOADS is not set: `cargo xtask bench tunnel` fetches it"),
+            },
             Impl::Boringtun => match std::env::var_os("TTP_TEST_BORINGTUN") {
                 Some(p) => PathBuf::from(p),
                 None => {
@@ -54,7 +61,7 @@ impl Interface {
         let sock = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
         let mut c = ns.cmd(which.program()?);
         match which {
-            Impl::WireguardGo => {
+            Impl::WireguardGo | Impl::WireguardGoOffloads => {
                 c.arg(name).env("WG_PROCESS_FOREGROUND", "1");
             }
             // One thread: its default of four is twice as slow on two cores (KNOWN.md). One

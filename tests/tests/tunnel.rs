@@ -276,3 +276,63 @@ fn a_crashed_device_process_leaves_no_route_behind() {
     let left = run(p.peer.cmd("ip").args(["route", "show", GW_OUTER])).unwrap();
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
 }
+
+/// Moves `file` from `from` to a listener in `to` at `addr` over TCP through the tunnel,
+/// and returns what the receiver counted and hashed ("BYTES SHA256").
+fn carry(dir: &TempDir, from: &Netns, to: &Netns, addr: &str, file: &std::path::Path) -> String {
+    let script = dir.0.join("carry.py");
+    std::fs::write(
+        &script,
+        "import hashlib, socket, sys\n\
+         if sys.argv[1] == 'sink':\n\
+         \x20   s = socket.create_server((sys.argv[2], 5001))\n\
+         \x20   print('LISTENING', flush=True)\n\
+         \x20   c, _ = s.accept(); h = hashlib.sha256(); n = 0\n\
+         \x20   while (d := c.recv(1 << 16)):\n\
+         \x20       h.update(d); n += len(d)\n\
+         \x20   print(n, h.hexdigest(), flush=True)\n\
+         else:\n\
+         \x20   c = socket.create_connection((sys.argv[2], 5001), timeout=30)\n\
+         \x20   c.sendfile(open(sys.argv[3], 'rb')); c.shutdown(socket.SHUT_WR); c.recv(1)\n",
+    )
+    .unwrap();
+    let mut sink = to.cmd("python3");
+    sink.arg(&script).args(["sink", addr]);
+    let mut sink = Proc::spawn(sink).unwrap();
+    sink.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    let sent = from.cmd("python3").arg(&script).args(["source", addr]).arg(file).status().unwrap();
+    assert!(sent.success(), "sending {} to {addr} failed", file.display());
+    sink.next_line().unwrap()
+}
+
+#[test]
+fn bulk_tcp_crosses_the_tunnel_whole_both_ways_in_bursts_larger_than_the_mtu() {
+    let p = Pair::up();
+    assert!((0..10).any(|_| ping(&p.peer, GW_INNER)), "the peer never reached the gateway");
+    let file = p.dir.0.join("16M.bin");
+    std::fs::write(&file, (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>())
+        .unwrap();
+    let want = {
+        let out = run(std::process::Command::new("sha256sum").arg(&file)).unwrap();
+        format!("{} {}", 16 << 20, String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
+    };
+    // On the gateway's TUN: what its device writes (the peer's data, joined) and what it
+    // reads (its own data, one burst per read).
+    let cap = Capture::start_filtered(&p.gw, "ttp0", &["tcp"]).unwrap();
+    assert_eq!(carry(&p.dir, &p.peer, &p.gw, GW_INNER, &file), want, "peer to gateway");
+    assert_eq!(carry(&p.dir, &p.gw, &p.peer, PEER_INNER, &file), want, "gateway to peer");
+    let lines = cap.stop().unwrap();
+    // Packets larger than the TUN's MTU (1420) exist there only when the device and the
+    // kernel exchange bursts: without the offloads every one is at most the MTU.
+    let len = |l: &String| l.rsplit("length ").next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let written =
+        lines.iter().filter(|l| l.contains(&format!("{PEER_INNER}.")) && l.contains(&format!("> {GW_INNER}.")));
+    let read = lines.iter().filter(|l| l.contains(&format!("{GW_INNER}.")) && l.contains(&format!("> {PEER_INNER}.")));
+    let (written, read) = (written.map(len).max().unwrap_or(0), read.map(len).max().unwrap_or(0));
+    assert!(written > 1420, "the device never wrote a joined burst to the TUN (largest TCP payload {written})");
+    assert!(read > 1420, "the kernel never handed the device a burst (largest TCP payload {read})");
+    // A burst never holds more segments than the device's read buffers.
+    let link = run(p.gw.cmd("ip").args(["-d", "link", "show", "ttp0"])).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("gso_max_segs 128 "), "{link}");
+}

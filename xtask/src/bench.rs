@@ -41,18 +41,13 @@ pub fn run(which: Which) -> Result<()> {
         Which::TunnelCore => "bench-tunnel-core",
         Which::Tunnel => "bench-tunnel",
     };
-    if matches!(which, Which::Tunnel) && !on_path("boringtun-cli") {
-        // The peer it is compared with, from crates.io (under a minute).
-        sh(std::process::Command::new("cargo").args(["install", "boringtun-cli", "--locked"]))?;
+    let mut c = std::process::Command::new(root().join("target/release").join(bin));
+    if matches!(which, Which::Tunnel) {
+        // The peers it is compared with, as the tests run them (target/peers).
+        c.env("TTP_TEST_BORINGTUN", crate::peers::boringtun()?);
+        c.env("TTP_TEST_WIREGUARD_GO_OFFLOADS", crate::peers::wireguard_go_with_offloads()?);
     }
     // The release daemon too: the benchmarks run the binaries next to themselves.
     sh(cargo().args(["build", "--release", "-p", "ttp", "-p", "ttp-tests", "--bins"]))?;
-    sh(&mut std::process::Command::new(root().join("target/release").join(bin)))
-}
-
-fn on_path(program: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    sh(&mut c)
 }

@@ -32,6 +32,7 @@ pub const SUITES: &[(&str, &[&str])] = &[
             "session_lock",
             "check_answer",
             "gro_segments",
+            "tun_offload",
             "sock_diag",
         ],
     ),

@@ -1,6 +1,6 @@
 //! `cargo xtask bench tunnel`: throughput through the tunnel, side by side with the bare
-//! veth, boringtun (`boringtun-cli`) and Debian's wireguard-go (both configured with
-//! Debian's `wg`), in one run on the same two namespaces and veth. iperf3: one TCP stream, four TCP streams, and UDP
+//! veth, boringtun (`boringtun-cli`), Debian's wireguard-go and a wireguard-go with TUN
+//! offloads (all configured with Debian's `wg`), in one run on the same two namespaces and veth. iperf3: one TCP stream, four TCP streams, and UDP
 //! packets per second (small datagrams); and the CPU both tunnel ends used per gigabit.
 //!
 //! Both ends run on this machine, so "CPU" is the two tunnel processes' user+system time
@@ -53,8 +53,13 @@ fn main() -> Result<()> {
     let dir = TempDir::new("bench-tunnel");
     let _server = iperf_server(&b)?;
 
-    let mut table: Vec<(&str, Vec<[Sample; 3]>)> =
-        vec![("bare veth", vec![]), ("ttp tunnel", vec![]), ("boringtun", vec![]), ("wireguard-go", vec![])];
+    let mut table: Vec<(&str, Vec<[Sample; 3]>)> = vec![
+        ("bare veth", vec![]),
+        ("ttp tunnel", vec![]),
+        ("boringtun 0.7.1", vec![]),
+        ("wireguard-go 0.0.20220316", vec![]),
+        ("wireguard-go 0.0.20231211 (TUN offloads)", vec![]),
+    ];
     for round in 0..ROUNDS {
         table[0].1.push(measure(&a, B_OUTER, &[])?);
         {
@@ -62,14 +67,14 @@ fn main() -> Result<()> {
             let pids: Vec<u32> = ends.iter().map(|p| p.child.id()).collect();
             table[1].1.push(measure(&a, B_INNER, &pids)?);
         }
-        for (row, which) in [(2, Impl::Boringtun), (3, Impl::WireguardGo)] {
+        for (row, which) in [(2, Impl::Boringtun), (3, Impl::WireguardGo), (4, Impl::WireguardGoOffloads)] {
             let ends = wireguard_tunnel(which, &a, &b, &dir, round)?;
             let pids: Vec<u32> = ends.iter().map(|i| i.pid()).collect();
             table[row].1.push(measure(&a, B_INNER, &pids)?);
         }
         eprintln!(
-            "round {round}: 1 stream: veth {:.2}, ttp {:.2}, boringtun {:.2}, wireguard-go {:.2} Gbit/s",
-            table[0].1[round][0].rate, table[1].1[round][0].rate, table[2].1[round][0].rate, table[3].1[round][0].rate
+            "round {round}, 1 stream, Gbit/s: {}",
+            table.iter().map(|(name, r)| format!("{name} {:.2}", r[round][0].rate)).collect::<Vec<_>>().join(", ")
         );
     }
     println!("| path (median of {ROUNDS} rounds, {SECS} s each) | 1 TCP stream, Gbit/s | 4 TCP streams, Gbit/s | UDP 64-byte datagrams, packets/s | tunnel CPU, core-seconds per Gbit (1 stream) |");
@@ -171,8 +176,8 @@ fn ttp_tunnel(a: &Netns, b: &Netns, dir: &TempDir) -> Result<Vec<Proc>> {
 }
 
 /// `which` on both ends: boringtun-cli 0.7.1 (one thread: its default of four is about 2x
-/// slower on this 2-core machine), or Debian's wireguard-go (0.0.20220316: before
-/// wireguard-go's TUN offloads of 2023).
+/// slower on this 2-core machine), Debian's wireguard-go (0.0.20220316: before
+/// wireguard-go's TUN offloads of 2023), or wireguard-go 0.0.20231211 with them.
 fn wireguard_tunnel(which: Impl, a: &Netns, b: &Netns, dir: &TempDir, round: usize) -> Result<Vec<Interface>> {
     let (ka, pa, kb, pb) = keys()?;
     let mut ends = vec![];

@@ -4,10 +4,11 @@
 //! out here. Addresses, MTU, link state and routes are set through rtnetlink, never by
 //! running `ip`.
 //!
-//! Each wakeup handles whatever is ready (up to [`BATCH`] packets or GRO runs). Datagrams
-//! leave through [`gso`]: those of one wakeup for one endpoint go out in one system call
-//! (UDP GSO), and arrive several per system call (UDP GRO). The TUN still costs one call
-//! per packet (its offloads, `IFF_VNET_HDR`, are the next step; BENCHMARKS.md, tunnel).
+//! Each wakeup handles whatever is ready (up to [`BATCH`] bursts or GRO runs), and no side
+//! costs a system call per packet: datagrams leave through [`gso`] (those of one wakeup
+//! for one endpoint in one call, UDP GSO) and arrive several per call (UDP GRO); the TUN
+//! ([`super::tun`]) hands over a TCP burst per read (TSO) and takes a flow's decrypted
+//! packets joined into one write (GRO).
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
@@ -16,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use futures::{FutureExt, TryStreamExt};
+use futures::TryStreamExt;
 use ipnet::IpNet;
 use tokio::{
     io::Interest,
@@ -28,6 +29,7 @@ use super::{
     config::TunnelConfig,
     gso::{self, Batch, Offload},
     protocol::{Action, Core, Drops, PeerConfig, PeerError},
+    tun::{self, Read, Tun},
 };
 
 /// Packets handled per wakeup, at most, before the loop looks at its other work.
@@ -163,9 +165,7 @@ fn socket_buffers(s: &std::net::UdpSocket) {
 /// [`bind`]), and returns the device and what runs it. Creating and configuring the TUN
 /// needs `CAP_NET_ADMIN`; running it does not.
 pub async fn start(cfg: TunnelConfig, udp: std::net::UdpSocket) -> Result<(Device, Runner)> {
-    let mut tc = tun::Configuration::default();
-    tc.tun_name(&cfg.interface).mtu(cfg.mtu as u16);
-    let tun = tun::create(&tc)
+    let tun = tun::create(&cfg.interface, cfg.mtu as u16)
         .with_context(|| format!("creating the TUN device {} (needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface))?;
     let pinned = configure_link(&cfg).await.with_context(|| format!("configuring {}", cfg.interface))?;
     let local = udp.local_addr()?;
@@ -196,7 +196,7 @@ pub async fn start(cfg: TunnelConfig, udp: std::net::UdpSocket) -> Result<(Devic
 /// of its own.
 pub struct Runner {
     core: Core,
-    tun: tun::Device,
+    tun: tun_rs::SyncDevice,
     udp: std::net::UdpSocket,
     mtu: usize,
     status: Arc<Mutex<Vec<PeerStatus>>>,
@@ -209,9 +209,9 @@ impl Runner {
     /// packets a second worker threads waking each other cost more than the crypto
     /// (BENCHMARKS.md, tunnel).
     pub async fn run(self) -> Result<()> {
-        let tun = tun::AsyncDevice::new(self.tun).context("registering the TUN")?;
+        let tun = Tun::new(self.tun, self.mtu).context("registering the TUN")?;
         let udp = UdpSocket::from_std(self.udp).context("registering the tunnel's socket")?;
-        run(self.core, tun, udp, self.mtu, self.status, self.commands).await
+        run(self.core, tun, udp, self.status, self.commands).await
     }
 
     /// Runs the device on a thread of its own with a current-thread runtime (for the
@@ -244,42 +244,46 @@ impl Runner {
 
 async fn run(
     mut core: Core,
-    tun: tun::AsyncDevice,
+    tun: Tun,
     udp: UdpSocket,
-    mtu: usize,
     status: Arc<Mutex<Vec<PeerStatus>>>,
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let mut from_tun = vec![0u8; mtu + 64];
     // A GRO run of datagrams (one datagram if GRO is off).
     let mut from_net = vec![0u8; gso::GRO_BUFFER];
-    let mut out = Batch::new();
-    let mut offload = Offload::enable(&udp);
-    let io = &mut Io { udp: &udp, tun: &tun, out: &mut out, offload: &mut offload };
+    let offload = Offload::enable(&udp);
+    let io = &mut Io { udp: &udp, tun, out: Batch::new(), offload };
     // A client reaches out at once; a gateway waits to be reached.
     for peer in core.peer_ids() {
         let a = core.initiate(peer, Instant::now(), SystemTime::now());
         io.apply(a).await?;
     }
-    io.flush().await;
+    io.flush().await?;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            r = tun.recv(&mut from_tun) => {
-                let mut n = r.context("reading the TUN")?;
+            r = io.tun.recv() => {
+                let mut read = r.context("reading the TUN")?;
                 let (now, wall) = (Instant::now(), SystemTime::now());
                 // Whatever else is ready is handled in the same turn: one wakeup, not one
-                // per packet (the loop's fixed cost dominates at these rates).
+                // per burst (the loop's fixed cost dominates at these rates).
                 for _ in 0..BATCH {
-                    let a = core.from_tunnel(&from_tun[..n], now, wall);
-                    io.apply(a).await?;
-                    match tun.recv(&mut from_tun).now_or_never() {
-                        Some(r) => n = r.context("reading the TUN")?,
+                    match read {
+                        Read::Packets(n) => {
+                            for i in 0..n {
+                                let a = core.from_tunnel(io.tun.packet(i), now, wall);
+                                io.apply(a).await?;
+                            }
+                        }
+                        Read::Refused(e) => tracing::debug!("a burst from the TUN was dropped: {e}"),
+                    }
+                    match io.tun.try_recv() {
+                        Some(r) => read = r.context("reading the TUN")?,
                         None => break,
                     }
                 }
-                io.flush().await;
+                io.flush().await?;
             }
             r = udp.readable() => {
                 r.context("waiting for the network")?;
@@ -298,7 +302,7 @@ async fn run(
                         Err(e) => return Err(e).context("receiving from the network"),
                     }
                 }
-                io.flush().await;
+                io.flush().await?;
             }
             Some(cmd) = commands.recv() => {
                 let (outcome, reply) = match cmd {
@@ -314,7 +318,8 @@ async fn run(
                 for a in core.tick(Instant::now(), SystemTime::now()) {
                     io.apply(a).await?;
                 }
-                io.flush().await;
+                io.flush().await?;
+                io.tun.trim();
                 *status.lock().expect("status lock") = peer_status(&core, Instant::now());
             }
         }
@@ -337,13 +342,13 @@ fn peer_status(core: &Core, now: Instant) -> Vec<PeerStatus> {
         .collect()
 }
 
-/// Where actions go: the TUN at once, datagrams into the batch sent by [`Io::flush`]
-/// at the end of each wakeup.
+/// Where actions go: packets for the TUN and datagrams for the network are both queued,
+/// and [`Io::flush`] writes them at the end of each wakeup (or when a queue is full).
 struct Io<'a> {
     udp: &'a UdpSocket,
-    tun: &'a tun::AsyncDevice,
-    out: &'a mut Batch,
-    offload: &'a mut Offload,
+    tun: Tun,
+    out: Batch,
+    offload: Offload,
 }
 
 impl Io<'_> {
@@ -351,29 +356,44 @@ impl Io<'_> {
         match a {
             Action::Network(to, d) => {
                 if !self.out.push(to, &d) {
-                    self.flush().await;
+                    self.send().await;
                     let empty_takes_any = self.out.push(to, &d);
                     debug_assert!(empty_takes_any);
                 }
             }
             Action::Tunnel(_, p) => {
-                self.tun.send(&p).await.context("writing to the TUN")?;
+                if self.tun.queue(&p) {
+                    self.write().await?;
+                }
             }
             Action::None => {}
         }
         Ok(())
     }
 
-    /// Sends the batch, waiting while the socket's buffer is full.
-    async fn flush(&mut self) {
+    async fn flush(&mut self) -> Result<()> {
+        self.send().await;
+        self.write().await
+    }
+
+    /// Sends the datagrams, waiting while the socket's buffer is full.
+    async fn send(&mut self) {
         use std::os::fd::AsRawFd;
         let fd = self.udp.as_raw_fd();
-        let (out, offload) = (&mut *self.out, &mut *self.offload);
+        let (out, offload) = (&mut self.out, &mut self.offload);
         let sent = self.udp.async_io(Interest::WRITABLE, || gso::send(fd, out, offload)).await;
         // A peer out of reach is the network's business, not a reason to stop.
         if let Err(e) = sent {
             tracing::debug!("sending to the network: {e}");
         }
+    }
+
+    /// Writes the decrypted packets to the TUN.
+    async fn write(&mut self) -> Result<()> {
+        if let Some(e) = self.tun.flush().await.context("writing to the TUN")? {
+            tracing::debug!("the kernel refused a packet from a peer: {e}");
+        }
+        Ok(())
     }
 }
 
@@ -419,6 +439,18 @@ async fn configure_link(cfg: &TunnelConfig) -> Result<Vec<rtnetlink::packet_rout
             .execute()
             .await
             .context("setting the link up")?;
+        // A burst from the kernel must fit the TUN's read buffers (tun::GSO_MAX_SEGS): a
+        // program that sets a tiny MSS would otherwise make bursts of a thousand segments,
+        // which the device drops (and that program's connection stalls; nobody else's).
+        let mut bound = rtnetlink::LinkUnspec::new_with_index(index).build();
+        bound.attributes.push(rtnetlink::packet_route::link::LinkAttribute::GsoMaxSegs(tun::GSO_MAX_SEGS));
+        if let Err(e) = handle.link().set(bound).execute().await {
+            tracing::warn!(
+                "could not bound {}'s bursts to {} segments ({e}): a connection with a very small MSS may stall",
+                cfg.interface,
+                tun::GSO_MAX_SEGS
+            );
+        }
         for p in cfg.peers.iter().flat_map(|p| p.allowed.iter()) {
             if p.prefix_len() == 0 {
                 // Everything goes into the tunnel, except the way to the gateway itself:

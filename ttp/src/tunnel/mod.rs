@@ -2,7 +2,7 @@
 //! through Tor (issue 5). The protocol core, with no I/O, is the `ttp-tunnel` crate
 //! (re-exported here under the same module names); this module adds what does I/O or
 //! reads files: [`config`] (one side of a tunnel as TOML) and [`device`] (the TUN, the UDP
-//! socket, rtnetlink for addresses and routes). The gateway side also runs inside the
+//! socket, rtnetlink for addresses and routes), [`tun`] (the TUN and its offloads). The gateway side also runs inside the
 //! daemon (`ttp start --tunnel`), where `crate::gateway` and the TC program `tc_gateway`
 //! send its peers' traffic into Tor.
 
@@ -14,4 +14,5 @@ pub mod config;
 pub mod device;
 pub mod gso;
 pub mod onboard;
+pub mod tun;
 pub mod wgquick;
