@@ -235,7 +235,7 @@ impl Control {
                         started_unix: self.started_unix,
                         ports: self.ports.clone(),
                         bootstrap: boot.to_string(),
-                        waiting: no_network().or_else(|| crate::tor::waiting_for(&boot)),
+                        waiting: no_network().or_else(|| crate::tor::waiting_while_running(&boot)),
                         tor_ready: boot.ready_for_traffic(),
                         streams_open: s.streams.open_count(),
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),

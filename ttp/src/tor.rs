@@ -197,6 +197,21 @@ pub fn waiting_for(status: &arti_client::status::BootstrapStatus) -> Option<Stri
     })
 }
 
+/// What a running Tor (one that was ready) waits for: [`waiting_for`], and a directory
+/// that the clock has left behind. Arti does not call that a blockage: it only stops
+/// being ready and goes on looking for a directory valid at this time, which it cannot
+/// find while the clock is wrong (a jump after a suspend, an NTP step, a clock set by
+/// hand). (No figures in the message: it is logged each time it changes.)
+pub fn waiting_while_running(status: &arti_client::status::BootstrapStatus) -> Option<String> {
+    waiting_for(status).or_else(|| {
+        (!status.ready_for_traffic()).then(|| {
+            "Tor has no directory valid at this time and is fetching one: if the system clock jumped or is wrong, \
+             set it (timedatectl set-ntp true, or date -s) and Tor carries on by itself"
+                .to_string()
+        })
+    })
+}
+
 /// Logs each change of what Tor waits for, for as long as the client lives: a network
 /// that goes away, or a clock that jumps, is named in the log when Arti notices it, and
 /// its end too.
@@ -204,7 +219,7 @@ pub async fn log_blockages(client: Tor) {
     let mut events = client.bootstrap_events();
     let mut last: Option<String> = None;
     while let Some(s) = events.next().await {
-        let now = waiting_for(&s);
+        let now = waiting_while_running(&s);
         if now != last {
             match &now {
                 Some(w) => tracing::warn!("Tor is waiting: {w}"),

@@ -141,3 +141,64 @@ fn a_wrong_clock_is_named_with_what_to_do() {
     eprintln!("{last}");
     assert_only_relay_traffic(&cap.stop().unwrap());
 }
+
+/// The wall clock jumps while ttp runs, as when a laptop wakes after hours asleep or NTP
+/// steps a clock that drifted. libfaketime moves the daemon's wall clock only (read from
+/// a file every second; the monotonic clock, which a suspend does not advance either, is
+/// left alone), and `ttp refresh` after each jump makes the next fetch build circuits
+/// under the new time.
+///
+/// - Hours ahead, then back: a governed fetch works after each jump, by itself.
+/// - Days ahead, beyond what Tor accepts of a directory: fetches fail (closed), `ttp
+///   status` says the clock may be wrong, and once it is set right Tor comes back with
+///   no one touching ttp.
+///
+/// Nothing but relay traffic leaves throughout. How soon fetches work again is printed
+/// (BENCHMARKS.md), never asserted as a time.
+#[test]
+fn a_clock_that_jumps_keeps_the_host_closed_and_tor_comes_back_when_it_is_right() {
+    let w = World::with_testnet(net()).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-jump-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&state).unwrap();
+    let clock = state.join("faketime");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let mut c = run_cmd(w.daemon_cmd("ttp", &["run"]), &state, 90);
+    c.env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_CACHE_DURATION", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let d = w.start_daemon(c).expect("ttp run with a clock that will jump");
+    let r = Running { daemon: Some(d), w, state };
+    let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
+    let jump = |to: &str| {
+        std::fs::write(&clock, format!("{to}\n")).unwrap();
+        // libfaketime reads the file again within a second.
+        std::thread::sleep(Duration::from_secs(2));
+        ttp(&r, &["refresh"]);
+    };
+    jump("+6h");
+    let ahead = recovery(&r);
+    jump("+0");
+    let back = recovery(&r);
+
+    jump("+4d");
+    let said = waiting(&r, 90);
+    assert!(
+        said.as_deref().is_some_and(|s| s.contains("clock")),
+        "with the clock 4 days ahead, ttp status says: {said:?}\n{}",
+        ttp(&r, &["status", "--json"])
+    );
+    let url = format!("http://{WEB}/index.txt");
+    let out = r.w.run_in(&r.w.governed, GOVERNED, GOVERNED, &["curl", "-s", "--max-time", "5", &url]);
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), PAGE, "a fetch worked with the clock 4 days ahead");
+    jump("+0");
+    let set_right = recovery(&r);
+    assert_only_relay_traffic(&cap.stop().unwrap());
+    eprintln!(
+        "governed fetch works again {:.1} s after the clock jumped 6 h ahead, {:.1} s after it jumped back, \
+         {:.1} s after a clock 4 days ahead was set right",
+        ahead.as_secs_f64(),
+        back.as_secs_f64(),
+        set_right.as_secs_f64()
+    );
+}
