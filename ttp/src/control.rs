@@ -49,6 +49,11 @@ pub enum Request {
     },
     /// Adds or removes a peer of the running tunnel gateway (root only).
     TunnelPeer(PeerChange),
+    /// Uses these bridges (or, with none, the network directly) from the next circuits on
+    /// (root only: `ttp reload`).
+    Bridges {
+        bridges: Option<crate::tor::Bridges>,
+    },
 }
 
 /// A change to the tunnel gateway's peers; keys in base64, as in the config file.
@@ -162,6 +167,8 @@ pub struct Control {
     pub check_urls: Vec<String>,
     pub load: Arc<crate::load::LoadStats>,
     pub budget: crate::load::Budget,
+    /// Tor's configuration as at start, for a reload's bridges.
+    pub tor_base: crate::tor::ConfigBase,
 }
 
 impl Control {
@@ -187,6 +194,23 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Reconfigures Arti with `bridges` (the rest of its configuration as at start), and
+    /// gives every isolation key a new circuit, as `refresh` does: the next streams go
+    /// through circuits that follow the new setting. Returns how many keys were reset.
+    fn set_bridges(&self, bridges: Option<&crate::tor::Bridges>) -> Result<usize> {
+        let config = self.tor_base.with_bridges(bridges)?;
+        self.services
+            .tor
+            .reconfigure(&config, arti_client::config::Reconfigure::AllOrNothing)
+            .context("Tor refused the new bridges (the running session is unchanged; `ttp restart` applies them)")?;
+        let n = self.services.isolation.new_identity();
+        match bridges {
+            Some(b) => tracing::info!("now through {} bridge(s); new streams use new circuits", b.lines.len()),
+            None => tracing::info!("bridges off; new streams use new circuits"),
+        }
+        Ok(n)
     }
 
     fn load_status(&self) -> LoadStatus {
@@ -267,6 +291,10 @@ impl Control {
                 self.stop.notify_one();
                 Reply::Done { ok: true }
             }
+            Request::Bridges { bridges } => match self.set_bridges(bridges.as_ref()) {
+                Ok(n) => Reply::Refreshed { ok: true, isolation_keys_reset: n },
+                Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
+            },
             Request::TunnelPeer(change) => match self.change_peer(change).await {
                 Ok(()) => Reply::Done { ok: true },
                 Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
@@ -545,6 +573,7 @@ mod tests {
             Request::Check { urls: vec!["http://192.0.2.1/".into()] },
             Request::TestConnect { host: "example.org".into(), port: 80 },
             Request::TunnelPeer(PeerChange::Remove { public_key: "K".into() }),
+            Request::Bridges { bridges: None },
         ];
         for r in &reads {
             assert!(r.allowed_for(Caller::Reader) && r.allowed_for(Caller::Root), "{r:?}");

@@ -154,7 +154,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     // Bad input fails here, before anything on the host changes (the configuration is read
     // once to check it, and again below for the service user's uid).
     let bridges = opts.bridges()?;
-    tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), None)?;
+    let arti_files = tor::ArtiFiles::read(&opts.arti_config)?;
+    tor::config_from(&opts.state_dir, &arti_files, bridges.as_ref(), None)?;
     let root = cgroup::cgroup2_root()?;
     let (governed, [exec_tor, exec_direct]) = exec_cgroups(opts, &root);
     // The daemon's own cgroup is exempt from the kill-switch (with its uid). Under systemd,
@@ -195,7 +196,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     for dir in [&opts.state_dir, &opts.runtime_dir] {
         user::check_reachable(dir, &service_user)?;
     }
-    let config = tor::load_config(&opts.state_dir, &opts.arti_config, bridges.as_ref(), Some(service_user.uid))?;
+    let tor_base = tor::ConfigBase { state_dir: opts.state_dir.clone(), files: arti_files, owner: service_user.uid };
+    let config = tor_base.with_bridges(bridges.as_ref())?;
     crate::rootfs::ensure_dir(&opts.runtime_dir)?;
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
@@ -273,7 +275,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     if let Some(logger) = logger {
         tokio::spawn(crate::datapath::forward_logs(logger));
     }
-    let setup = Setup { config, service_user: &service_user, gateway, maps_dir, t0, budget };
+    let setup = Setup { config, tor_base, service_user: &service_user, gateway, maps_dir, t0, budget };
     let stop = StopSignals::new()?;
     let outcome = match lock.write(&opts.runtime_dir) {
         Ok(()) => serve(opts, setup, stop, &mut monitor, &mut events).await,
@@ -425,6 +427,8 @@ fn udp_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<UdpSocket>
 /// What the root part of the start hands to the rest.
 struct Setup<'a> {
     config: tor::TorClientConfig,
+    /// For `ttp reload`'s bridges.
+    tor_base: tor::ConfigBase,
     service_user: &'a ServiceUser,
     gateway: Gateway,
     maps_dir: PathBuf,
@@ -441,7 +445,7 @@ async fn serve(
     monitor: &mut Monitor,
     events: &mut impl FnMut(Event),
 ) -> Result<StopRequested> {
-    let Setup { config, service_user, gateway, maps_dir, t0, budget } = setup;
+    let Setup { config, tor_base, service_user, gateway, maps_dir, t0, budget } = setup;
     hand_over_dirs(opts, service_user)?;
     let control_listener = control::bind(&opts.runtime_dir)?;
     // Read-only but for the stream origins (see ServiceMaps): opened while root, kept after.
@@ -527,6 +531,7 @@ async fn serve(
         check_urls: check_urls.clone(),
         load,
         budget,
+        tor_base,
     });
     tasks.spawn(control::serve(control_listener, control));
 

@@ -30,7 +30,7 @@ const ARTI_PROGRAM_SECTIONS: &[&str] =
     &["application", "proxy", "logging", "metrics", "rpc", "onion_services", "system"];
 
 /// Bridges to use instead of connecting to the network directly.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bridges {
     /// Bridge lines, as Tor Browser and torrc write them (without `Bridge`).
     pub lines: Vec<String>,
@@ -92,6 +92,53 @@ pub fn load_config(
     bridges: Option<&Bridges>,
     owner: Option<u32>,
 ) -> Result<TorClientConfig> {
+    config_from(state_dir, &ArtiFiles::read(files)?, bridges, owner)
+}
+
+/// `--arti-config` files as read at start: a reload that changes the bridges builds the
+/// configuration again from these texts (the daemon, no longer root, may not be able to
+/// read the files, and a file changed since start is not what the session runs with).
+#[derive(Debug, Clone, Default)]
+pub struct ArtiFiles(Vec<String>);
+
+impl ArtiFiles {
+    pub fn read(files: &[PathBuf]) -> Result<ArtiFiles> {
+        files
+            .iter()
+            .map(|f| {
+                if !f.exists() {
+                    bail!("Arti configuration file {} does not exist", f.display());
+                }
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the Arti configuration file {}", f.display()))
+            })
+            .collect::<Result<_>>()
+            .map(ArtiFiles)
+    }
+}
+
+/// What the daemon needs to build Tor's configuration again with other bridges (`ttp
+/// reload`): the state directory, the Arti files as read at start, the service user.
+#[derive(Debug, Clone)]
+pub struct ConfigBase {
+    pub state_dir: PathBuf,
+    pub files: ArtiFiles,
+    pub owner: u32,
+}
+
+impl ConfigBase {
+    pub fn with_bridges(&self, bridges: Option<&Bridges>) -> Result<TorClientConfig> {
+        config_from(&self.state_dir, &self.files, bridges, Some(self.owner))
+    }
+}
+
+/// [`load_config`] from files already read.
+pub fn config_from(
+    state_dir: &Path,
+    files: &ArtiFiles,
+    bridges: Option<&Bridges>,
+    owner: Option<u32>,
+) -> Result<TorClientConfig> {
     let mut sources = ConfigurationSources::new_empty();
     let mut storage = toml::toml! {
         [storage]
@@ -102,11 +149,8 @@ pub fn load_config(
         t.insert("permissions".into(), toml::toml! { trust_user = (i64::from(uid)) }.into());
     }
     sources.push_source(ConfigurationSource::from_verbatim(storage.to_string()), MustRead::MustRead);
-    for f in files {
-        if !f.exists() {
-            bail!("Arti configuration file {} does not exist", f.display());
-        }
-        sources.push_source(ConfigurationSource::from_path(f), MustRead::MustRead);
+    for text in &files.0 {
+        sources.push_source(ConfigurationSource::from_verbatim(text.clone()), MustRead::MustRead);
     }
     if let Some(b) = bridges {
         sources.push_source(ConfigurationSource::from_verbatim(b.to_toml()?), MustRead::MustRead);

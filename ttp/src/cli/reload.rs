@@ -2,14 +2,19 @@
 //! config file to the running session without a restart, where that can be done without
 //! a gap, and say which changes need one.
 //!
-//! What can change live is the datapath's policy: who and what goes direct (bypass users,
-//! groups and cgroups, root, the LAN and its discovery) and whether IPv6 is refused. Root
-//! writes it into the pinned maps, entry by entry, so each connection sees the old policy
-//! or the new one; connections the new policy governs that were opened direct under the
-//! old one are destroyed (their application reconnects, through Tor). Everything else
-//! (ports, uplinks, the service user, Tor's configuration, bridges...) is read once at
-//! start: a restart applies it, and `systemctl restart ttp` / `ttp restart` keep the
-//! kill-switch through the restart.
+//! What can change live:
+//! - The datapath's policy: who and what goes direct (bypass users, groups and cgroups,
+//!   root, the LAN and its discovery) and whether IPv6 is refused. Root writes it into the
+//!   pinned maps, entry by entry, so each connection sees the old policy or the new one;
+//!   connections the new policy governs that were opened direct under the old one are
+//!   destroyed (their application reconnects, through Tor).
+//! - The bridges (on or off, the lines, the transport): root reads them (a bridges file
+//!   too) and hands them to the daemon over the control socket; Arti takes them for the
+//!   next circuits, and every stream after the reload gets a new one.
+//!
+//! Everything else (ports, uplinks, the service user, the rest of Tor's configuration...)
+//! is read once at start: a restart applies it, and `systemctl restart ttp` / `ttp
+//! restart` keep the kill-switch through the restart.
 //!
 //! The running session's options are known from its lock: the command line it was started
 //! with and the config file's text at that time. Old and new options are both parsed by
@@ -22,7 +27,7 @@ use clap::{CommandFactory, FromArgMatches};
 use ttp::{
     datapath::{Maps, PinLayout},
     lock::SessionLock,
-    options::{StartOptions, LIVE_OPTIONS},
+    options::{StartOptions, BRIDGE_OPTIONS, LIVE_OPTIONS},
 };
 
 pub fn reload(runtime_dir: &Path) -> Result<()> {
@@ -57,7 +62,9 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
         println!("{}: no change from the running session", path.display());
         return Ok(());
     }
-    let (live, restart): (Vec<_>, Vec<_>) = changed.iter().partition(|(id, _)| LIVE_OPTIONS.contains(&id.as_str()));
+    let (live, rest): (Vec<_>, Vec<_>) = changed.iter().partition(|(id, _)| LIVE_OPTIONS.contains(&id.as_str()));
+    let (bridges, restart): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|(id, _)| BRIDGE_OPTIONS.contains(&id.as_str()));
     let names = |list: &[&(String, String)]| list.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
     if !live.is_empty() {
         let opts = StartOptions::from_arg_matches(&new)?;
@@ -72,6 +79,16 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
             println!(
                 "{closed} direct connections that the new policy governs were closed (they reconnect through Tor)"
             );
+        }
+    }
+    if !bridges.is_empty() {
+        // Checked here first (a bad line is named before anything is sent), then again by
+        // the daemon against the rest of Tor's configuration.
+        let b = StartOptions::from_arg_matches(&new)?.bridges()?;
+        let request = ttp::control::Request::Bridges { bridges: b };
+        match ttp::control::request(runtime_dir, &request).context("asking the daemon to change the bridges")? {
+            ttp::control::Reply::Error { error, .. } => bail!("the bridges were not changed: {error}"),
+            _ => println!("applied: {} (new streams use new circuits)", names(&bridges)),
         }
     }
     if restart.is_empty() {
