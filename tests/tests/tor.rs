@@ -657,6 +657,14 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     assert_eq!(status["exit_address"], exit.as_str());
     // The warm-up fetch went through the TransPort: its bytes are counted.
     assert!(status["bytes_down"].as_u64().unwrap() > 0 && status["bytes_up"].as_u64().unwrap() > 0, "{status}");
+    // Memory: the daemon's own figures, and as root its monitor's too, PSS counting the
+    // pages they share once (so the sum's PSS is below the sum's RSS).
+    let own = &status["memory"];
+    let pss = own["pss_bytes"].as_u64().unwrap_or(0);
+    assert!(pss > 0 && pss <= own["rss_bytes"].as_u64().unwrap(), "{status}");
+    let human = ttp(&r, &["status"]);
+    let line = human.lines().find(|l| l.starts_with("memory:")).unwrap_or_default();
+    assert!(line.contains("its monitor") && line.contains("MB PSS"), "{human}");
     // diagnose gathers the same picture, plus the kernel side (one link more where the
     // kernel allows BPF LSM programs).
     let diag = ttp(&r, &["diagnose"]);

@@ -110,6 +110,10 @@ pub struct Status {
     /// Limits and what load did (absent from older daemons).
     #[serde(default)]
     pub load: Option<LoadStatus>,
+    /// The daemon's own memory (its root monitor's is not its to read: `ttp status` as
+    /// root adds it). Absent from older daemons.
+    #[serde(default)]
+    pub memory: Option<crate::memory::Memory>,
 }
 
 /// The daemon's limits and what load did to it, since start.
@@ -269,6 +273,7 @@ impl Control {
                         counters,
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                         load: Some(self.load_status()),
+                        memory: crate::memory::of(std::process::id()),
                     }),
                 }
             }

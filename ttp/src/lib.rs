@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod load;
 pub mod lock;
 pub mod logfile;
+pub mod memory;
 pub mod monitor;
 pub mod netwatch;
 pub mod options;

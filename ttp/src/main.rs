@@ -528,6 +528,16 @@ fn run(cmd: Cmd) -> Result<()> {
                             l.idle_closed
                         );
                     }
+                    if let Some(m) = status.memory {
+                        // Its children (the root monitor) are root's to read: with them
+                        // when we can, PSS counting their shared pages once.
+                        let helpers: Vec<_> =
+                            ttp::memory::children(status.pid).into_iter().filter_map(ttp::memory::of).collect();
+                        match helpers.iter().copied().reduce(|a, b| a + b) {
+                            Some(h) => say!("memory:     {} (the daemon {m}; its monitor {h})", m + h),
+                            None => say!("memory:     {m} (the daemon; as root, with its monitor)"),
+                        }
+                    }
                     for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
                         say!("  {name:<24} {n}");
                     }

@@ -115,6 +115,10 @@ fn main() -> Result<()> {
         f1(&rss_held.iter().map(|m| m.rss).collect::<Vec<_>>()),
     );
     row(
+        "PSS (shared pages divided among their processes), MB, idle / with 1,000 streams",
+        rss_idle.iter().zip(&rss_held).map(|(i, h)| format!("{:.1} / {:.1}", i.pss, h.pss)).collect(),
+    );
+    row(
         "of which anonymous (heap, stacks), MB, idle / with 1,000 streams",
         rss_idle.iter().zip(&rss_held).map(|(i, h)| format!("{:.1} / {:.1}", i.anon, h.anon)).collect(),
     );
@@ -252,19 +256,22 @@ fn cpu_secs(pid: u32) -> Result<f64> {
 struct Mem {
     rss: f64,
     anon: f64,
+    /// Proportional: each shared page divided among the processes that map it (ttp's
+    /// monitor shares most of the daemon's; a C tor client shares its binary's code
+    /// with the relays, which flatters it, so its row is RSS).
+    pss: f64,
 }
 
 /// The daemon's resident memory: the process and its children (ttp's root monitor,
-/// counted whole although most of its pages are shared with the daemon). RSS, not PSS: a
-/// C tor client shares its binary's pages with the private network's relays, which would
-/// flatter it.
+/// counted whole in RSS although most of its pages are shared with the daemon; PSS
+/// divides them).
 fn rss_mb(pid: u32) -> Result<Mem> {
     let mut pids = vec![pid.to_string()];
     for t in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
         let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
         pids.extend(children.split_whitespace().map(str::to_owned));
     }
-    let (mut rss_kb, mut anon_kb) = (0.0, 0.0);
+    let (mut rss_kb, mut anon_kb, mut pss_kb) = (0.0, 0.0, 0.0);
     for p in pids {
         let status = fs::read_to_string(format!("/proc/{p}/status"))?;
         let field = |name: &str| -> Result<f64> {
@@ -272,12 +279,20 @@ fn rss_mb(pid: u32) -> Result<Mem> {
             Ok(v.with_context(|| format!("no {name} in /proc/{p}/status"))?.parse()?)
         };
         let (rss, anon) = (field("VmRSS:")?, field("RssAnon:")?);
+        let rollup = fs::read_to_string(format!("/proc/{p}/smaps_rollup"))?;
+        let pss: f64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next())
+            .with_context(|| format!("no Pss in /proc/{p}/smaps_rollup"))?
+            .parse()?;
         let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        eprintln!("  pid {p} ({}): RSS {rss} kB, of which anonymous {anon} kB", comm.trim());
+        eprintln!("  pid {p} ({}): RSS {rss} kB, of which anonymous {anon} kB; PSS {pss} kB", comm.trim());
         rss_kb += rss;
         anon_kb += anon;
+        pss_kb += pss;
     }
-    Ok(Mem { rss: rss_kb / 1024.0, anon: anon_kb / 1024.0 })
+    Ok(Mem { rss: rss_kb / 1024.0, anon: anon_kb / 1024.0, pss: pss_kb / 1024.0 })
 }
 
 fn round2(v: &[f64]) -> Vec<String> {
