@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
     time::{Duration, Instant},
 };
@@ -72,7 +72,21 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
         Ok(Reply::Status { status, .. }) => Some(status.counters),
         _ => None,
     };
-    let probes: [(&'static str, Probe); 5] = [("dns", dns), ("tcp", tcp), ("udp", udp), ("ipv6", ipv6), ("icmp", icmp)];
+    // Every class the kill-switch claims to stop (SECURITY.md), each as an application
+    // would try it.
+    let probes: [(&'static str, Probe); 11] = [
+        ("dns", dns),
+        ("tcp", tcp),
+        ("udp", udp),
+        ("quic", quic),
+        ("ipv6", ipv6),
+        ("v4-mapped", v4_mapped),
+        ("dot", dot),
+        ("doh", doh),
+        ("tfo", tfo),
+        ("icmp", icmp),
+        ("frames", frames),
+    ];
     let mut results = Vec::new();
     for (name, probe) in probes {
         let before = counters();
@@ -108,7 +122,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
                 Verdict::Fail => "FAIL",
                 Verdict::Skip => "SKIP",
             };
-            println!("{v}  {:<5} {}", p.name, p.evidence);
+            println!("{v}  {:<9} {}", p.name, p.evidence);
             if verbose {
                 println!("            {}", p.detail);
             }
@@ -199,12 +213,60 @@ fn ipv6() -> Outcome {
     connect_probe(SocketAddr::from((V6, 80)))
 }
 
+/// An IPv4 destination written as IPv6 (`::ffff:a.b.c.d`) on an IPv6 socket: the same
+/// connection by another door.
+fn v4_mapped() -> Outcome {
+    connect_probe(SocketAddr::from((V4.to_ipv6_mapped(), 80)))
+}
+
+/// DNS over TLS (port 853): names that would leave encrypted around the DNSPort.
+fn dot() -> Outcome {
+    connect_probe(SocketAddr::from((V4, 853)))
+}
+
+/// DNS over HTTPS to the resolvers browsers use: every one on ttp's list.
+fn doh() -> Outcome {
+    let outcomes: Vec<(IpAddr, Outcome)> = ttp::datapath::DEFAULT_DOH_RESOLVERS
+        .iter()
+        .filter_map(|r| r.parse::<IpAddr>().ok())
+        .map(|ip| (ip, connect_probe(SocketAddr::new(ip, 443))))
+        .collect();
+    match outcomes.iter().find(|(_, (ok, _))| *ok != Some(true)) {
+        Some((_, bad)) => bad.clone(),
+        None => (Some(true), format!("connects to {} DoH resolvers' port 443 were refused or taken", outcomes.len())),
+    }
+}
+
+/// TCP Fast Open: the first data rides in the SYN, sent by `sendto` without a connect.
+fn tfo() -> Outcome {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let to = SocketAddr::from((V4, 80));
+    let run = || -> std::io::Result<bool> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_write_timeout(Some(WAIT))?;
+        s.send_to_with_flags(b"GET / HTTP/1.0\r\n\r\n", &SockAddr::from(to), libc::MSG_FASTOPEN)?;
+        Ok(s.local_addr()?.as_socket().is_some_and(|a| a.ip().is_loopback()))
+    };
+    match run() {
+        Ok(true) => (Some(true), format!("a Fast Open SYN with data to {to} was taken by ttp's TransPort")),
+        Ok(false) => (Some(false), format!("a Fast Open SYN with data to {to} went to the network")),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("a Fast Open send to {to} was refused at the socket ({e})"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            (None, format!("TCP Fast Open is off here ({e}): nothing to probe"))
+        }
+        Err(e) => (Some(false), format!("a Fast Open send to {to}: {e}")),
+    }
+}
+
 fn connect_probe(to: SocketAddr) -> Outcome {
     match TcpStream::connect_timeout(&to, WAIT) {
         Ok(s) => {
             // Our getpeername hook shows the original destination; the local end says where
-            // the connection really went.
-            let local = s.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+            // the connection really went (a v4-mapped one as ::ffff:127.0.0.1).
+            let loopback = |ip: IpAddr| ip.to_canonical().is_loopback();
+            let local = s.local_addr().map(|a| loopback(a.ip())).unwrap_or(false);
             if local {
                 (Some(true), format!("connect to {to} was taken by ttp's TransPort (local end on loopback)"))
             } else {
@@ -225,10 +287,21 @@ fn connect_probe(to: SocketAddr) -> Outcome {
     }
 }
 
-/// Non-DNS UDP (like QUIC): must be refused at the socket.
+/// Non-DNS UDP: must be refused at the socket.
 fn udp() -> Outcome {
-    let to = SocketAddr::from((V4, 443));
-    let r = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(b"ttp leak probe", to));
+    datagram_probe(SocketAddr::from((V4, 9)), b"ttp leak probe")
+}
+
+/// QUIC (HTTP/3), which browsers try first: a long-header Initial to port 443.
+fn quic() -> Outcome {
+    let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
+    initial.extend_from_slice(b"ttpprobe");
+    initial.resize(1200, 0);
+    datagram_probe(SocketAddr::from((V4, 443)), &initial)
+}
+
+fn datagram_probe(to: SocketAddr, payload: &[u8]) -> Outcome {
+    let r = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(payload, to));
     match r {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             (Some(true), format!("datagram to {to} refused at the socket ({e})"))
@@ -279,5 +352,44 @@ fn icmp() -> Outcome {
         } else {
             (Some(false), format!("an echo to {V4} was sent"))
         }
+    }
+}
+
+/// Frames of one's own making (root only): a packet socket, and the option that would
+/// let its frames skip the TC kill-switch (`PACKET_QDISC_BYPASS`). Nothing is sent.
+fn frames() -> Outcome {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if !nix::unistd::geteuid().is_root() {
+        return (None, "packet sockets need root: run `sudo ttp check-leak` to probe them".into());
+    }
+    let s = match Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from((libc::ETH_P_ALL as u16).to_be() as i32)))
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            return (Some(true), format!("a packet socket was refused ({e})"));
+        }
+        Err(e) => return (None, format!("no packet socket here ({e})")),
+        Ok(s) => s,
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to an int and its size, on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let e = std::io::Error::last_os_error();
+    if r < 0 && e.raw_os_error() == Some(libc::EPERM) {
+        (
+            Some(true),
+            format!("a packet socket opened (no BPF LSM here), but skipping the kill-switch was refused ({e})"),
+        )
+    } else if r < 0 {
+        (None, format!("PACKET_QDISC_BYPASS: {e}"))
+    } else {
+        (Some(false), "a packet socket may skip the TC kill-switch (PACKET_QDISC_BYPASS was accepted)".into())
     }
 }
