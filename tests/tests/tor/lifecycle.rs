@@ -308,7 +308,8 @@ fn check_leak_passes_every_probe_and_restart_keeps_the_options() {
     let s = Session::start(&[]);
     let out = s.ok(&["check-leak", "-v"]);
     eprintln!("{out}");
-    for probe in ["dns", "tcp", "udp", "quic", "ipv6", "v4-mapped", "dot", "doh", "tfo", "icmp", "frames"] {
+    for probe in ["dns", "tcp", "udp", "quic", "ipv6", "v4-mapped", "dot", "doh", "tfo", "discovery", "icmp", "frames"]
+    {
         assert!(out.lines().any(|l| l.starts_with("PASS") && l.contains(&format!(" {probe} "))), "{probe}:\n{out}");
     }
     assert!(out.contains("dns_udp_redirected +1") && out.contains("udp_refused +1"), "{out}");

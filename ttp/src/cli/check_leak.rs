@@ -74,7 +74,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
     };
     // Every class the kill-switch claims to stop (SECURITY.md), each as an application
     // would try it.
-    let probes: [(&'static str, Probe); 11] = [
+    let probes: [(&'static str, Probe); 12] = [
         ("dns", dns),
         ("tcp", tcp),
         ("udp", udp),
@@ -84,6 +84,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
         ("dot", dot),
         ("doh", doh),
         ("tfo", tfo),
+        ("discovery", discovery),
         ("icmp", icmp),
         ("frames", frames),
     ];
@@ -300,8 +301,30 @@ fn quic() -> Outcome {
     datagram_probe(SocketAddr::from((V4, 443)), &initial)
 }
 
+/// What asks or tells the whole LAN: LLMNR and NetBIOS name queries (a failed DNS lookup
+/// falls back to them, naming what the program looks up to every host) and SSDP's
+/// announcements. (mDNS is the policy's choice: `--no-lan-discovery` refuses it.)
+fn discovery() -> Outcome {
+    let targets = [
+        SocketAddr::from((Ipv4Addr::new(224, 0, 0, 252), 5355)),
+        SocketAddr::from((Ipv4Addr::BROADCAST, 137)),
+        SocketAddr::from((Ipv4Addr::new(239, 255, 255, 250), 1900)),
+    ];
+    for to in targets {
+        let (ok, what) = datagram_probe(to, b"ttp leak probe");
+        if ok != Some(true) {
+            return (ok, what);
+        }
+    }
+    (Some(true), "LLMNR, NetBIOS broadcast and SSDP datagrams were refused at the socket".into())
+}
+
 fn datagram_probe(to: SocketAddr, payload: &[u8]) -> Outcome {
-    let r = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(payload, to));
+    let r = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| {
+        // Allowed to broadcast: a refusal can then only be ttp's.
+        s.set_broadcast(true)?;
+        s.send_to(payload, to)
+    });
     match r {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             (Some(true), format!("datagram to {to} refused at the socket ({e})"))
