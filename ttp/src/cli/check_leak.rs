@@ -74,7 +74,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
     };
     // Every class the kill-switch claims to stop (SECURITY.md), each as an application
     // would try it.
-    let probes: [(&'static str, Probe); 12] = [
+    let probes: [(&'static str, Probe); 13] = [
         ("dns", dns),
         ("tcp", tcp),
         ("udp", udp),
@@ -86,6 +86,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
         ("tfo", tfo),
         ("discovery", discovery),
         ("icmp", icmp),
+        ("raw", raw),
         ("frames", frames),
     ];
     let mut results = Vec::new();
@@ -375,6 +376,25 @@ fn icmp() -> Outcome {
         } else {
             (Some(false), format!("an echo to {V4} was sent"))
         }
+    }
+}
+
+/// A raw IP packet of an unassigned protocol (253, for experiments) from a raw socket
+/// (root only): below TCP and UDP, so only the kill-switch can stop it.
+fn raw() -> Outcome {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    if !nix::unistd::geteuid().is_root() {
+        return (None, "raw sockets need root: run `sudo ttp check-leak` to probe them".into());
+    }
+    let to = SocketAddr::from((V4, 0));
+    let r = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(253)))
+        .and_then(|s| s.send_to(b"ttp leak probe", &SockAddr::from(to)));
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("a raw packet to {V4} was dropped by the kill-switch ({e})"))
+        }
+        Err(e) => (Some(true), format!("a raw packet to {V4} was not sent ({e})")),
+        Ok(_) => (Some(false), format!("a raw packet to {V4} was sent")),
     }
 }
 
