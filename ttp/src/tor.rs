@@ -148,10 +148,20 @@ pub fn config_from(
     if let (Some(uid), Some(toml::Value::Table(t))) = (owner, storage.get_mut("storage")) {
         t.insert("permissions".into(), toml::toml! { trust_user = (i64::from(uid)) }.into());
     }
-    sources.push_source(ConfigurationSource::from_verbatim(storage.to_string()), MustRead::MustRead);
     for text in &files.0 {
         sources.push_source(ConfigurationSource::from_verbatim(text.clone()), MustRead::MustRead);
     }
+    // ttp owns Arti's storage: the daemon runs as the service user, which can write only
+    // under --state-dir (a `[storage]` of the file's would fail later, as a permission
+    // error in the middle of a bootstrap). Pushed after the files, so it wins.
+    if files.0.iter().any(|t| t.parse::<toml::Table>().is_ok_and(|t| t.contains_key("storage"))) {
+        tracing::warn!(
+            "the [storage] section of --arti-config is ignored: Arti's state and cache are under --state-dir {} \
+             (the service user's); move them with --state-dir",
+            state_dir.display()
+        );
+    }
+    sources.push_source(ConfigurationSource::from_verbatim(storage.to_string()), MustRead::MustRead);
     if let Some(b) = bridges {
         sources.push_source(ConfigurationSource::from_verbatim(b.to_toml()?), MustRead::MustRead);
     }
@@ -419,6 +429,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not exist"));
+        // A file's [storage] is ignored: the state stays under the state directory.
+        let storage = dir.join("storage.toml");
+        std::fs::write(&storage, "[storage]\nstate_dir = \"/root/elsewhere\"\ncache_dir = \"/root/cache\"\n").unwrap();
+        let c = format!("{:?}", load_config(&dir, &[storage], None, None).unwrap());
+        assert!(!c.contains("/root/elsewhere") && c.contains(&dir.join("arti/state").display().to_string()), "{c}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
