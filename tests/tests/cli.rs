@@ -42,6 +42,17 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     let out = start(&["--use-bridges", "--bridge", "not a bridge line"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("bridge 1 does not parse"), "{}", text(&out.stderr));
+    // A snowflake bridge whose transport program is missing: one line naming it.
+    let fp = "0123456789ABCDEF0123456789ABCDEF01234567";
+    let snowflake = format!("snowflake 192.0.2.3:80 {fp} fingerprint={fp} url=https://broker.example.net/");
+    let out = start(&["--use-bridges", "--bridge", &snowflake, "--pt-path", "snowflake=/nonexistent/snowflake-client"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--pt-path snowflake=/nonexistent/snowflake-client: no such program"),
+        "{}",
+        text(&out.stderr)
+    );
+    one_line_error(&start(&["--pt-path", "snowflake"]), "is not TRANSPORT=PATH");
     let mut c = w.host.cmd(bin("ttp"));
     c.args(["start", "--cgroup", "/nonexistent-cgroup", "--uplink", ttp_tests::UPLINK])
         .arg("--daemon-cgroup")

@@ -95,9 +95,13 @@ pub struct StartOptions {
     /// A file of bridge lines, one per line (# comments allowed).
     #[arg(long, value_name = "FILE")]
     pub bridges_file: Option<PathBuf>,
-    /// The obfs4 pluggable transport program.
+    /// The obfs4 pluggable transport program (obfs4 and meek_lite bridges).
     #[arg(long, default_value = "/usr/bin/obfs4proxy", value_name = "PATH")]
     pub obfs4proxy: PathBuf,
+    /// A transport's program (`snowflake=/usr/bin/snowflake-client`,
+    /// `webtunnel=/opt/lyrebird`); repeatable.
+    #[arg(long = "pt-path", value_name = "TRANSPORT=PATH", value_parser = pt_path)]
+    pub pt_paths: Vec<(String, PathBuf)>,
     /// Also start the watchdog (`ttp watchdog run`) with the daemon.
     #[arg(long)]
     pub watchdog: bool,
@@ -130,7 +134,17 @@ pub const LIVE_OPTIONS: &[&str] =
     &["allow_root", "no_lan_bypass", "no_lan_discovery", "no_ipv6", "bypass_uids", "bypass_gids", "bypass_cgroups"];
 
 /// The options that choose the bridges, applied by a reload from the next circuits on.
-pub const BRIDGE_OPTIONS: &[&str] = &["use_bridges", "bridges", "bridges_file", "obfs4proxy"];
+pub const BRIDGE_OPTIONS: &[&str] = &["use_bridges", "bridges", "bridges_file", "obfs4proxy", "pt_paths"];
+
+/// `TRANSPORT=PATH` of `--pt-path`.
+fn pt_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((t, p)) if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !p.is_empty() => {
+            Ok((t.to_string(), PathBuf::from(p)))
+        }
+        _ => Err(format!("{s:?} is not TRANSPORT=PATH (for example snowflake=/usr/bin/snowflake-client)")),
+    }
+}
 
 impl StartOptions {
     /// The bridges to use, if `--use-bridges` (or bridge lines) say so.
@@ -152,7 +166,11 @@ impl StartOptions {
         if !self.use_bridges {
             anyhow::bail!("bridge lines are given but bridges are off: add --use-bridges");
         }
-        Ok(Some(crate::tor::Bridges { lines, obfs4proxy: self.obfs4proxy.clone() }))
+        Ok(Some(crate::tor::Bridges {
+            lines,
+            obfs4proxy: self.obfs4proxy.clone(),
+            pt_paths: self.pt_paths.iter().cloned().collect(),
+        }))
     }
 
     /// The datapath's policy these options ask for. `exec_direct` is the cgroup of

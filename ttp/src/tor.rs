@@ -34,13 +34,70 @@ const ARTI_PROGRAM_SECTIONS: &[&str] =
 pub struct Bridges {
     /// Bridge lines, as Tor Browser and torrc write them (without `Bridge`).
     pub lines: Vec<String>,
-    /// The obfs4 pluggable transport, for `obfs4` lines.
+    /// The obfs4 pluggable transport, for `obfs4` and `meek_lite` lines.
     pub obfs4proxy: PathBuf,
+    /// Programs given per transport (`--pt-path snowflake=/usr/bin/snowflake-client`),
+    /// over the defaults of [`Transport`].
+    #[serde(default)]
+    pub pt_paths: std::collections::BTreeMap<String, PathBuf>,
+}
+
+/// The transports ttp knows, and where their programs come from by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// obfs4 and meek_lite: obfs4proxy (Debian's `obfs4proxy`) does both.
+    Obfs4proxy,
+    /// snowflake: snowflake-client (Debian's `snowflake-client`); the broker URL, fronts
+    /// and ICE servers ride in the bridge line, as Tor Browser writes it.
+    Snowflake,
+    /// webtunnel: lyrebird, Tor Browser's transport program (no distribution packages
+    /// it yet): on the PATH, or given with --pt-path.
+    Lyrebird,
+}
+
+impl Transport {
+    fn of(name: &str) -> Option<Transport> {
+        match name {
+            "obfs4" | "meek_lite" => Some(Transport::Obfs4proxy),
+            "snowflake" => Some(Transport::Snowflake),
+            "webtunnel" => Some(Transport::Lyrebird),
+            _ => None,
+        }
+    }
+
+    /// Its program when none is given for it.
+    fn default_program(self, obfs4proxy: &Path) -> PathBuf {
+        match self {
+            Transport::Obfs4proxy => obfs4proxy.to_path_buf(),
+            Transport::Snowflake => PathBuf::from("/usr/bin/snowflake-client"),
+            Transport::Lyrebird => on_path("lyrebird").unwrap_or_else(|| PathBuf::from("/usr/bin/lyrebird")),
+        }
+    }
+
+    /// How to get its program, for the error that says it is missing.
+    fn how_to_install(self, name: &str) -> String {
+        let apt = Path::new("/usr/bin/apt-get").exists();
+        match self {
+            Transport::Obfs4proxy if apt => "apt install obfs4proxy".into(),
+            Transport::Snowflake if apt => "apt install snowflake-client".into(),
+            Transport::Obfs4proxy => "install obfs4proxy (or lyrebird) with the system's package manager".into(),
+            Transport::Snowflake => "install snowflake-client with the system's package manager".into(),
+            Transport::Lyrebird => format!(
+                "lyrebird is not packaged by the distributions yet: take it from Tor Browser \
+                 (Browser/TorBrowser/Tor/PluggableTransports/lyrebird) or build it, then --pt-path {name}=PATH"
+            ),
+        }
+    }
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
 impl Bridges {
     /// Arti's configuration for these bridges; each line is checked first, so a typo is
-    /// an error that names the line, not a bootstrap that never ends.
+    /// an error that names the line, and a missing transport program an error that says
+    /// how to get it, not a bootstrap that never ends.
     fn to_toml(&self) -> Result<String> {
         if self.lines.is_empty() {
             bail!("bridges are on but no bridge is given: add --bridge LINE or --bridges-file FILE");
@@ -56,26 +113,47 @@ impl Bridges {
                 transports.insert(first.to_string());
             }
         }
+        // One managed transport per program, with every protocol it serves here.
+        let mut programs: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
+        for t in transports {
+            let program = match (self.pt_paths.get(&t), Transport::of(&t)) {
+                (Some(p), kind) => {
+                    if !p.is_file() {
+                        let hint = kind.map(|k| format!(" ({})", k.how_to_install(&t))).unwrap_or_default();
+                        bail!("--pt-path {t}={}: no such program{hint}", p.display());
+                    }
+                    p.clone()
+                }
+                (None, Some(kind)) => {
+                    let p = kind.default_program(&self.obfs4proxy);
+                    if !p.is_file() {
+                        bail!(
+                            "{t} bridges need their transport program, which is not at {}: {}, or --pt-path {t}=PATH",
+                            p.display(),
+                            kind.how_to_install(&t)
+                        );
+                    }
+                    p
+                }
+                (None, None) => bail!(
+                    "bridges of transport `{t}` are not known to ttp (it knows obfs4, meek_lite, snowflake and \
+                     webtunnel): give its program with --pt-path {t}=PATH"
+                ),
+            };
+            programs.entry(program).or_default().push(t);
+        }
         let mut bridges = toml::Table::new();
         bridges.insert("enabled".into(), true.into());
         bridges.insert("bridges".into(), self.lines.clone().into());
-        let mut pts = Vec::new();
-        for t in transports {
-            if t != "obfs4" {
-                bail!("bridges of transport `{t}` are not supported: ttp knows obfs4 (and plain bridges)");
-            }
-            if !self.obfs4proxy.exists() {
-                bail!(
-                    "obfs4 bridges need obfs4proxy, which is not at {} (apt install obfs4proxy, or --obfs4proxy PATH)",
-                    self.obfs4proxy.display()
-                );
-            }
-            let pt = toml::toml! {
-                protocols = [(t)]
-                path = (self.obfs4proxy.display().to_string())
-            };
-            pts.push(toml::Value::Table(pt));
-        }
+        let pts: Vec<toml::Value> = programs
+            .into_iter()
+            .map(|(path, protocols)| {
+                toml::Value::Table(toml::toml! {
+                    protocols = (protocols)
+                    path = (path.display().to_string())
+                })
+            })
+            .collect();
         bridges.insert("transports".into(), pts.into());
         let mut root = toml::Table::new();
         root.insert("bridges".into(), bridges.into());
@@ -445,6 +523,7 @@ mod tests {
         let b = |lines: &[&str], pt: &str| Bridges {
             lines: lines.iter().map(|l| l.to_string()).collect(),
             obfs4proxy: PathBuf::from(pt),
+            pt_paths: Default::default(),
         };
         let plain = format!("192.0.2.1:443 {fp}");
         // Plain bridges need no transport program.
@@ -457,5 +536,58 @@ mod tests {
         let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[], "/bin/true")), None).unwrap_err());
         assert!(e.contains("no bridge is given"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_kind_of_bridge_gets_its_transport_program_or_says_how_to_get_it() {
+        let fp = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let obfs4 = format!("obfs4 192.0.2.2:443 {fp} cert=AAAA iat-mode=0");
+        let meek = format!("meek_lite 192.0.2.18:80 {fp} url=https://meek.example.net/ front=www.example.com");
+        let snowflake = format!(
+            "snowflake 192.0.2.3:80 {fp} fingerprint={fp} url=https://broker.example.net/ \
+             fronts=cdn.example.com ice=stun:stun.example.net:3478 utls-imitate=hellorandomizedalpn"
+        );
+        let webtunnel = format!("webtunnel [2001:db8::7]:443 {fp} url=https://tunnel.example.net/path ver=0.0.1");
+        let bridges = |lines: &[&str], paths: &[(&str, &str)]| Bridges {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            obfs4proxy: PathBuf::from("/bin/true"),
+            pt_paths: paths.iter().map(|(t, p)| (t.to_string(), PathBuf::from(p))).collect(),
+        };
+        // obfs4 and meek_lite share obfs4proxy: one program, both protocols; snowflake its
+        // own, given here; one list mixes all three.
+        let t: toml::Table =
+            bridges(&[&obfs4, &meek, &snowflake], &[("snowflake", "/bin/sh")]).to_toml().unwrap().parse().unwrap();
+        let pts = t["bridges"]["transports"].as_array().unwrap();
+        let by_path = |p: &str| pts.iter().find(|v| v["path"].as_str() == Some(p)).map(|v| v["protocols"].clone());
+        assert_eq!(by_path("/bin/true"), Some(toml::Value::from(vec!["meek_lite", "obfs4"])), "{t}");
+        assert_eq!(by_path("/bin/sh"), Some(toml::Value::from(vec!["snowflake"])), "{t}");
+        assert_eq!(t["bridges"]["bridges"].as_array().unwrap().len(), 3);
+        // A missing program: the error names the transport and how to get it.
+        let e = format!("{:#}", bridges(&[&snowflake], &[("snowflake", "/nonexistent/sf")]).to_toml().unwrap_err());
+        assert!(e.contains("--pt-path snowflake=/nonexistent/sf: no such program"), "{e}");
+        if !Path::new("/usr/bin/snowflake-client").exists() {
+            let e = format!("{:#}", bridges(&[&snowflake], &[]).to_toml().unwrap_err());
+            assert!(
+                e.contains("snowflake bridges need their transport program") && e.contains("snowflake-client"),
+                "{e}"
+            );
+        }
+        if on_path("lyrebird").is_none() && !Path::new("/usr/bin/lyrebird").exists() {
+            let e = format!("{:#}", bridges(&[&webtunnel], &[]).to_toml().unwrap_err());
+            assert!(e.contains("lyrebird") && e.contains("--pt-path webtunnel=PATH"), "{e}");
+        }
+        bridges(&[&webtunnel], &[("webtunnel", "/bin/true")]).to_toml().unwrap();
+        // A transport ttp does not know needs its program named.
+        let other = format!("conjure 192.0.2.9:80 {fp}");
+        let e = format!("{:#}", bridges(&[&other], &[]).to_toml().unwrap_err());
+        assert!(e.contains("--pt-path conjure=PATH"), "{e}");
+        bridges(&[&other], &[("conjure", "/bin/true")]).to_toml().unwrap();
+        // Incomplete lines of each kind: one error naming the line, before anything runs.
+        for bad in
+            ["snowflake", "webtunnel 192.0.2.7:443", "meek_lite url=https://x/", "obfs4 192.0.2.2:443 NOTAFINGERPRINT"]
+        {
+            let e = format!("{:#}", bridges(&[bad], &[]).to_toml().unwrap_err());
+            assert!(e.contains("bridge 1"), "{bad}: {e}");
+        }
     }
 }

@@ -88,6 +88,8 @@ const EXAMPLE_CONFIG: &str =
 # no-lan-bypass = true\n\
 # use-bridges = true\n\
 # bridge = [\"obfs4 192.0.2.1:443 FINGERPRINT cert=... iat-mode=0\"]\n\
+# bridges-file = \"/etc/ttp/bridges.txt\"  # lines of obfs4, meek_lite, snowflake or webtunnel bridges\n\
+# pt-path = [\"snowflake=/usr/bin/snowflake-client\"]\n\
 # watchdog = true\n";
 
 fn under(prefix: &Path, rel: &str) -> PathBuf {
