@@ -276,9 +276,15 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
         assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the bridge:\n{}", r.failures());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let packets = cap.stop().unwrap();
-    // Everything the host sent beyond its link went to the bridge's obfs4 port: no
-    // authority, no relay, no web server directly.
+    assert_only_to_the_bridge(&cap.stop().unwrap(), &bridge);
+    // The transport runs as the service user with no capability (Arti starts it after
+    // the daemon gave up root), and with no_new_privs: it parses the bridge's bytes.
+    assert_unprivileged_transport(&r, "obfs4proxy", |comm| comm == "obfs4proxy");
+}
+
+/// Everything the host sent beyond its link (the capture `packets` on the uplink) went to
+/// `bridge` (`a.b.c.d.port`): no authority, no relay, no web server directly.
+fn assert_only_to_the_bridge(packets: &[String], bridge: &str) {
     let out: Vec<&String> = packets
         .iter()
         .filter(|l| {
@@ -292,9 +298,12 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     let elsewhere: Vec<&&String> =
         out.iter().filter(|l| !l.split(" > ").nth(1).unwrap().starts_with(&format!("{bridge}:"))).collect();
     assert!(elsewhere.is_empty(), "traffic to other than the bridge {bridge}: {elsewhere:#?}");
-    // The transport runs as the service user with no capability (Arti starts it after
-    // the daemon gave up root), and with no_new_privs: it parses the bridge's bytes.
-    // (A process's children are listed per thread: Arti spawns from any of them.)
+}
+
+/// Exactly one of the daemon's descendants is the transport (`is(comm)`), and
+/// it runs as the service user with no capability and no_new_privs. (A process's
+/// children are listed per thread: Arti spawns from any of them.)
+fn assert_unprivileged_transport(r: &Running, what: &str, is: impl Fn(&str) -> bool) {
     let mut tree = vec![r.daemon.as_ref().unwrap().proc.child.id()];
     let mut i = 0;
     while i < tree.len() {
@@ -305,16 +314,120 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
         i += 1;
     }
     let comm = |p: &u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim().to_string();
-    let pt: Vec<u32> = tree.iter().copied().filter(|p| comm(p) == "obfs4proxy").collect();
-    assert_eq!(pt.len(), 1, "one obfs4proxy among ttp's processes: {:?}", tree.iter().map(comm).collect::<Vec<_>>());
+    let pt: Vec<u32> = tree.iter().copied().filter(|p| is(&comm(p))).collect();
+    assert_eq!(pt.len(), 1, "one {what} among ttp's processes: {:?}", tree.iter().map(comm).collect::<Vec<_>>());
     let status = std::fs::read_to_string(format!("/proc/{}/status", pt[0])).unwrap();
     let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().trim().to_string();
     let uid = ttp_tests::SERVICE_UID.to_string();
     assert_eq!(field("Uid:").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
     for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
-        assert_eq!(field(set), "0000000000000000", "obfs4proxy's {set} {status}");
+        assert_eq!(field(set), "0000000000000000", "{what}'s {set} {status}");
     }
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+}
+
+/// A stand-in for a transport no server of which runs here (snowflake): a managed
+/// transport that speaks the pluggable-transport protocol (VERSION, CMETHOD, a SOCKS5
+/// proxy that takes the bridge line's settings as its username and password) and then
+/// just connects to the bridge's address. It records what it was told in `<itself>.log`.
+const STAND_IN_TRANSPORT: &str = r#"#!/usr/bin/python3
+import os, socket, sys, threading
+log = open(sys.argv[0] + ".log", "a", buffering=1)
+log.write("TRANSPORTS " + os.environ.get("TOR_PT_CLIENT_TRANSPORTS", "") + "\n")
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16)
+print("VERSION 1")
+print("CMETHOD snowflake socks5 127.0.0.1:%d" % srv.getsockname()[1])
+print("CMETHODS DONE", flush=True)
+def pipe(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def exact(c, n):
+    d = b""
+    while len(d) < n:
+        more = c.recv(n - len(d))
+        if not more: raise OSError("closed")
+        d += more
+    return d
+def serve(c):
+    try:
+        _, n = exact(c, 2); methods = exact(c, n)
+        if 2 in methods:
+            c.sendall(b"\x05\x02")
+            _, ul = exact(c, 2); user = exact(c, ul); (pl,) = exact(c, 1); pw = exact(c, pl)
+            log.write("ARGS " + (user + pw).decode(errors="replace") + "\n")
+            c.sendall(b"\x01\x00")
+        else:
+            c.sendall(b"\x05\x00")
+        _, cmd, _, atyp = exact(c, 4)
+        if atyp == 1: host = socket.inet_ntop(socket.AF_INET, exact(c, 4))
+        elif atyp == 4: host = socket.inet_ntop(socket.AF_INET6, exact(c, 16))
+        else: (l,) = exact(c, 1); host = exact(c, l).decode()
+        port = int.from_bytes(exact(c, 2), "big")
+        log.write("CONNECT %s:%d\n" % (host, port))
+        up = socket.create_connection((host, port), timeout=10); up.settimeout(None)
+        c.sendall(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+        threading.Thread(target=pipe, args=(up, c), daemon=True).start()
+        pipe(c, up)
+    except OSError as e:
+        log.write("ERROR %s\n" % e)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A snowflake bridge line reaches the internet side through the transport ttp was told
+/// to run for snowflake (`--pt-path`), spoken to by Arti over the pluggable-transport
+/// protocol with the line's settings; nothing leaves but the transport's own connection
+/// to the bridge, and the transport runs unprivileged. (No snowflake broker, proxy and
+/// server run here: the stand-in above takes the transport's place.)
+#[test]
+fn a_snowflake_bridge_goes_through_the_transport_given_for_it() {
+    let net = net();
+    // The stand-in connects to the bridge relay's ORPort: a plain bridge behind it.
+    let bridge = net.relays.iter().find(|r| r.role == ttp_tests::testnet::Role::Bridge).expect("a bridge relay");
+    let or_port = net.or_addrs().into_iter().find(|a| a.starts_with(&format!("{}:", bridge.addr))).unwrap();
+    let line = format!(
+        "snowflake {or_port} {id} fingerprint={id} url=https://broker.example.net/ fronts=cdn.example.com \
+         ice=stun:stun.example.net:3478",
+        id = bridge.rsa_id
+    );
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-sf-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    // Where the service user can run it and write its log.
+    let pt_dir = state.with_extension("pt");
+    std::fs::create_dir_all(&pt_dir).unwrap();
+    let pt = pt_dir.join("standin-snowflake");
+    std::fs::write(&pt, STAND_IN_TRANSPORT).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&pt_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let arti = net.arti_toml().display().to_string();
+    let pt_path = format!("snowflake={}", pt.display());
+    let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge"];
+    let daemon = w
+        .start_ttp(&state, &[&args[..], &[line.as_str(), "--pt-path", pt_path.as_str()]].concat())
+        .expect("ttp with a snowflake bridge");
+    let r = Running { daemon: Some(daemon), w, state };
+    let t0 = Instant::now();
+    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the snowflake bridge:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_only_to_the_bridge(&cap.stop().unwrap(), &or_port.replace(':', "."));
+    let log = std::fs::read_to_string(pt.with_extension("log")).unwrap_or_default();
+    assert!(log.lines().any(|l| l == "TRANSPORTS snowflake"), "the transport was not asked for snowflake: {log}");
+    assert!(log.contains("url=https://broker.example.net/") && log.contains("ice=stun:stun.example.net:3478"), "{log}");
+    assert!(log.contains(&format!("CONNECT {or_port}")), "{log}");
+    // (Its name, cut to 15 bytes by the kernel: ttp's own command line names it too.)
+    assert_unprivileged_transport(&r, "stand-in transport", |comm| comm == "standin-snowfla");
+    let _ = std::fs::remove_dir_all(&pt_dir);
 }
 
 /// `ttp reload` turns bridges on in a running session, without a restart: it says it
