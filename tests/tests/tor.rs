@@ -400,13 +400,12 @@ fn a_snowflake_bridge_goes_through_the_transport_given_for_it() {
     let w = World::with_testnet(net).unwrap();
     let state = std::env::temp_dir().join(format!("ttpt-sf-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     // Where the service user can run it and write its log.
-    let pt_dir = state.with_extension("pt");
-    std::fs::create_dir_all(&pt_dir).unwrap();
-    let pt = pt_dir.join("standin-snowflake");
+    let pt_dir = ttp_tests::TempDir::new("standin-pt");
+    let pt = pt_dir.0.join("standin-snowflake");
     std::fs::write(&pt, STAND_IN_TRANSPORT).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pt, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&pt_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&pt_dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
     let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
     let arti = net.arti_toml().display().to_string();
     let pt_path = format!("snowflake={}", pt.display());
@@ -427,7 +426,6 @@ fn a_snowflake_bridge_goes_through_the_transport_given_for_it() {
     assert!(log.contains(&format!("CONNECT {or_port}")), "{log}");
     // (Its name, cut to 15 bytes by the kernel: ttp's own command line names it too.)
     assert_unprivileged_transport(&r, "stand-in transport", |comm| comm == "standin-snowfla");
-    let _ = std::fs::remove_dir_all(&pt_dir);
 }
 
 /// `ttp reload` turns bridges on in a running session, without a restart: it says it
@@ -441,7 +439,8 @@ fn reload_turns_bridges_on_for_the_next_circuits() {
     let w = World::with_testnet(net).unwrap();
     let state =
         std::env::temp_dir().join(format!("ttpt-rebridge-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let conf = state.with_extension("toml");
+    let conf_dir = ttp_tests::TempDir::new("rebridge");
+    let conf = conf_dir.0.join("ttp.toml");
     std::fs::write(&conf, "# no bridges yet\n").unwrap();
     let arti = net.arti_toml().display().to_string();
     let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--config"];
@@ -469,7 +468,6 @@ fn reload_turns_bridges_on_for_the_next_circuits() {
     assert!(opened.iter().any(|l| l.contains(&format!("> {bridge}:"))), "nothing opened to the bridge: {opened:#?}");
     let elsewhere: Vec<&&String> = opened.iter().filter(|l| !l.contains(&format!("> {bridge}:"))).collect();
     assert!(elsewhere.is_empty(), "connections opened to other than the bridge {bridge}: {elsewhere:#?}");
-    let _ = std::fs::remove_file(&conf);
 }
 
 /// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.
