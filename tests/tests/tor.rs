@@ -448,12 +448,17 @@ fn reload_turns_bridges_on_for_the_next_circuits() {
     let r = Running { daemon: Some(daemon), w, state };
     let url = format!("http://{WEB}/index.txt");
     assert_eq!(curl(&r.w, &url), PAGE, "no fetch without bridges:\n{}", r.failures());
+    let bridges =
+        || serde_json::from_str::<serde_json::Value>(&ttp(&r, &["status", "--json"])).unwrap()["bridges"].clone();
+    assert_eq!(bridges(), serde_json::Value::Null);
 
     std::fs::write(&conf, format!("use-bridges = true\nbridge = [\"{line}\"]\n")).unwrap();
     // Connections the host opens from here on (SYNs on the uplink).
     let cap = Capture::start_filtered(&r.w.inet, &r.w.inet_if, &["tcp[tcpflags] == tcp-syn"]).unwrap();
     let said = ttp(&r, &["reload"]);
     assert!(said.contains("applied: --use-bridges, --bridge"), "ttp reload said: {said}");
+    // Status says how many bridges and which transports, never their lines.
+    assert_eq!(bridges(), serde_json::json!({"count": 1, "transports": ["obfs4"]}));
     let t0 = Instant::now();
     while curl(&r.w, &url) != PAGE {
         assert!(

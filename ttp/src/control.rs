@@ -114,6 +114,9 @@ pub struct Status {
     /// root adds it). Absent from older daemons.
     #[serde(default)]
     pub memory: Option<crate::memory::Memory>,
+    /// The bridges in use, if any: how many and their transports, never their lines.
+    #[serde(default)]
+    pub bridges: Option<crate::tor::BridgeSummary>,
 }
 
 /// The daemon's limits and what load did to it, since start.
@@ -173,6 +176,8 @@ pub struct Control {
     pub budget: crate::load::Budget,
     /// Tor's configuration as at start, for a reload's bridges.
     pub tor_base: crate::tor::ConfigBase,
+    /// The bridges in use (none: the network directly).
+    pub bridges: Mutex<Option<crate::tor::BridgeSummary>>,
 }
 
 impl Control {
@@ -210,6 +215,7 @@ impl Control {
             .reconfigure(&config, arti_client::config::Reconfigure::AllOrNothing)
             .context("Tor refused the new bridges (the running session is unchanged; `ttp restart` applies them)")?;
         let n = self.services.isolation.new_identity();
+        *self.bridges.lock().expect("bridges lock") = bridges.map(crate::tor::Bridges::summary);
         match bridges {
             Some(b) => tracing::info!("now through {} bridge(s); new streams use new circuits", b.lines.len()),
             None => tracing::info!("bridges off; new streams use new circuits"),
@@ -274,6 +280,7 @@ impl Control {
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                         load: Some(self.load_status()),
                         memory: crate::memory::of(std::process::id()),
+                        bridges: self.bridges.lock().expect("bridges lock").clone(),
                     }),
                 }
             }

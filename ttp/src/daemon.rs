@@ -459,7 +459,8 @@ async fn serve(
     // Set up: from here on the daemon needs only map access, through open descriptors.
     let kept = crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
     tracing::info!("now uid {} with {}; bootstrapping Tor", service_user.uid, crate::privs::names(kept));
-    let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), |p| {
+    let bridges = opts.bridges()?.map(|b| b.summary());
+    let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), bridges.as_ref(), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
     });
@@ -532,6 +533,7 @@ async fn serve(
         load,
         budget,
         tor_base,
+        bridges: Mutex::new(bridges),
     });
     tasks.spawn(control::serve(control_listener, control));
 

@@ -492,6 +492,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 } else {
                     say!("state:      {} (pid {}, up {}s)", status.state, status.pid, status.uptime_secs);
                     say!("tor:        {}", status.bootstrap);
+                    if let Some(b) = &status.bridges {
+                        say!("bridges:    {b}");
+                    }
                     if let Some(w) = &status.waiting {
                         say!("waiting:    {w}");
                     }

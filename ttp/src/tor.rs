@@ -94,7 +94,32 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
+/// What `ttp status` says of the bridges: how many, through which transports. Never the
+/// lines: a bridge's address is what a censor wants, and the `ttp` group reads status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BridgeSummary {
+    pub count: usize,
+    /// Transport names, `plain` for bridges without one; sorted, each once.
+    pub transports: Vec<String>,
+}
+
+impl std::fmt::Display for BridgeSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.count, self.transports.join(", "))
+    }
+}
+
 impl Bridges {
+    pub fn summary(&self) -> BridgeSummary {
+        let transports: std::collections::BTreeSet<String> = self
+            .lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|first| if first.parse::<std::net::SocketAddr>().is_ok() { "plain" } else { first }.to_string())
+            .collect();
+        BridgeSummary { count: self.lines.len(), transports: transports.into_iter().collect() }
+    }
+
     /// Arti's configuration for these bridges; each line is checked first, so a typo is
     /// an error that names the line, and a missing transport program an error that says
     /// how to get it, not a bootstrap that never ends.
@@ -269,7 +294,12 @@ pub struct Progress {
 
 /// Creates the client and bootstraps it, reporting progress, within `timeout`. On a stall
 /// the error says what Arti reported as the blockage.
-pub async fn bootstrap(config: TorClientConfig, timeout: Duration, mut progress: impl FnMut(Progress)) -> Result<Tor> {
+pub async fn bootstrap(
+    config: TorClientConfig,
+    timeout: Duration,
+    bridges: Option<&BridgeSummary>,
+    mut progress: impl FnMut(Progress),
+) -> Result<Tor> {
     let client = TorClient::builder()
         .config(config)
         .create_unbootstrapped()
@@ -294,8 +324,13 @@ pub async fn bootstrap(config: TorClientConfig, timeout: Duration, mut progress:
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("Tor bootstrap failed")),
         Err(_) => {
             let s = client.bootstrap_status();
-            let what_to_do = waiting_for(&s)
-                .unwrap_or_else(|| "check the network or the bridges, or raise --bootstrap-timeout".into());
+            let what_to_do = waiting_for(&s).unwrap_or_else(|| match bridges {
+                Some(b) => format!(
+                    "none of the {b} bridges may be reachable: try other bridge lines, or another transport \
+                     (obfs4, snowflake, webtunnel: README, In a censored network), or raise --bootstrap-timeout"
+                ),
+                None => "check the network or the bridges, or raise --bootstrap-timeout".into(),
+            });
             bail!(
                 "Tor bootstrap stalled at {:.0}% after {}s ({s}): {what_to_do}",
                 s.as_frac() * 100.0,
