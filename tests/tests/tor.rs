@@ -326,17 +326,19 @@ fn assert_unprivileged_transport(r: &Running, what: &str, is: impl Fn(&str) -> b
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
 }
 
-/// A stand-in for a transport no server of which runs here (snowflake): a managed
-/// transport that speaks the pluggable-transport protocol (VERSION, CMETHOD, a SOCKS5
-/// proxy that takes the bridge line's settings as its username and password) and then
-/// just connects to the bridge's address. It records what it was told in `<itself>.log`.
+/// A stand-in for transports no server of which runs here (snowflake, meek_lite,
+/// webtunnel): a managed transport that speaks the pluggable-transport protocol (VERSION,
+/// a CMETHOD for each transport asked for, a SOCKS5 proxy that takes the bridge line's
+/// settings as its username and password) and then just connects to the bridge's
+/// address. It records what it was told in `<itself>.log`.
 const STAND_IN_TRANSPORT: &str = r#"#!/usr/bin/python3
 import os, socket, sys, threading
 log = open(sys.argv[0] + ".log", "a", buffering=1)
 log.write("TRANSPORTS " + os.environ.get("TOR_PT_CLIENT_TRANSPORTS", "") + "\n")
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16)
 print("VERSION 1")
-print("CMETHOD snowflake socks5 127.0.0.1:%d" % srv.getsockname()[1])
+for name in os.environ.get("TOR_PT_CLIENT_TRANSPORTS", "").split(","):
+    print("CMETHOD %s socks5 127.0.0.1:%d" % (name, srv.getsockname()[1]))
 print("CMETHODS DONE", flush=True)
 def pipe(a, b):
     try:
@@ -381,51 +383,68 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// A snowflake bridge line reaches the internet side through the transport ttp was told
-/// to run for snowflake (`--pt-path`), spoken to by Arti over the pluggable-transport
-/// protocol with the line's settings; nothing leaves but the transport's own connection
-/// to the bridge, and the transport runs unprivileged. (No snowflake broker, proxy and
-/// server run here: the stand-in above takes the transport's place.)
+/// Bridges of the transports no server of which runs here (snowflake, meek_lite,
+/// webtunnel), each in turn: the line reaches the internet side through the program ttp
+/// was told to run for its transport (`--pt-path`), spoken to by Arti over the
+/// pluggable-transport protocol with the line's settings; nothing leaves but the
+/// transport's own connection to the bridge, and the transport runs unprivileged; status
+/// names the transport. (The stand-in above takes each transport's place.)
 #[test]
-fn a_snowflake_bridge_goes_through_the_transport_given_for_it() {
+fn snowflake_meek_and_webtunnel_bridges_go_through_the_transport_given_for_each() {
     let net = net();
     // The stand-in connects to the bridge relay's ORPort: a plain bridge behind it.
     let bridge = net.relays.iter().find(|r| r.role == ttp_tests::testnet::Role::Bridge).expect("a bridge relay");
     let or_port = net.or_addrs().into_iter().find(|a| a.starts_with(&format!("{}:", bridge.addr))).unwrap();
-    let line = format!(
-        "snowflake {or_port} {id} fingerprint={id} url=https://broker.example.net/ fronts=cdn.example.com \
-         ice=stun:stun.example.net:3478",
-        id = bridge.rsa_id
-    );
-    let w = World::with_testnet(net).unwrap();
-    let state = std::env::temp_dir().join(format!("ttpt-sf-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    // Where the service user can run it and write its log.
-    let pt_dir = ttp_tests::TempDir::new("standin-pt");
-    let pt = pt_dir.0.join("standin-snowflake");
-    std::fs::write(&pt, STAND_IN_TRANSPORT).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pt, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&pt_dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let id = &bridge.rsa_id;
+    let kinds = [
+        (
+            "snowflake",
+            format!(
+                "fingerprint={id} url=https://broker.example.net/ fronts=cdn.example.com ice=stun:stun.example.net:3478"
+            ),
+        ),
+        ("meek_lite", "url=https://meek.example.net/ front=www.example.com".to_string()),
+        ("webtunnel", "url=https://tunnel.example.net/a-secret-path ver=0.0.1".to_string()),
+    ];
     let arti = net.arti_toml().display().to_string();
-    let pt_path = format!("snowflake={}", pt.display());
-    let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge"];
-    let daemon = w
-        .start_ttp(&state, &[&args[..], &[line.as_str(), "--pt-path", pt_path.as_str()]].concat())
-        .expect("ttp with a snowflake bridge");
-    let r = Running { daemon: Some(daemon), w, state };
-    let t0 = Instant::now();
-    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
-        assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the snowflake bridge:\n{}", r.failures());
-        std::thread::sleep(Duration::from_millis(500));
+    for (transport, settings) in kinds {
+        let line = format!("{transport} {or_port} {id} {settings}");
+        let w = World::with_testnet(net).unwrap();
+        let state = std::env::temp_dir().join(format!("ttpt-pt-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+        // Where the service user can run it and write its log.
+        let pt_dir = ttp_tests::TempDir::new("standin-pt");
+        let pt = pt_dir.0.join("standin-pt");
+        std::fs::write(&pt, STAND_IN_TRANSPORT).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pt, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&pt_dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+        let pt_path = format!("{transport}={}", pt.display());
+        let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge"];
+        let daemon = w
+            .start_ttp(&state, &[&args[..], &[line.as_str(), "--pt-path", pt_path.as_str()]].concat())
+            .unwrap_or_else(|e| panic!("ttp with a {transport} bridge: {e:#}"));
+        let r = Running { daemon: Some(daemon), w, state };
+        let t0 = Instant::now();
+        while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "no stream through the {transport} bridge:\n{}",
+                r.failures()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_only_to_the_bridge(&cap.stop().unwrap(), &or_port.replace(':', "."));
+        let log = std::fs::read_to_string(pt.with_extension("log")).unwrap_or_default();
+        assert!(log.lines().any(|l| l == format!("TRANSPORTS {transport}")), "not asked for {transport}: {log}");
+        let url = settings.split_whitespace().find(|s| s.starts_with("url=")).unwrap();
+        assert!(log.contains(url), "{transport}: the line's {url} did not reach the transport: {log}");
+        assert!(log.contains(&format!("CONNECT {or_port}")), "{log}");
+        // (By its name: ttp's own command line names its path too.)
+        assert_unprivileged_transport(&r, "stand-in transport", |comm| comm == "standin-pt");
+        let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+        assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": [transport]}));
     }
-    assert_only_to_the_bridge(&cap.stop().unwrap(), &or_port.replace(':', "."));
-    let log = std::fs::read_to_string(pt.with_extension("log")).unwrap_or_default();
-    assert!(log.lines().any(|l| l == "TRANSPORTS snowflake"), "the transport was not asked for snowflake: {log}");
-    assert!(log.contains("url=https://broker.example.net/") && log.contains("ice=stun:stun.example.net:3478"), "{log}");
-    assert!(log.contains(&format!("CONNECT {or_port}")), "{log}");
-    // (Its name, cut to 15 bytes by the kernel: ttp's own command line names it too.)
-    assert_unprivileged_transport(&r, "stand-in transport", |comm| comm == "standin-snowfla");
 }
 
 /// `ttp reload` turns bridges on in a running session, without a restart: it says it
