@@ -530,7 +530,7 @@ pub fn unix_now() -> u64 {
 /// not yet joined). Arti notices only once its connections fail.
 fn no_network() -> Option<String> {
     // default_uplinks fails exactly when there is none.
-    crate::daemon::default_uplinks().is_err().then(|| {
+    crate::uplinks::default_uplinks().is_err().then(|| {
         "no network: no interface has a default route; ttp waits for one (the host stays closed meanwhile)".into()
     })
 }

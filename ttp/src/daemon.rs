@@ -201,7 +201,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     crate::rootfs::ensure_dir(&opts.runtime_dir)?;
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
-    let uplinks = if opts.uplinks.is_empty() { default_uplinks()? } else { opts.uplinks.clone() };
+    let uplinks = if opts.uplinks.is_empty() { crate::uplinks::default_uplinks()? } else { opts.uplinks.clone() };
     if let Some(iface) = opts.gateways.iter().find(|i| uplinks.contains(i)) {
         anyhow::bail!("--gateway {iface} carries a default route (an uplink): name the LAN side instead");
     }
@@ -628,32 +628,6 @@ fn loopbacks() -> Vec<IpAddr> {
         v.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
     }
     v
-}
-
-/// Interfaces carrying a default route (IPv4 and IPv6), from this network namespace's
-/// /proc/net (which follows the reading process's namespace).
-pub fn default_uplinks() -> Result<Vec<String>> {
-    let mut v: Vec<String> = Vec::new();
-    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    for l in v4.lines().skip(1) {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-            v.push(f[0].to_string());
-        }
-    }
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    for l in v6.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() >= 10 && f[0] == "00000000000000000000000000000000" && f[1] == "00" && f[9] != "lo" {
-            v.push(f[9].to_string());
-        }
-    }
-    v.sort();
-    v.dedup();
-    if v.is_empty() {
-        anyhow::bail!("no interface carries a default route: name the uplinks with --uplink IFACE");
-    }
-    Ok(v)
 }
 
 /// Makes sure a directory exists with mode 0700 (Arti checks its state directory's

@@ -37,7 +37,7 @@ pub fn follow(pin_dir: PathBuf, skip: Vec<String>) {
 
 /// Attaches the kill-switch to every default-route interface that has none.
 fn attach_new(layout: &PinLayout, skip: &[String]) {
-    let Ok(uplinks) = crate::daemon::default_uplinks() else { return };
+    let Ok(uplinks) = default_uplinks() else { return };
     for iface in uplinks.iter().filter(|i| *i != "lo" && !skip.contains(i)) {
         if layout.links().join(pin_name(iface)).exists() {
             continue;
@@ -84,4 +84,116 @@ fn tc_program(layout: &PinLayout) -> Result<OwnedFd> {
     let attr = GetFdById { prog_id, next_id: 0, open_flags: 0, _rest: [0; 5] };
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     crate::datapath::bpf_new_fd(BPF_PROG_GET_FD_BY_ID, &attr).context("BPF_PROG_GET_FD_BY_ID")
+}
+
+/// The interfaces that carry a default route (IPv4 or IPv6) in the main table: the
+/// uplinks when none are named. A route dump over rtnetlink, made synchronously (its
+/// callers are sync, some on a runtime's thread; one request and its reply need none).
+pub fn default_uplinks() -> Result<Vec<String>> {
+    use rtnetlink::packet_route::AddressFamily;
+    let mut names = std::collections::BTreeSet::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for index in default_route_interfaces(family).context("reading the routing table (rtnetlink)")? {
+            // An interface gone since the dump has no name any more, and is no uplink.
+            if let Ok(name) = nix::net::if_::if_indextoname(index) {
+                let name = name.to_string_lossy().into_owned();
+                if name != "lo" {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        anyhow::bail!("no interface carries a default route: name the uplinks with --uplink IFACE");
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// The output interfaces of the main table's default unicast routes of `family` (each
+/// next hop of a multipath route counts).
+fn default_route_interfaces(family: rtnetlink::packet_route::AddressFamily) -> std::io::Result<Vec<u32>> {
+    use rtnetlink::{
+        packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST},
+        packet_route::{
+            route::{RouteAttribute, RouteHeader, RouteMessage, RouteType},
+            RouteNetlinkMessage,
+        },
+        sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
+    };
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut query = RouteMessage::default();
+    query.header.address_family = family;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetRoute(query)));
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut found = Vec::new();
+    let mut rx = vec![0; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut at = 0;
+        while at < n {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Error(e) => return Err(std::io::Error::other(format!("route dump: {e:?}"))),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                    let table = r
+                        .attributes
+                        .iter()
+                        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+                        .unwrap_or(u32::from(r.header.table));
+                    if r.header.destination_prefix_length == 0
+                        && r.header.kind == RouteType::Unicast
+                        && table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    {
+                        for a in &r.attributes {
+                            match a {
+                                RouteAttribute::Oif(i) => found.push(*i),
+                                RouteAttribute::MultiPath(hops) => found.extend(hops.iter().map(|h| h.interface_index)),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The dump agrees with `ip route` (iproute2) on this host's default routes.
+    #[test]
+    fn default_uplinks_are_the_interfaces_of_the_default_routes() {
+        let mut want = std::collections::BTreeSet::new();
+        for family in ["-4", "-6"] {
+            let out =
+                std::process::Command::new("ip").args([family, "route", "show", "default", "table", "main"]).output();
+            let Ok(out) = out else { return };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                // `default via A dev X ...`, or a multipath route's `nexthop via A dev X ...` lines.
+                if let Some(i) = words.iter().position(|w| *w == "dev") {
+                    want.insert(words[i + 1].to_string());
+                }
+            }
+        }
+        match super::default_uplinks() {
+            Ok(got) => assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), want),
+            Err(e) => assert!(want.is_empty(), "{e:#}, but ip route shows {want:?}"),
+        }
+    }
 }

@@ -35,7 +35,7 @@ pub fn lock(opts: &StartOptions) -> Result<()> {
     }
     // At boot no interface may have a default route yet: then only the cgroup programs
     // hold (every governed socket); the daemon attaches TC as uplinks appear.
-    let uplinks = if opts.uplinks.is_empty() { ttp::daemon::default_uplinks()? } else { opts.uplinks.clone() };
+    let uplinks = if opts.uplinks.is_empty() { ttp::uplinks::default_uplinks()? } else { opts.uplinks.clone() };
     let dp = DatapathOptions {
         cgroup: governed,
         uplinks,
