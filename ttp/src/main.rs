@@ -7,12 +7,6 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 
 use clap::{Parser, Subcommand};
-use ttp::{
-    control::{self, Reply, Request},
-    datapath::{Maps, PinLayout},
-};
-
-mod cli;
 
 /// `println!` for text that carries what the daemon said (and, through it, what local
 /// users put in SOCKS hostnames and usernames): shown through `logfile::printable`, so no
@@ -22,6 +16,8 @@ macro_rules! say {
         println!("{}", ttp::logfile::printable(&format!($($t)*)))
     };
 }
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "ttp", version, about = "Transparent Tor proxy for Linux: the whole host through Tor, failing closed")]
@@ -385,28 +381,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Uninstall { paths, prefix, keep_state } => {
             cli::install::uninstall(&prefix, &paths.runtime_dir, &paths.pin_dir, keep_state)
         }
-        Cmd::Check { paths, urls, json } => {
-            let Reply::Checked { check, .. } = control::request(&paths.runtime_dir, &Request::Check { urls })? else {
-                anyhow::bail!("unexpected reply from the daemon");
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&check)?);
-            } else {
-                let verdict = match check.is_tor {
-                    Some(true) => "yes",
-                    Some(false) => "NO",
-                    None => "unknown (the endpoint only reports an address)",
-                };
-                println!(
-                    "Tor: {verdict}; exit address {}; {} ms ({})",
-                    check.exit_address, check.latency_ms, check.url
-                );
-            }
-            if check.is_tor == Some(false) {
-                anyhow::bail!("the check endpoint does not see Tor: traffic is NOT going through Tor");
-            }
-            Ok(())
-        }
+        Cmd::Check { paths, urls, json } => cli::check::run(&paths.runtime_dir, urls, json),
         Cmd::Tunnel { cmd } => cli::tunnel::run(cmd),
         Cmd::Diagnose { paths } => {
             print!("{}", ttp::diagnose::report(&paths.runtime_dir, &paths.pin_dir));
@@ -448,176 +423,10 @@ fn run(cmd: Cmd) -> Result<()> {
             cli::watchdog::stop(&paths.runtime_dir);
             cli::start::stop(&paths.runtime_dir, &paths.pin_dir)
         }
-        Cmd::Streams { paths, recent, json } => {
-            let Reply::Streams { streams, .. } = control::request(&paths.runtime_dir, &Request::Streams { recent })?
-            else {
-                anyhow::bail!("unexpected reply from the daemon");
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&streams)?);
-            } else {
-                println!(
-                    "{:<5} {:<34} {:<24} {:<10} {:>6} {:>10} {:>10}",
-                    "id", "destination", "isolation", "circuit", "age", "up", "down"
-                );
-                for s in &streams {
-                    say!(
-                        "{:<5} {:<34} {:<24} {:<10} {:>5}s {:>10} {:>10}{}",
-                        s.id,
-                        s.destination,
-                        s.isolation,
-                        s.circuit,
-                        s.age_secs,
-                        s.bytes_up,
-                        s.bytes_down,
-                        if s.open { "" } else { "  (closed)" }
-                    );
-                }
-            }
-            Ok(())
-        }
-        Cmd::Refresh { paths } => {
-            let Reply::Refreshed { isolation_keys_reset, .. } =
-                control::request(&paths.runtime_dir, &Request::Refresh)?
-            else {
-                anyhow::bail!("unexpected reply from the daemon");
-            };
-            println!("new identity: new streams use new circuits ({isolation_keys_reset} isolation keys renewed)");
-            Ok(())
-        }
-        Cmd::Status { paths, json } => {
-            if let Ok(Reply::Status { status, .. }) = control::request(&paths.runtime_dir, &Request::Status) {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&status)?);
-                } else {
-                    say!("state:      {} (pid {}, up {}s)", status.state, status.pid, status.uptime_secs);
-                    say!("tor:        {}", status.bootstrap);
-                    if let Some(b) = &status.bridges {
-                        say!("bridges:    {b}");
-                    }
-                    if let Some(w) = &status.waiting {
-                        say!("waiting:    {w}");
-                    }
-                    say!(
-                        "ports:      trans {}  dns {}  socks {}",
-                        status.ports.trans,
-                        status.ports.dns,
-                        status.ports.socks
-                    );
-                    say!(
-                        "streams:    {} open, {} refused at the limit; {} bytes up, {} down",
-                        status.streams_open,
-                        status.streams_refused,
-                        status.bytes_up,
-                        status.bytes_down
-                    );
-                    say!("exit:       {}", status.exit_address.as_deref().unwrap_or("not verified yet (`ttp check`)"));
-                    if let Some(l) = &status.load {
-                        say!(
-                            "load:       {} of {} descriptors open; {} stream slots ({} per client), {} DNS/TCP",
-                            l.descriptors_open,
-                            l.budget.nofile,
-                            l.budget.streams,
-                            l.budget.per_key,
-                            l.budget.dns_tcp
-                        );
-                        say!(
-                            "            {} accept errors waited out; refused: {} over a client's share, {} DNS/TCP, \
-                             {} control; {} idle connections closed",
-                            l.accept_errors,
-                            l.refused_share,
-                            l.refused_dns_tcp,
-                            l.refused_control,
-                            l.idle_closed
-                        );
-                    }
-                    if let Some(m) = status.memory {
-                        // Its children (the root monitor) are root's to read: with them
-                        // when we can, PSS counting their shared pages once.
-                        let helpers: Vec<_> =
-                            ttp::memory::children(status.pid).into_iter().filter_map(ttp::memory::of).collect();
-                        match helpers.iter().copied().reduce(|a, b| a + b) {
-                            Some(h) => say!("memory:     {} (the daemon {m}; its monitor {h})", m + h),
-                            None => say!("memory:     {m} (the daemon; as root, with its monitor)"),
-                        }
-                    }
-                    for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
-                        say!("  {name:<24} {n}");
-                    }
-                    for p in &status.tunnel_peers {
-                        print_peer(p);
-                    }
-                }
-                return Ok(());
-            }
-            let layout = PinLayout::new(&paths.pin_dir);
-            if !layout.exists() {
-                if json {
-                    let v = serde_json::json!({ "state": "stopped", "pid": null, "links": 0 });
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                } else {
-                    println!(
-                        "state:    stopped (nothing pinned under {}: the host is open; `ttp start` starts ttp)",
-                        paths.pin_dir.display()
-                    );
-                }
-                std::process::exit(STATUS_STOPPED);
-            }
-            let (cfg, counters) = Maps::read_pinned_state(&layout.maps()).context("reading the pinned maps")?;
-            let links = layout.link_pins()?.len();
-            let lockdown = cfg.has(ttp_common::flags::LOCKDOWN);
-            // Why the last daemon failed, as its monitor (root) recorded it.
-            let fault = ttp::monitor::last_fault(&paths.runtime_dir);
-            if json {
-                let c: serde_json::Map<String, serde_json::Value> =
-                    counters.iter().map(|(c, n)| (c.name().to_string(), (*n).into())).collect();
-                // The pins outlive the daemon: this is a crashed (closed) instance.
-                let v = serde_json::json!({
-                    "state": if lockdown { "lockdown" } else { "daemon-dead" },
-                    "pid": null,
-                    "exit_address": null,
-                    "links": links,
-                    "fault": fault,
-                    "ports": { "trans": cfg.trans_port, "dns": cfg.dns_port },
-                    "counters": c,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "state:    {} (no daemon: the kill-switch holds the host closed; `ttp stop` or `ttp start`)",
-                    if lockdown { "lockdown" } else { "daemon dead" }
-                );
-                if let Some(f) = &fault {
-                    println!("fault:    {f}");
-                }
-                println!("links:    {links} attached (pinned under {})", paths.pin_dir.display());
-                println!("ports:    trans {}  dns {}", cfg.trans_port, cfg.dns_port);
-                for (c, n) in counters.iter().filter(|(_, n)| *n > 0) {
-                    println!("  {:<24} {n}", c.name());
-                }
-            }
-            std::process::exit(STATUS_DEAD);
-        }
+        Cmd::Streams { paths, recent, json } => cli::streams::run(&paths.runtime_dir, recent, json),
+        Cmd::Refresh { paths } => cli::refresh::run(&paths.runtime_dir),
+        Cmd::Status { paths, json } => cli::status::run(&paths.runtime_dir, &paths.pin_dir, json),
     }
-}
-
-/// `ttp status`'s exit code without a daemon, as LSB init scripts and `systemctl status`
-/// give them: 3 for stopped (nothing pinned: the host is open), 1 for "dead, but its
-/// traces remain" (the kill-switch holds the host closed with no daemon). 0 is running.
-const STATUS_STOPPED: i32 = 3;
-const STATUS_DEAD: i32 = 1;
-
-/// One tunnel peer, as `ttp status` shows it.
-fn print_peer(p: &ttp::tunnel::device::PeerStatus) {
-    say!("peer:       {}", p.public_key);
-    println!("  endpoint:       {}", p.endpoint.map_or("(not seen yet)".to_string(), |e| e.to_string()));
-    println!("  last handshake: {}", p.last_handshake_secs.map_or("never".to_string(), |s| format!("{s} s ago")));
-    println!("  transfer:       {} bytes received, {} bytes sent", p.rx_bytes, p.tx_bytes);
-    let d = &p.drops;
-    println!(
-        "  dropped:        {} replayed, {} failed to decrypt, {} with a source not its own",
-        d.replay, d.decrypt, d.source
-    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,27 @@
+//! `ttp check`: through Tor, ask check endpoints which address they see, and whether it
+//! is Tor's (the daemon does the asking, on a circuit of its own).
+
+use std::path::Path;
+
+use anyhow::Result;
+use ttp::control::{self, Reply, Request};
+
+pub fn run(runtime_dir: &Path, urls: Vec<String>, json: bool) -> Result<()> {
+    let Reply::Checked { check, .. } = control::request(runtime_dir, &Request::Check { urls })? else {
+        anyhow::bail!("unexpected reply from the daemon");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&check)?);
+    } else {
+        let verdict = match check.is_tor {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "unknown (the endpoint only reports an address)",
+        };
+        println!("Tor: {verdict}; exit address {}; {} ms ({})", check.exit_address, check.latency_ms, check.url);
+    }
+    if check.is_tor == Some(false) {
+        anyhow::bail!("the check endpoint does not see Tor: traffic is NOT going through Tor");
+    }
+    Ok(())
+}

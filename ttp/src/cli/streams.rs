@@ -1,0 +1,35 @@
+//! `ttp streams`: the daemon's open streams (and with `--recent` the last closed ones):
+//! where each goes, whose it is, on which circuit.
+
+use std::path::Path;
+
+use anyhow::Result;
+use ttp::control::{self, Reply, Request};
+
+pub fn run(runtime_dir: &Path, recent: bool, json: bool) -> Result<()> {
+    let Reply::Streams { streams, .. } = control::request(runtime_dir, &Request::Streams { recent })? else {
+        anyhow::bail!("unexpected reply from the daemon");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&streams)?);
+    } else {
+        println!(
+            "{:<5} {:<34} {:<24} {:<10} {:>6} {:>10} {:>10}",
+            "id", "destination", "isolation", "circuit", "age", "up", "down"
+        );
+        for s in &streams {
+            say!(
+                "{:<5} {:<34} {:<24} {:<10} {:>5}s {:>10} {:>10}{}",
+                s.id,
+                s.destination,
+                s.isolation,
+                s.circuit,
+                s.age_secs,
+                s.bytes_up,
+                s.bytes_down,
+                if s.open { "" } else { "  (closed)" }
+            );
+        }
+    }
+    Ok(())
+}
