@@ -232,12 +232,14 @@ pub fn end_without_teardown(lock: &SessionLock, pin_dir: &Path) {
     }
 }
 
+/// Whether process `pid` runs (procfs; a zombie, dead but not yet reaped, does not).
 pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    procfs::process::Process::new(pid).and_then(|p| p.stat()).is_ok_and(|s| s.state != 'Z')
 }
 
 /// Whether `pid` runs the ttp binary (a stale lock's pid may have been reused).
 fn is_ttp(pid: u32) -> bool {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe = i32::try_from(pid).ok().and_then(|pid| procfs::process::Process::new(pid).ok()?.exe().ok());
     exe.is_some() && exe == std::env::current_exe().ok()
 }

@@ -69,9 +69,9 @@ pub fn spawn(runtime_dir: &Path, pin_dir: &Path) -> Result<u32> {
 pub fn running(runtime_dir: &Path) -> Option<u32> {
     // Root signals this pid: only a file root wrote is believed.
     let pid: u32 = ttp::rootfs::read_small(&runtime_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_watchdog = cmdline.split(|b| *b == 0).any(|a| a == b"watchdog");
-    is_watchdog.then_some(pid)
+    let cmdline = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.cmdline().ok()?;
+    let is_watchdog = cmdline.iter().any(|a| a == "watchdog");
+    (is_watchdog && super::start::pid_alive(pid)).then_some(pid)
 }
 
 /// Stops the watchdog, if one runs; returns its pid.
@@ -79,7 +79,7 @@ pub fn stop(runtime_dir: &Path) -> Option<u32> {
     let pid = running(runtime_dir)?;
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
     for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !super::start::pid_alive(pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -177,7 +177,7 @@ fn check(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>) -> 
         faults.push("no session lock: the daemon is gone".into());
         return faults;
     };
-    if !Path::new(&format!("/proc/{}", lock.pid)).exists() {
+    if !super::start::pid_alive(lock.pid) {
         faults.push(format!("daemon (pid {}) is dead", lock.pid));
         return faults;
     }
@@ -233,7 +233,7 @@ fn repair(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>, fa
     let Some(lock) = lock else {
         bail!("no session lock to restart from: run `ttp start`");
     };
-    if Path::new(&format!("/proc/{}", lock.pid)).exists() {
+    if super::start::pid_alive(lock.pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lock.pid as i32), nix::sys::signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(200));
     }
