@@ -11,17 +11,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// The cgroup2 mount point, from /proc/mounts.
+/// The cgroup2 mount point, from /proc/mounts (procfs).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .next()
+    procfs::mounts()
+        .context("reading /proc/mounts")?
+        .into_iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| PathBuf::from(m.fs_file))
         .context("no cgroup2 filesystem is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1")
 }
 
@@ -34,13 +30,18 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(meta.ino())
 }
 
-/// The cgroup2 path of a process, from /proc/PID/cgroup (`0::/path`).
+/// The cgroup2 path of a process, from /proc/PID/cgroup (procfs; the `0::/path` line).
 pub fn cgroup_of(pid: u32) -> Result<PathBuf> {
-    let text =
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).with_context(|| format!("reading /proc/{pid}/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
+    let groups = i32::try_from(pid)
+        .ok()
+        .and_then(|p| procfs::process::Process::new(p).ok())
+        .and_then(|p| p.cgroups().ok())
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    let rel = groups
+        .0
+        .into_iter()
+        .find(|g| g.hierarchy == 0 && g.controllers.is_empty())
+        .map(|g| g.pathname)
         .with_context(|| format!("process {pid} has no cgroup2 membership"))?;
     Ok(cgroup2_root()?.join(rel.trim_start_matches('/')))
 }
@@ -65,4 +66,16 @@ pub fn move_into(path: &Path, pid: u32) -> Result<()> {
 /// Creates a cgroup (and its parents); fine if it exists.
 pub fn create(path: &Path) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating cgroup {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    /// This process's cgroup2 path, as procfs reads it, is the `0::` line of its file.
+    #[test]
+    fn cgroup_of_reads_the_cgroup2_line() {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let root = super::cgroup2_root().unwrap();
+        assert_eq!(super::cgroup_of(std::process::id()).unwrap(), root.join(rel.trim_start_matches('/')));
+    }
 }

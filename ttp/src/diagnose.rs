@@ -22,10 +22,7 @@ pub fn report(runtime_dir: &Path, pin_dir: &Path) -> String {
         "cgroup2:     {}",
         crate::cgroup::cgroup2_root().map(|p| p.display().to_string()).unwrap_or_else(|e| format!("MISSING ({e:#})"))
     );
-    let bpffs = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
+    let bpffs = procfs::mounts().unwrap_or_default().iter().any(|m| m.fs_vfstype == "bpf");
     let _ =
         writeln!(out, "bpffs:       {}", if bpffs { "mounted" } else { "not mounted (ttp mounts it at /sys/fs/bpf)" });
 

@@ -57,8 +57,7 @@ fn reap(daemon: u32, gone: &HashSet<IpAddr>) {
 
 /// The daemon's uid and cgroup id, from /proc (None once it is gone).
 fn identity(daemon: u32) -> Option<(u32, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).ok()?;
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
+    let uid = procfs::process::Process::new(i32::try_from(daemon).ok()?).ok()?.status().ok()?.ruid;
     let cgroup = crate::cgroup::cgroup_id(&crate::cgroup::cgroup_of(daemon).ok()?).ok()?;
     Some((uid, cgroup))
 }
