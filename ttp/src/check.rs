@@ -6,7 +6,10 @@
 //! client library would be the largest dependency of ttp for two lines of protocol. TLS
 //! comes from async-native-tls, which Arti already uses.
 
-use std::{net::IpAddr, time::Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use arti_client::StreamPrefs;
@@ -19,6 +22,13 @@ use crate::tor::Tor;
 pub const DEFAULT_CHECK_URLS: &[&str] = &["https://check.torproject.org/api/ip"];
 
 const MAX_RESPONSE: usize = 64 * 1024;
+
+/// One try at one endpoint, stream and answer, at most this long: a circuit or an exit
+/// that stalls must not hold the check (and `ttp check`, which waits 120 s) forever.
+const ATTEMPT: Duration = Duration::from_secs(20);
+/// Tries per endpoint, each on a circuit of its own: one stalled circuit is not the
+/// endpoint's verdict.
+const ATTEMPTS: usize = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckResult {
@@ -166,9 +176,12 @@ async fn exchange<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(s: &mut S
 pub async fn check_any(tor: &Tor, urls: &[String]) -> Result<CheckResult> {
     let mut errors = Vec::new();
     for url in urls {
-        match check(tor, url).await {
-            Ok(r) => return Ok(r),
-            Err(e) => errors.push(format!("{e:#}")),
+        for _ in 0..ATTEMPTS {
+            match tokio::time::timeout(ATTEMPT, check(tor, url)).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => errors.push(format!("{e:#}")),
+                Err(_) => errors.push(format!("{url}: no answer within {}s", ATTEMPT.as_secs())),
+            }
         }
     }
     bail!("no check endpoint answered: {}", errors.join("; "))

@@ -513,7 +513,16 @@ pub fn request_within(runtime_dir: &Path, req: &Request, timeout: std::time::Dur
     line.push(b'\n');
     s.write_all(&line)?;
     let mut reply = String::new();
-    std::io::BufReader::new(&s).read_line(&mut reply)?;
+    if let Err(e) = std::io::BufReader::new(&s).read_line(&mut reply) {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            bail!(
+                "the daemon did not answer within {}s: it may be stalled (`ttp status`, `ttp logs`; `ttp restart` \
+                 keeps the host closed while it restarts)",
+                timeout.as_secs()
+            );
+        }
+        return Err(e.into());
+    }
     let reply: Reply =
         serde_json::from_str(&reply).with_context(|| format!("unexpected reply from the daemon: {reply}"))?;
     if let Reply::Error { error, .. } = &reply {
