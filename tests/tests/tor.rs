@@ -264,12 +264,17 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     let state = std::env::temp_dir().join(format!("ttpt-bridge-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
     let arti = net.arti_toml().display().to_string();
-    let daemon = w
-        .start_ttp(
-            &state,
-            &["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", line],
-        )
-        .expect("ttp with bridges");
+    // In a bridges file only root may read, as a bridge's address deserves: root reads it
+    // at start, and nothing later (the daemon is no longer root) may need it again.
+    let dir = ttp_tests::TempDir::new("bridges");
+    let file = dir.0.join("bridges.txt");
+    std::fs::write(&file, format!("# from bridges.torproject.org\nBridge {line}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = file.display().to_string();
+    let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges"];
+    let daemon =
+        w.start_ttp(&state, &[&args[..], &["--bridges-file", file.as_str()]].concat()).expect("ttp with bridges");
     let r = Running { daemon: Some(daemon), w, state };
     let t0 = Instant::now();
     while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {

@@ -90,6 +90,12 @@ impl Transport {
     }
 }
 
+/// A bridge line's transport: its first word, unless that is the address of a plain
+/// bridge.
+fn transport_of(line: &str) -> Option<&str> {
+    line.split_whitespace().next().filter(|first| first.parse::<std::net::SocketAddr>().is_err())
+}
+
 fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
@@ -111,12 +117,8 @@ impl std::fmt::Display for BridgeSummary {
 
 impl Bridges {
     pub fn summary(&self) -> BridgeSummary {
-        let transports: std::collections::BTreeSet<String> = self
-            .lines
-            .iter()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(|first| if first.parse::<std::net::SocketAddr>().is_ok() { "plain" } else { first }.to_string())
-            .collect();
+        let transports: std::collections::BTreeSet<String> =
+            self.lines.iter().map(|l| transport_of(l).unwrap_or("plain").to_string()).collect();
         BridgeSummary { count: self.lines.len(), transports: transports.into_iter().collect() }
     }
 
@@ -132,10 +134,8 @@ impl Bridges {
             let b: arti_client::config::BridgeConfigBuilder =
                 l.parse().with_context(|| format!("bridge {} does not parse: {l:?}", i + 1))?;
             b.build().with_context(|| format!("bridge {} is not usable: {l:?}", i + 1))?;
-            // A line starts with its transport's name, or with the address of a plain bridge.
-            let first = l.split_whitespace().next().unwrap_or_default();
-            if first.parse::<std::net::SocketAddr>().is_err() {
-                transports.insert(first.to_string());
+            if let Some(t) = transport_of(l) {
+                transports.insert(t.to_string());
             }
         }
         // One managed transport per program, with every protocol it serves here.

@@ -367,15 +367,21 @@ fn icmp() -> Outcome {
             (&addr as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         );
-        let e = std::io::Error::last_os_error();
+        let sent = if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) };
         libc::close(fd);
-        if n < 0 && e.raw_os_error() == Some(libc::EPERM) {
-            (Some(true), format!("echo to {V4} dropped by the kill-switch ({e})"))
-        } else if n < 0 {
-            (Some(true), format!("echo to {V4} not sent ({e})"))
-        } else {
-            (Some(false), format!("an echo to {V4} was sent"))
+        sent_or_dropped(sent, &format!("an echo to {V4}"))
+    }
+}
+
+/// The verdict on a packet below TCP and UDP, which only the kill-switch can stop: sent
+/// is a leak; refused (EPERM: the kill-switch) or not sent at all is not.
+fn sent_or_dropped(sent: std::io::Result<usize>, what: &str) -> Outcome {
+    match sent {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            (Some(true), format!("{what} was dropped by the kill-switch ({e})"))
         }
+        Err(e) => (Some(true), format!("{what} was not sent ({e})")),
+        Ok(_) => (Some(false), format!("{what} was sent")),
     }
 }
 
@@ -387,15 +393,9 @@ fn raw() -> Outcome {
         return (None, "raw sockets need root: run `sudo ttp check-leak` to probe them".into());
     }
     let to = SocketAddr::from((V4, 0));
-    let r = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(253)))
+    let sent = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(253)))
         .and_then(|s| s.send_to(b"ttp leak probe", &SockAddr::from(to)));
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            (Some(true), format!("a raw packet to {V4} was dropped by the kill-switch ({e})"))
-        }
-        Err(e) => (Some(true), format!("a raw packet to {V4} was not sent ({e})")),
-        Ok(_) => (Some(false), format!("a raw packet to {V4} was sent")),
-    }
+    sent_or_dropped(sent, &format!("a raw packet to {V4}"))
 }
 
 /// Frames of one's own making (root only): a packet socket, and the option that would

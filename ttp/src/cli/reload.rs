@@ -66,8 +66,8 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
     let (bridges, restart): (Vec<_>, Vec<_>) =
         rest.into_iter().partition(|(id, _)| BRIDGE_OPTIONS.contains(&id.as_str()));
     let names = |list: &[&(String, String)]| list.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+    let opts = StartOptions::from_arg_matches(&new)?;
     if !live.is_empty() {
-        let opts = StartOptions::from_arg_matches(&new)?;
         let [_, exec_direct] = ttp::daemon::exec_cgroups_under(&lock.cgroup);
         let policy = opts.policy(exec_direct);
         let mut maps = Maps::open_pinned(&PinLayout::new(&lock.pin_dir).maps())
@@ -82,10 +82,9 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
         }
     }
     if !bridges.is_empty() {
-        // Checked here first (a bad line is named before anything is sent), then again by
-        // the daemon against the rest of Tor's configuration.
-        let b = StartOptions::from_arg_matches(&new)?.bridges()?;
-        let request = ttp::control::Request::Bridges { bridges: b };
+        // Read here, as root (a bridges file may be root's alone); the daemon checks each
+        // line against the rest of Tor's configuration, and a bad one changes nothing.
+        let request = ttp::control::Request::Bridges { bridges: opts.bridges()? };
         match ttp::control::request(runtime_dir, &request).context("asking the daemon to change the bridges")? {
             ttp::control::Reply::Error { error, .. } => bail!("the bridges were not changed: {error}"),
             _ => println!("applied: {} (new streams use new circuits)", names(&bridges)),

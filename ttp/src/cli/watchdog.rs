@@ -69,9 +69,9 @@ pub fn spawn(runtime_dir: &Path, pin_dir: &Path) -> Result<u32> {
 pub fn running(runtime_dir: &Path) -> Option<u32> {
     // Root signals this pid: only a file root wrote is believed.
     let pid: u32 = ttp::rootfs::read_small(&runtime_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    // (A zombie's command line is empty: a dead watchdog is not taken for a running one.)
     let cmdline = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.cmdline().ok()?;
-    let is_watchdog = cmdline.iter().any(|a| a == "watchdog");
-    (is_watchdog && super::start::pid_alive(pid)).then_some(pid)
+    cmdline.iter().any(|a| a == "watchdog").then_some(pid)
 }
 
 /// Stops the watchdog, if one runs; returns its pid.
