@@ -452,53 +452,6 @@ fn snowflake_meek_and_webtunnel_bridges_go_through_the_transport_given_for_each(
     }
 }
 
-/// `ttp reload` turns bridges on in a running session, without a restart: it says it
-/// applied them, and from then on the host opens connections to the obfs4 bridge only
-/// (new circuits start there), while fetches go on working.
-#[test]
-fn reload_turns_bridges_on_for_the_next_circuits() {
-    let net = net();
-    let line = net.bridge_line.as_deref().expect("the private network has no obfs4 bridge: is obfs4proxy installed?");
-    let bridge = line.split_whitespace().nth(1).unwrap().replace(':', ".");
-    let w = World::with_testnet(net).unwrap();
-    let state =
-        std::env::temp_dir().join(format!("ttpt-rebridge-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let conf_dir = ttp_tests::TempDir::new("rebridge");
-    let conf = conf_dir.0.join("ttp.toml");
-    std::fs::write(&conf, "# no bridges yet\n").unwrap();
-    let arti = net.arti_toml().display().to_string();
-    let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--config"];
-    let daemon = w.start_ttp(&state, &[&args[..], &[conf.to_str().unwrap()]].concat()).expect("ttp without bridges");
-    let r = Running { daemon: Some(daemon), w, state };
-    let url = format!("http://{WEB}/index.txt");
-    assert_eq!(curl(&r.w, &url), PAGE, "no fetch without bridges:\n{}", r.failures());
-    let bridges =
-        || serde_json::from_str::<serde_json::Value>(&ttp(&r, &["status", "--json"])).unwrap()["bridges"].clone();
-    assert_eq!(bridges(), serde_json::Value::Null);
-
-    std::fs::write(&conf, format!("use-bridges = true\nbridge = [\"{line}\"]\n")).unwrap();
-    // Connections the host opens from here on (SYNs on the uplink).
-    let cap = Capture::start_filtered(&r.w.inet, &r.w.inet_if, &["tcp[tcpflags] == tcp-syn"]).unwrap();
-    let said = ttp(&r, &["reload"]);
-    assert!(said.contains("applied: --use-bridges, --bridge"), "ttp reload said: {said}");
-    // Status says how many bridges and which transports, never their lines.
-    assert_eq!(bridges(), serde_json::json!({"count": 1, "transports": ["obfs4"]}));
-    let t0 = Instant::now();
-    while curl(&r.w, &url) != PAGE {
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "no stream through the bridge after the reload:\n{}",
-            r.failures()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let syns = cap.stop().unwrap();
-    let opened: Vec<&String> = syns.iter().filter(|l| l.contains(" IP ") && l.contains("Flags [S]")).collect();
-    assert!(opened.iter().any(|l| l.contains(&format!("> {bridge}:"))), "nothing opened to the bridge: {opened:#?}");
-    let elsewhere: Vec<&&String> = opened.iter().filter(|l| !l.contains(&format!("> {bridge}:"))).collect();
-    assert!(elsewhere.is_empty(), "connections opened to other than the bridge {bridge}: {elsewhere:#?}");
-}
-
 /// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.
 fn ttp(r: &Running, args: &[&str]) -> String {
     let out = std::process::Command::new(ttp_tests::bin("ttp"))

@@ -128,13 +128,10 @@ pub struct StartOptions {
 }
 
 /// The options `ttp reload` applies to a running session (by their clap ids): the
-/// datapath's policy, written into the pinned maps; and the bridges ([`BRIDGE_OPTIONS`]),
-/// which the daemon hands to Arti. Every other option is read once at start.
+/// datapath's policy, written into the pinned maps. Every other option is read once at
+/// start.
 pub const LIVE_OPTIONS: &[&str] =
     &["allow_root", "no_lan_bypass", "no_lan_discovery", "no_ipv6", "bypass_uids", "bypass_gids", "bypass_cgroups"];
-
-/// The options that choose the bridges, applied by a reload from the next circuits on.
-pub const BRIDGE_OPTIONS: &[&str] = &["use_bridges", "bridges", "bridges_file", "obfs4proxy", "pt_paths"];
 
 /// `TRANSPORT=PATH` of `--pt-path`.
 fn pt_path(s: &str) -> Result<(String, PathBuf), String> {

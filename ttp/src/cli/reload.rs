@@ -2,17 +2,15 @@
 //! config file to the running session without a restart, where that can be done without
 //! a gap, and say which changes need one.
 //!
-//! What can change live:
-//! - The datapath's policy: who and what goes direct (bypass users, groups and cgroups,
-//!   root, the LAN and its discovery) and whether IPv6 is refused. Root writes it into the
-//!   pinned maps, entry by entry, so each connection sees the old policy or the new one;
-//!   connections the new policy governs that were opened direct under the old one are
-//!   destroyed (their application reconnects, through Tor).
-//! - The bridges (on or off, the lines, the transport): root reads them (a bridges file
-//!   too) and hands them to the daemon over the control socket; Arti takes them for the
-//!   next circuits, and every stream after the reload gets a new one.
+//! What can change live is the datapath's policy: who and what goes direct (bypass users,
+//! groups and cgroups, root, the LAN and its discovery) and whether IPv6 is refused. Root
+//! writes it into the pinned maps, entry by entry, so each connection sees the old policy
+//! or the new one; connections the new policy governs that were opened direct under the
+//! old one are destroyed (their application reconnects, through Tor). Bridges need a
+//! restart: Arti's switch to bridges at runtime (the daemon's `bridges` request) was
+//! seen to stall with no usable guard in 2 of 6 full runs.
 //!
-//! Everything else (ports, uplinks, the service user, the rest of Tor's configuration...)
+//! Everything else (ports, uplinks, the service user, Tor's configuration and bridges...)
 //! is read once at start: a restart applies it, and `systemctl restart ttp` / `ttp
 //! restart` keep the kill-switch through the restart.
 //!
@@ -27,7 +25,7 @@ use clap::{CommandFactory, FromArgMatches};
 use ttp::{
     datapath::{Maps, PinLayout},
     lock::SessionLock,
-    options::{StartOptions, BRIDGE_OPTIONS, LIVE_OPTIONS},
+    options::{StartOptions, LIVE_OPTIONS},
 };
 
 pub fn reload(runtime_dir: &Path) -> Result<()> {
@@ -62,12 +60,10 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
         println!("{}: no change from the running session", path.display());
         return Ok(());
     }
-    let (live, rest): (Vec<_>, Vec<_>) = changed.iter().partition(|(id, _)| LIVE_OPTIONS.contains(&id.as_str()));
-    let (bridges, restart): (Vec<_>, Vec<_>) =
-        rest.into_iter().partition(|(id, _)| BRIDGE_OPTIONS.contains(&id.as_str()));
+    let (live, restart): (Vec<_>, Vec<_>) = changed.iter().partition(|(id, _)| LIVE_OPTIONS.contains(&id.as_str()));
     let names = |list: &[&(String, String)]| list.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
-    let opts = StartOptions::from_arg_matches(&new)?;
     if !live.is_empty() {
+        let opts = StartOptions::from_arg_matches(&new)?;
         let [_, exec_direct] = ttp::daemon::exec_cgroups_under(&lock.cgroup);
         let policy = opts.policy(exec_direct);
         let mut maps = Maps::open_pinned(&PinLayout::new(&lock.pin_dir).maps())
@@ -79,15 +75,6 @@ pub fn reload(runtime_dir: &Path) -> Result<()> {
             println!(
                 "{closed} direct connections that the new policy governs were closed (they reconnect through Tor)"
             );
-        }
-    }
-    if !bridges.is_empty() {
-        // Read here, as root (a bridges file may be root's alone); the daemon checks each
-        // line against the rest of Tor's configuration, and a bad one changes nothing.
-        let request = ttp::control::Request::Bridges { bridges: opts.bridges()? };
-        match ttp::control::request(runtime_dir, &request).context("asking the daemon to change the bridges")? {
-            ttp::control::Reply::Error { error, .. } => bail!("the bridges were not changed: {error}"),
-            _ => println!("applied: {} (new streams use new circuits)", names(&bridges)),
         }
     }
     if restart.is_empty() {
