@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use arti_client::StreamPrefs;
 use futures::{AsyncReadExt, AsyncWriteExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::tor::Tor;
 
@@ -30,14 +30,7 @@ const ATTEMPT: Duration = Duration::from_secs(20);
 /// endpoint's verdict.
 const ATTEMPTS: usize = 2;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CheckResult {
-    pub url: String,
-    /// The endpoint's verdict; `None` when it only reports an address.
-    pub is_tor: Option<bool>,
-    pub exit_address: IpAddr,
-    pub latency_ms: u64,
-}
+pub use crate::control::proto::CheckResult;
 
 /// A parsed `http://` or `https://` URL.
 #[derive(Debug, PartialEq, Eq)]
@@ -149,7 +142,7 @@ pub async fn check(tor: &Tor, url: &str) -> Result<CheckResult> {
     };
     let latency_ms = t0.elapsed().as_millis() as u64;
     let (is_tor, exit_address) = parse_response(&response).with_context(|| format!("{url}: unexpected answer"))?;
-    Ok(CheckResult { url: url.to_string(), is_tor, exit_address, latency_ms })
+    Ok(CheckResult { url: url.to_string(), is_tor, exit_address, latency_ms, checked_unix: crate::control::unix_now() })
 }
 
 /// Reads an endpoint's whole HTTP response (at most [`MAX_RESPONSE`] bytes, from whoever

@@ -34,13 +34,14 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::{
     cgroup,
-    control::{self, Control, Ports},
+    control::{self, proto::Ports, Control},
     datapath::{Datapath, DatapathOptions, ServiceMaps},
     dns::{self, Automap, Cache, DnsService},
     load::{Budget, LoadStats},
     lock::SessionLock,
     monitor::{Cleanup, Monitor, StopRequested},
     options::StartOptions,
+    services::Services,
     socks::SocksPort,
     tor::{self, Isolation, TorResolver},
     transport::{PortContext, Streams, TransPort},
@@ -52,18 +53,6 @@ use crate::{
 const DNS_CACHE_TTL: Duration = Duration::from_secs(60);
 const AUTOMAP_TTL: Duration = Duration::from_secs(30 * 60);
 const AUTOMAP_CAPACITY: usize = 65536;
-
-/// The running services, for the control socket and status.
-pub struct Services {
-    pub tor: tor::Tor,
-    pub isolation: Arc<Isolation>,
-    pub streams: Arc<Streams>,
-    pub automap: Arc<Mutex<Automap>>,
-    /// The last successful exit check.
-    pub exit: Mutex<Option<crate::check::CheckResult>>,
-    /// The tunnel gateway, if this daemon runs one.
-    pub tunnel: Option<tunnel::device::Device>,
-}
 
 /// Gateway mode, once set up: the interfaces steered into Tor, and the tunnel to run.
 #[derive(Default)]
@@ -145,7 +134,7 @@ pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
 /// Runs the daemon until SIGTERM, SIGINT or a stop request; `events` hears each milestone.
 /// `monitor` finishes the teardown once the daemon has stopped.
 pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnMut(Event)) -> Result<()> {
-    if let Ok(control::Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &control::Request::Status) {
+    if let Ok(status) = control::client::Client::new(&opts.runtime_dir).status() {
         anyhow::bail!("ttp is already running (pid {}); `ttp stop` first, or use another --runtime-dir", status.pid);
     }
     let t0 = Instant::now();
@@ -302,7 +291,7 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
 }
 
 /// Root's ways of asking the daemon to stop: SIGTERM, SIGINT, or `stop` on the control
-/// socket (root only, see [`control::Request::allowed_for`]). Listened for from before
+/// socket (root only, see [`control::proto::Request::allowed_for`]). Listened for from before
 /// Tor's bootstrap, so a stop during it is a clean stop too.
 struct StopSignals {
     term: tokio::signal::unix::Signal,
@@ -477,11 +466,21 @@ async fn serve(
     // Observation only: its end is no fault.
     tokio::spawn(tor::log_blockages(tor.clone()));
 
+    let load = Arc::new(LoadStats::default());
+    let isolation = Arc::new(Isolation::default());
+    let automap = Arc::new(Mutex::new(Automap::new(opts.virtual_net, AUTOMAP_CAPACITY, AUTOMAP_TTL)));
+    let dns = Arc::new(DnsService::new(
+        Arc::new(TorResolver { tor: tor.clone(), isolation: isolation.clone() }),
+        automap.clone(),
+        Cache::new(DNS_CACHE_TTL, 10_000),
+        load.clone(),
+    ));
     let services = Arc::new(Services {
         tor: tor.clone(),
-        isolation: Arc::new(Isolation::default()),
+        isolation,
         streams: Arc::new(Streams::default()),
-        automap: Arc::new(Mutex::new(Automap::new(opts.virtual_net, AUTOMAP_CAPACITY, AUTOMAP_TTL))),
+        automap,
+        dns: dns.clone(),
         exit: Mutex::new(None),
         tunnel: gateway.tunnel.as_ref().map(|(d, _)| d.clone()),
     });
@@ -490,7 +489,6 @@ async fn serve(
     } else {
         opts.check_urls.clone()
     };
-    let load = Arc::new(LoadStats::default());
     // One stream limit for both proxy ports.
     let ports = Arc::new(PortContext {
         tor: tor.clone(),
@@ -502,13 +500,6 @@ async fn serve(
         load: load.clone(),
     });
     let transport = Arc::new(TransPort { ctx: ports.clone(), origins: maps.clone() });
-    let dns = Arc::new(DnsService::new(
-        Arc::new(TorResolver { tor: tor.clone(), isolation: services.isolation.clone() }),
-        services.automap.clone(),
-        Cache::new(DNS_CACHE_TTL, 10_000),
-        load.clone(),
-    ));
-
     let mut tasks = tokio::task::JoinSet::new();
     if let Some((device, runner)) = gateway.tunnel {
         tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
@@ -538,6 +529,7 @@ async fn serve(
         budget,
         tor_base,
         bridges: Mutex::new(bridges),
+        gateway_interfaces: gateway.interfaces.clone(),
     });
     tasks.spawn(control::serve(control_listener, control));
 

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 use aya::programs::ProgramType;
 
 use crate::{
-    control::{self, Reply, Request},
+    control::client::Client,
     datapath::{Maps, PinLayout},
 };
 
@@ -77,8 +77,8 @@ pub fn report(runtime_dir: &Path, pin_dir: &Path) -> String {
         }
     }
 
-    match control::request(runtime_dir, &Request::Status) {
-        Ok(Reply::Status { status, .. }) => {
+    match Client::new(runtime_dir).status() {
+        Ok(status) => {
             let _ = writeln!(out, "daemon:      running, pid {}, up {}s", status.pid, status.uptime_secs);
             let _ = writeln!(out, "tor:         {}", status.bootstrap);
             let _ = writeln!(out, "exit:        {}", status.exit_address.as_deref().unwrap_or("not verified yet"));
@@ -88,9 +88,6 @@ pub fn report(runtime_dir: &Path, pin_dir: &Path) -> String {
                 status.ports.trans, status.ports.dns, status.ports.socks
             );
             let _ = writeln!(out, "streams:     {} open", status.streams_open);
-        }
-        Ok(_) => {
-            let _ = writeln!(out, "daemon:      unexpected reply");
         }
         Err(e) => {
             let _ = writeln!(out, "daemon:      not reachable ({e:#})");

@@ -35,6 +35,7 @@ pub mod principal;
 pub mod privs;
 pub mod reaper;
 pub mod rootfs;
+pub mod services;
 pub mod sockdestroy;
 pub mod socks;
 pub mod tor;

@@ -25,7 +25,6 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::accept::AcceptErrors;
 
@@ -58,20 +57,7 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(soft)
 }
 
-/// How many of each kind of connection the daemon takes at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Budget {
-    /// The descriptor limit these are sized against.
-    pub nofile: u64,
-    /// TransPort and SOCKS streams (and SOCKS handshakes), together.
-    pub streams: usize,
-    /// Of those, what one key may hold.
-    pub per_key: usize,
-    /// SOCKS clients still in their handshake (they take a stream slot once it is done).
-    pub handshakes: usize,
-    /// DNS-over-TCP connections.
-    pub dns_tcp: usize,
-}
+pub use crate::control::proto::Budget;
 
 impl Budget {
     /// The budget for `nofile` descriptors; `max_streams` (`--max-streams`) caps streams.

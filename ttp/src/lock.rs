@@ -19,7 +19,7 @@ pub struct SessionLock {
     /// The options the daemon was started with, as command-line arguments after the
     /// subcommand (what `ttp restart` passes to `ttp start` again).
     pub args: Vec<String>,
-    pub ports: crate::control::Ports,
+    pub ports: crate::control::proto::Ports,
     /// The cgroup2 directory governed.
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
@@ -80,7 +80,7 @@ mod tests {
             pid: 42,
             started_unix: 1,
             args: vec!["--uplink".into(), "eth0".into()],
-            ports: crate::control::Ports { trans: 9040, dns: 9053, socks: 9055 },
+            ports: crate::control::proto::Ports { trans: 9040, dns: 9053, socks: 9055 },
             cgroup: "/sys/fs/cgroup".into(),
             pin_dir: "/sys/fs/bpf/ttp".into(),
             config_path: Some("/etc/ttp/ttp.toml".into()),

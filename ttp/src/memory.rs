@@ -6,14 +6,7 @@
 //! A process reads its own figures; another user's need root (the kernel's ptrace read
 //! check), so the daemon reports its own and `ttp status` as root adds its children's.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Memory {
-    pub rss_bytes: u64,
-    pub pss_bytes: u64,
-    pub anon_bytes: u64,
-}
+pub use crate::control::proto::Memory;
 
 impl std::ops::Add for Memory {
     type Output = Memory;

@@ -29,18 +29,7 @@ pub type Tor = Arc<TorClient<Runtime>>;
 const ARTI_PROGRAM_SECTIONS: &[&str] =
     &["application", "proxy", "logging", "metrics", "rpc", "onion_services", "system"];
 
-/// Bridges to use instead of connecting to the network directly.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Bridges {
-    /// Bridge lines, as Tor Browser and torrc write them (without `Bridge`).
-    pub lines: Vec<String>,
-    /// The obfs4 pluggable transport, for `obfs4` and `meek_lite` lines.
-    pub obfs4proxy: PathBuf,
-    /// Programs given per transport (`--pt-path snowflake=/usr/bin/snowflake-client`),
-    /// over the defaults of [`Transport`].
-    #[serde(default)]
-    pub pt_paths: std::collections::BTreeMap<String, PathBuf>,
-}
+pub use crate::control::proto::Bridges;
 
 /// The transports ttp knows, and where their programs come from by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +89,7 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
-/// What `ttp status` says of the bridges: how many, through which transports. Never the
-/// lines: a bridge's address is what a censor wants, and the `ttp` group reads status.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BridgeSummary {
-    pub count: usize,
-    /// Transport names, `plain` for bridges without one; sorted, each once.
-    pub transports: Vec<String>,
-}
+pub use crate::control::proto::BridgeSummary;
 
 impl std::fmt::Display for BridgeSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -20,7 +20,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use arti_client::{DangerouslyIntoTorAddr, DataStream, StreamPrefs};
-use serde::Serialize;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -53,23 +52,14 @@ pub struct Stream {
     pub isolation: String,
     /// Arti's id of the circuit carrying it (e.g. "Circ 3.1").
     pub circuit: String,
+    /// Its relays, entry first (see [`relays_of`]).
+    pub relays: Vec<String>,
     pub started: Instant,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StreamSnapshot {
-    pub id: u64,
-    pub destination: String,
-    pub isolation: String,
-    pub circuit: String,
-    /// Still open?
-    pub open: bool,
-    pub age_secs: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-}
+pub use crate::control::proto::StreamSnapshot;
 
 /// How many closed streams `streams` still reports.
 const RECENT: usize = 256;
@@ -137,6 +127,7 @@ fn snapshot(id: u64, s: &Stream, open: bool) -> StreamSnapshot {
         destination: s.destination.clone(),
         isolation: s.isolation.clone(),
         circuit: s.circuit.clone(),
+        relays: s.relays.clone(),
         open,
         age_secs: s.started.elapsed().as_secs(),
         bytes_up: s.bytes_up.load(Ordering::Relaxed),
@@ -284,6 +275,7 @@ impl PortContext {
             destination,
             isolation,
             circuit: circuit_of(&tor_stream),
+            relays: relays_of(&tor_stream),
             started: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -357,6 +349,29 @@ pub fn stream_failed(destination: &str) -> String {
 }
 
 /// Arti's id of the circuit a stream runs on, for display and for proving isolation.
+/// The relays of the circuit carrying `s`, entry first, each as the first 8 hex digits of
+/// its RSA identity fingerprint (Arti's circuits know no nicknames; a relay's fingerprint
+/// is public, in the consensus). Empty when Arti cannot say (a multi-path tunnel).
+pub fn relays_of(s: &arti_client::DataStream) -> Vec<String> {
+    use tor_linkspec::HasRelayIds;
+    use tor_proto::client::stream::ClientStreamCtrl;
+    let Some(path) = s
+        .client_stream_ctrl()
+        .and_then(|c| c.tunnel())
+        .and_then(|t| t.as_single_circ().ok().and_then(|c| c.single_path().ok()))
+    else {
+        return Vec::new();
+    };
+    path.hops()
+        .iter()
+        .map(|hop| match hop.as_chan_target().and_then(|t| t.rsa_identity().map(|id| id.to_string())) {
+            // RsaIdentity displays as `$` and 40 hex digits.
+            Some(id) => id.trim_start_matches('$').chars().take(8).collect::<String>().to_ascii_uppercase(),
+            None => "?".to_string(),
+        })
+        .collect()
+}
+
 pub fn circuit_of(s: &arti_client::DataStream) -> String {
     use tor_proto::client::stream::ClientStreamCtrl;
     s.client_stream_ctrl()
@@ -459,6 +474,7 @@ mod tests {
             destination: "x:1".into(),
             isolation: String::new(),
             circuit: String::new(),
+            relays: Vec::new(),
             started: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -492,6 +508,7 @@ mod tests {
             destination: "x:1".into(),
             isolation: String::new(),
             circuit: String::new(),
+            relays: Vec::new(),
             started: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),

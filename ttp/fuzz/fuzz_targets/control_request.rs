@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ttp::control::{read_request, Caller, Request};
+use ttp::control::{proto::Request, read_request, Caller};
 
 fuzz_target!(|b: &[u8]| {
     let Some((&who, line)) = b.split_first() else { return };

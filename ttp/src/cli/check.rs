@@ -4,12 +4,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use ttp::control::{self, Reply, Request};
+use ttp::control::client::Client;
 
 pub fn run(runtime_dir: &Path, urls: Vec<String>, json: bool) -> Result<()> {
-    let Reply::Checked { check, .. } = control::request(runtime_dir, &Request::Check { urls })? else {
-        anyhow::bail!("unexpected reply from the daemon");
-    };
+    let check = Client::new(runtime_dir).check(urls)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&check)?);
     } else {

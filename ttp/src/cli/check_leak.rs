@@ -20,10 +20,7 @@ use std::{
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use ttp::{
-    control::{self, Reply, Request},
-    lock::SessionLock,
-};
+use ttp::{control::client::Client, lock::SessionLock};
 
 const V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
@@ -68,10 +65,7 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
             lock.cgroup.display()
         );
     }
-    let counters = || match control::request_within(runtime_dir, &Request::Status, Duration::from_secs(5)) {
-        Ok(Reply::Status { status, .. }) => Some(status.counters),
-        _ => None,
-    };
+    let counters = || Client::new(runtime_dir).with_timeout(Duration::from_secs(5)).status().ok().map(|s| s.counters);
     // Every class the kill-switch claims to stop (SECURITY.md), each as an application
     // would try it.
     let probes: [(&'static str, Probe); 13] = [

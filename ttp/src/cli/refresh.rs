@@ -4,12 +4,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use ttp::control::{self, Reply, Request};
+use ttp::control::client::Client;
 
 pub fn run(runtime_dir: &Path) -> Result<()> {
-    let Reply::Refreshed { isolation_keys_reset, .. } = control::request(runtime_dir, &Request::Refresh)? else {
-        anyhow::bail!("unexpected reply from the daemon");
-    };
+    let isolation_keys_reset = Client::new(runtime_dir).refresh()?;
     println!("new identity: new streams use new circuits ({isolation_keys_reset} isolation keys renewed)");
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ttp::{
-    control::{self, Reply, Request},
+    control::{self, client::Client, proto::Request},
     daemon::Event,
     datapath::PinLayout,
     lock::SessionLock,
@@ -29,7 +29,7 @@ pub fn log_path(opts: &StartOptions) -> std::path::PathBuf {
 
 /// `ttp start ARGS`: `args` are the arguments after `start`, passed on to `ttp run`.
 pub fn start(opts: &StartOptions, args: &[String]) -> Result<()> {
-    if let Ok(Reply::Status { status, .. }) = control::request(&opts.runtime_dir, &Request::Status) {
+    if let Ok(status) = Client::new(&opts.runtime_dir).status() {
         bail!("ttp is already running (pid {}); `ttp stop` first, or `ttp restart`", status.pid);
     }
     ttp::rootfs::ensure_dir(&opts.runtime_dir)?;
@@ -165,7 +165,7 @@ pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
             eprintln!("warning: recording the stop request for the monitor: {e:#} (the teardown is done here instead)");
         }
     }
-    if control::request(runtime_dir, &Request::Stop).is_ok() {
+    if Client::new(runtime_dir).call(&Request::Stop).is_ok() {
         while !gone() && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ttp::{
-    control::{self, Reply, Request},
+    control::client::Client,
     datapath::{Maps, PinLayout},
 };
 
 pub fn run(runtime_dir: &Path, pin_dir: &Path, json: bool) -> Result<()> {
-    if let Ok(Reply::Status { status, .. }) = control::request(runtime_dir, &Request::Status) {
+    if let Ok(status) = Client::new(runtime_dir).status() {
         if json {
             println!("{}", serde_json::to_string_pretty(&status)?);
         } else {

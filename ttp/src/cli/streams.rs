@@ -4,12 +4,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use ttp::control::{self, Reply, Request};
+use ttp::control::client::Client;
 
 pub fn run(runtime_dir: &Path, recent: bool, json: bool) -> Result<()> {
-    let Reply::Streams { streams, .. } = control::request(runtime_dir, &Request::Streams { recent })? else {
-        anyhow::bail!("unexpected reply from the daemon");
-    };
+    let streams = Client::new(runtime_dir).streams(recent)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&streams)?);
     } else {

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use ttp::{
-    control::{self, PeerChange, Reply, Request},
+    control::{self, client::Client, proto::PeerChange},
     tunnel::{
         config::{self as tconfig, TunnelConfig},
         device,
@@ -180,10 +180,7 @@ fn peer(cmd: PeerCmd) -> Result<()> {
         }
         PeerCmd::List { config, runtime_dir, json } => {
             let cfg = TunnelConfig::load(&config)?;
-            let live = match control::request(&runtime_dir, &Request::Status) {
-                Ok(Reply::Status { status, .. }) => status.tunnel_peers,
-                _ => Vec::new(),
-            };
+            let live = Client::new(&runtime_dir).status().map(|s| s.tunnel_peers).unwrap_or_default();
             // Each peer of the file, with its live state if the gateway has it.
             let peers: Vec<(String, &_, Option<&_>)> = cfg
                 .peers
@@ -250,7 +247,7 @@ fn live(runtime_dir: &Path, change: PeerChange) -> Result<()> {
         println!("ttp is not running: the gateway reads the file at its next start");
         return Ok(());
     }
-    match control::request(runtime_dir, &Request::TunnelPeer(change)) {
+    match Client::new(runtime_dir).tunnel_peer(change) {
         Ok(_) => {
             println!("the running gateway has it now");
             Ok(())

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use ttp::{
-    control::{self, Reply, Request},
+    control::{self, client::Client},
     datapath::{Maps, PinLayout},
     lock::SessionLock,
 };
@@ -181,13 +181,12 @@ fn check(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>) -> 
         faults.push(format!("daemon (pid {}) is dead", lock.pid));
         return faults;
     }
-    match control::request_within(runtime_dir, &Request::Status, Duration::from_secs(5)) {
-        Ok(Reply::Status { status, .. }) => {
+    match Client::new(runtime_dir).with_timeout(Duration::from_secs(5)).status() {
+        Ok(status) => {
             if !status.bootstrap.contains("100%") && !status.bootstrap.contains("usable") {
                 faults.push(format!("Tor is not bootstrapped ({})", status.bootstrap));
             }
         }
-        Ok(_) => faults.push("daemon gave an unexpected answer".into()),
         Err(e) => faults.push(format!("daemon does not answer on its control socket ({e:#})")),
     }
     if let Err(e) = dns_answers(lock.ports.dns) {

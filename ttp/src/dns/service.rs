@@ -3,7 +3,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::Instant,
 };
 
@@ -18,6 +21,7 @@ use super::{
     cache::Cache,
 };
 use crate::{
+    control::proto::DnsStatus,
     load::{LoadStats, Shares},
     principal::{Asker, IsolationKey, Owner},
 };
@@ -65,6 +69,17 @@ pub struct DnsService {
     lookups: tokio::sync::Semaphore,
     shares: Arc<Shares<Owner>>,
     load: Arc<LoadStats>,
+    counts: Counts,
+}
+
+/// What the DNSPort did since start, for `ttp status` and `ttp top`.
+#[derive(Default)]
+struct Counts {
+    queries: AtomicU64,
+    cache_hits: AtomicU64,
+    tor_lookups: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl DnsService {
@@ -76,6 +91,21 @@ impl DnsService {
             lookups: tokio::sync::Semaphore::new(MAX_TOR_LOOKUPS),
             shares: Shares::new(crate::load::share_of(MAX_TOR_LOOKUPS)),
             load,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The figures since start, and the lookups through Tor in flight now.
+    pub fn status(&self) -> DnsStatus {
+        let c = &self.counts;
+        DnsStatus {
+            queries: c.queries.load(Relaxed),
+            cache_hits: c.cache_hits.load(Relaxed),
+            tor_lookups: c.tor_lookups.load(Relaxed),
+            tor_in_flight: MAX_TOR_LOOKUPS - self.lookups.available_permits(),
+            refused: c.refused.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            automap_entries: self.automap.lock().expect("automap lock").len(),
         }
     }
 
@@ -98,6 +128,7 @@ impl DnsService {
         if q.query_class() != DNSClass::IN {
             return error(&req, ResponseCode::NotImp);
         }
+        self.counts.queries.fetch_add(1, Relaxed);
         let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
         let (code, answers) = match q.query_type() {
             RecordType::A | RecordType::AAAA => self.address(&name, q.name(), q.query_type(), asker).await,
@@ -127,7 +158,10 @@ impl DnsService {
         let now = Instant::now();
         let cached = self.cache.lock().expect("cache lock").get(asker.owner, name, now);
         let (addrs, ttl) = match cached {
-            Some(hit) => hit,
+            Some(hit) => {
+                self.counts.cache_hits.fetch_add(1, Relaxed);
+                hit
+            }
             None => match self.tor_lookup(asker, self.resolver.lookup(name.to_owned(), asker.key.clone())).await {
                 Ok(addrs) => {
                     let mut cache = self.cache.lock().expect("cache lock");
@@ -162,12 +196,19 @@ impl DnsService {
     ) -> Result<T, LookupError> {
         let Some(_share) = self.shares.try_take(&asker.owner) else {
             LoadStats::count(&self.load.refused_share);
+            self.counts.refused.fetch_add(1, Relaxed);
             return Err(LookupError::Failed("this client holds its whole share of the lookups through Tor".into()));
         };
         let Ok(_slot) = self.lookups.try_acquire() else {
+            self.counts.refused.fetch_add(1, Relaxed);
             return Err(LookupError::Failed(format!("{MAX_TOR_LOOKUPS} lookups through Tor already in flight")));
         };
-        lookup.await
+        self.counts.tor_lookups.fetch_add(1, Relaxed);
+        let result = lookup.await;
+        if matches!(result, Err(LookupError::Failed(_))) {
+            self.counts.failed.fetch_add(1, Relaxed);
+        }
+        result
     }
 
     async fn pointer(&self, qname: &Name, asker: &Asker) -> (ResponseCode, Vec<Record>) {

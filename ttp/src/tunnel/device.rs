@@ -39,25 +39,9 @@ const BATCH: usize = 64;
 /// finer grain.
 const TICK: Duration = Duration::from_millis(250);
 
-/// What `ttp status` shows of each peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeerStatus {
-    pub public_key: String,
-    pub endpoint: Option<SocketAddr>,
-    /// Seconds since the current session's handshake (none yet: `None`).
-    pub last_handshake_secs: Option<u64>,
-    /// Inner bytes received from the peer and sent to it.
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub drops: DropCounts,
-}
+pub use crate::control::proto::PeerStatus;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DropCounts {
-    pub replay: u64,
-    pub decrypt: u64,
-    pub source: u64,
-}
+pub use crate::control::proto::DropCounts;
 
 impl From<&Drops> for DropCounts {
     fn from(d: &Drops) -> Self {

@@ -6,162 +6,31 @@
 //! members of the `ttp` group are served.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::Notify,
 };
 
-use crate::{datapath::ServiceMaps, transport::StreamSnapshot};
+use crate::{datapath::ServiceMaps, services::Services};
 
-pub const SOCKET: &str = "control.sock";
+pub mod client;
+pub mod proto;
+
+use proto::{LoadStatus, PeerChange, Ports, Reply, Request, Status, TestConnect};
+
 use crate::user::CONTROL_GROUP as GROUP;
-
-/// A request, e.g. `{"cmd":"streams","recent":true}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
-    Status,
-    Streams {
-        #[serde(default)]
-        recent: bool,
-    },
-    /// New identity: new streams use new circuits.
-    Refresh,
-    /// Through Tor, ask check endpoints (in order; the daemon's own list if empty).
-    Check {
-        #[serde(default)]
-        urls: Vec<String>,
-    },
-    Stop,
-    /// Opens a Tor stream to HOST:PORT (on a fresh circuit isolation) and reports how it
-    /// went, without sending anything on it.
-    TestConnect {
-        host: String,
-        port: u16,
-    },
-    /// Adds or removes a peer of the running tunnel gateway (root only).
-    TunnelPeer(PeerChange),
-    /// Uses these bridges (or, with none, the network directly) from the next circuits on
-    /// (root only: `ttp reload`).
-    Bridges {
-        bridges: Option<crate::tor::Bridges>,
-    },
-}
-
-/// A change to the tunnel gateway's peers; keys in base64, as in the config file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerChange {
-    Add {
-        public_key: String,
-        #[serde(default)]
-        preshared_key: Option<String>,
-        allowed_ips: Vec<ipnet::IpNet>,
-        #[serde(default)]
-        endpoint: Option<std::net::SocketAddr>,
-    },
-    Remove {
-        public_key: String,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Ports {
-    pub trans: u16,
-    pub dns: u16,
-    pub socks: u16,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub state: String,
-    pub pid: u32,
-    pub uptime_secs: u64,
-    pub started_unix: u64,
-    pub ports: Ports,
-    pub bootstrap: String,
-    /// What Tor is waiting for, with what to do, when Arti believes it is blocked
-    /// (offline, filtered, a wrong clock).
-    #[serde(default)]
-    pub waiting: Option<String>,
-    /// Arti has what it needs to carry traffic.
-    #[serde(default)]
-    pub tor_ready: bool,
-    pub streams_open: usize,
-    pub streams_refused: u64,
-    /// Bytes through every stream since start (up: to Tor, down: to applications).
-    #[serde(default)]
-    pub bytes_up: u64,
-    #[serde(default)]
-    pub bytes_down: u64,
-    pub exit_address: Option<String>,
-    pub counters: std::collections::BTreeMap<String, u64>,
-    /// The tunnel gateway's peers, if it runs one.
-    #[serde(default)]
-    pub tunnel_peers: Vec<crate::tunnel::device::PeerStatus>,
-    /// Limits and what load did (absent from older daemons).
-    #[serde(default)]
-    pub load: Option<LoadStatus>,
-    /// The daemon's own memory (its root monitor's is not its to read: `ttp status` as
-    /// root adds it). Absent from older daemons.
-    #[serde(default)]
-    pub memory: Option<crate::memory::Memory>,
-    /// The bridges in use, if any: how many and their transports, never their lines.
-    #[serde(default)]
-    pub bridges: Option<crate::tor::BridgeSummary>,
-}
-
-/// The daemon's limits and what load did to it, since start.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LoadStatus {
-    pub budget: crate::load::Budget,
-    pub descriptors_open: u64,
-    /// Transient accept errors (out of descriptors, memory...), waited out.
-    pub accept_errors: u64,
-    /// Streams, SOCKS handshakes, DNS-over-TCP connections and DNS lookups through Tor
-    /// refused because their client held its whole share of the slots.
-    pub refused_share: u64,
-    pub refused_dns_tcp: u64,
-    pub refused_control: u64,
-    /// Connections closed for sending nothing in time.
-    pub idle_closed: u64,
-}
-
-/// The outcome of a `test-connect`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TestConnect {
-    pub host: String,
-    pub port: u16,
-    pub latency_ms: u64,
-    /// The circuit's relays, entry first (as Arti names them).
-    pub circuit: String,
-}
-
-/// A reply: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Reply {
-    Status { ok: bool, status: Box<Status> },
-    Streams { ok: bool, streams: Vec<StreamSnapshot> },
-    Refreshed { ok: bool, isolation_keys_reset: usize },
-    Checked { ok: bool, check: crate::check::CheckResult },
-    Connected { ok: bool, connected: TestConnect },
-    // Before `Done`: untagged variants are tried in order, and `Done` matches any `ok`.
-    Error { ok: bool, error: String },
-    Done { ok: bool },
-}
+pub use proto::SOCKET;
 
 /// What the control socket needs from the running daemon.
 pub struct Control {
-    pub services: Arc<crate::daemon::Services>,
+    pub services: Arc<Services>,
     pub maps: Arc<Mutex<ServiceMaps>>,
     pub ports: Ports,
     pub started: Instant,
@@ -178,6 +47,8 @@ pub struct Control {
     pub tor_base: crate::tor::ConfigBase,
     /// The bridges in use (none: the network directly).
     pub bridges: Mutex<Option<crate::tor::BridgeSummary>>,
+    /// The gateway interfaces, the tunnel's among them.
+    pub gateway_interfaces: Vec<String>,
 }
 
 impl Control {
@@ -260,6 +131,7 @@ impl Control {
                 // One snapshot each: the figures of one reply agree with each other.
                 let boot = s.tor.bootstrap_status();
                 let (bytes_up, bytes_down) = s.streams.totals();
+                let exit = s.exit.lock().expect("exit lock").clone();
                 Reply::Status {
                     ok: true,
                     status: Box::new(Status {
@@ -275,12 +147,15 @@ impl Control {
                         streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
                         bytes_up,
                         bytes_down,
-                        exit_address: s.exit.lock().expect("exit lock").as_ref().map(|c| c.exit_address.to_string()),
+                        exit_address: exit.as_ref().map(|c| c.exit_address.to_string()),
+                        exit_checked_unix: exit.as_ref().map(|c| c.checked_unix),
                         counters,
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                         load: Some(self.load_status()),
                         memory: crate::memory::of(std::process::id()),
                         bridges: self.bridges.lock().expect("bridges lock").clone(),
+                        dns: Some(s.dns.status()),
+                        gateway_interfaces: self.gateway_interfaces.clone(),
                     }),
                 }
             }
@@ -493,42 +368,6 @@ pub fn read_request(line: &[u8], caller: Caller) -> Result<Request, Reply> {
         Ok(req) => Ok(req),
         Err(e) => refuse(format!("bad request: {e}")),
     }
-}
-
-/// The CLI side: one request, one reply.
-pub fn request(runtime_dir: &Path, req: &Request) -> Result<Reply> {
-    // A check goes through Tor and may try several endpoints.
-    request_within(runtime_dir, req, std::time::Duration::from_secs(120))
-}
-
-/// [`request`], giving up after `timeout` without a reply.
-pub fn request_within(runtime_dir: &Path, req: &Request, timeout: std::time::Duration) -> Result<Reply> {
-    use std::io::{BufRead, Write};
-    let path: PathBuf = runtime_dir.join(SOCKET);
-    let mut s = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("cannot reach the daemon at {} (is ttp running? `ttp start`)", path.display()))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut reply = String::new();
-    if let Err(e) = std::io::BufReader::new(&s).read_line(&mut reply) {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-            bail!(
-                "the daemon did not answer within {}s: it may be stalled (`ttp status`, `ttp logs`; `ttp restart` \
-                 keeps the host closed while it restarts)",
-                timeout.as_secs()
-            );
-        }
-        return Err(e.into());
-    }
-    let reply: Reply =
-        serde_json::from_str(&reply).with_context(|| format!("unexpected reply from the daemon: {reply}"))?;
-    if let Reply::Error { error, .. } = &reply {
-        bail!("{error}");
-    }
-    Ok(reply)
 }
 
 pub fn unix_now() -> u64 {
