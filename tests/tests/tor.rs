@@ -526,45 +526,51 @@ fn a_non_root_user_cannot_use_the_control_socket() {
     assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "EACCES", "{}", String::from_utf8_lossy(&user.stderr));
 }
 
-/// The system group `ttp` for one test: made if missing, and then removed again.
-struct TtpGroup {
-    gid: u32,
-    made: bool,
-}
-
-impl TtpGroup {
-    fn ensure() -> TtpGroup {
+/// The gid of the system group `ttp`, made for this process's tests if missing (once:
+/// tests that use it run at the same time, and each daemon gives its socket to the group
+/// when it starts) and removed again at exit.
+fn ttp_group() -> u32 {
+    static GID: OnceLock<u32> = OnceLock::new();
+    *GID.get_or_init(|| {
         let find = || nix::unistd::Group::from_name("ttp").unwrap().map(|g| g.gid.as_raw());
         if let Some(gid) = find() {
-            return TtpGroup { gid, made: false };
+            return gid;
         }
         let out = std::process::Command::new("groupadd").args(["--system", "ttp"]).output().unwrap();
         assert!(out.status.success(), "groupadd: {}", String::from_utf8_lossy(&out.stderr));
-        TtpGroup { gid: find().expect("the group ttp after groupadd"), made: true }
-    }
+        // SAFETY: registers a plain extern "C" function.
+        unsafe { libc::atexit(remove_ttp_group) };
+        find().expect("the group ttp after groupadd")
+    })
 }
 
-impl Drop for TtpGroup {
-    fn drop(&mut self) {
-        if self.made {
-            let _ = std::process::Command::new("groupdel").arg("ttp").status();
-        }
+extern "C" fn remove_ttp_group() {
+    let _ = std::process::Command::new("groupdel").arg("ttp").status();
+}
+
+/// `ttp run` on the private network, its state and runtime directory in temporary
+/// directories of their own (`rt`, not under the state as [`start`]'s: members of the `ttp`
+/// group reach it). With `log_file`, the daemon logs where `ttp start` has it log (the
+/// runtime directory's `ttp.log`), not to the test's stderr. Returns the daemon, the state
+/// and the runtime directory.
+fn run_at(w: &World, name: &str, log_file: bool) -> (ttp_tests::Daemon, ttp_tests::TempDir, ttp_tests::TempDir) {
+    let state = ttp_tests::TempDir::new(&format!("{name}-state"));
+    let rt = ttp_tests::TempDir::new(&format!("{name}-rt"));
+    let mut c = w.ttp_cmd_at("run", &state.0, &rt.0);
+    c.arg("--arti-config").arg(net().arti_toml()).args(["--check-url", ttp_tests::testnet::CHECK_URL]);
+    if log_file {
+        c.arg("--log-file").arg(rt.0.join("ttp.log"));
     }
+    (w.start_daemon(c).expect("ttp run"), state, rt)
 }
 
 /// Members of the `ttp` group read (status), by primary or supplementary membership; what
 /// changes state (stop, refresh, a check against a URL of their choice) is root's alone.
 #[test]
 fn the_ttp_group_reads_and_only_root_stops_or_refreshes() {
-    let group = TtpGroup::ensure();
-    let net = net();
-    let w = World::with_testnet(net).unwrap();
-    let name = w.pin_dir.file_name().unwrap().to_string_lossy().to_string();
-    let state = std::env::temp_dir().join(format!("ttpt-group-{name}"));
-    let rt = ttp_tests::TempDir::new("group-rt");
-    let mut c = w.ttp_cmd_at("run", &state, &rt.0);
-    c.arg("--arti-config").arg(net.arti_toml()).args(["--check-url", ttp_tests::testnet::CHECK_URL]);
-    let mut daemon = w.start_daemon(c).expect("ttp run");
+    let gid = ttp_group();
+    let w = World::with_testnet(net()).unwrap();
+    let (mut daemon, _state, rt) = run_at(&w, "group", false);
     let sock = rt.0.join("control.sock");
     let ask = |uid: u32, gid: u32, groups: &str, request: &str| {
         let probe = format!(
@@ -576,10 +582,10 @@ fn the_ttp_group_reads_and_only_root_stops_or_refreshes() {
         let out = c.args(["--", "/usr/bin/python3", "-c", &probe]).output().unwrap();
         format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
     };
-    let g = group.gid.to_string();
+    let g = gid.to_string();
     // A supplementary member, and a primary one, read.
     assert!(ask(1001, 1001, &g, r#"{"cmd":"status"}"#).contains("\"state\":\"running\""), "supplementary member");
-    assert!(ask(1002, group.gid, "1002", r#"{"cmd":"status"}"#).contains("\"state\":\"running\""), "primary member");
+    assert!(ask(1002, gid, "1002", r#"{"cmd":"status"}"#).contains("\"state\":\"running\""), "primary member");
     // Neither may change anything.
     for request in [r#"{"cmd":"stop"}"#, r#"{"cmd":"refresh"}"#, r#"{"cmd":"check","urls":["http://203.0.113.10/"]}"#] {
         let reply = ask(1001, 1001, &g, request);
@@ -603,7 +609,6 @@ fn the_ttp_group_reads_and_only_root_stops_or_refreshes() {
     assert!(out.status.success(), "ttp stop: {}", String::from_utf8_lossy(&out.stderr));
     assert!(daemon.proc.child.wait().unwrap().success());
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// What a compromised daemon (code running as the service user) holds: its descriptors.
@@ -793,3 +798,6 @@ mod network;
 // The Debian package on a booted Debian with systemd (issue 18).
 #[path = "tor/system.rs"]
 mod system;
+// The live dashboard in a real terminal (issue 22).
+#[path = "tor/top.rs"]
+mod top;

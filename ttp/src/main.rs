@@ -19,21 +19,13 @@ macro_rules! say {
 
 mod cli;
 
+use cli::Paths;
+
 #[derive(Parser)]
 #[command(name = "ttp", version, about = "Transparent Tor proxy for Linux: the whole host through Tor, failing closed")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(clap::Args, Clone)]
-struct Paths {
-    /// Per-instance directory in bpffs where links and maps are pinned.
-    #[arg(long, default_value = "/sys/fs/bpf/ttp", value_name = "DIR")]
-    pin_dir: PathBuf,
-    /// The daemon's runtime directory (control socket).
-    #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
-    runtime_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +154,8 @@ enum Cmd {
         #[command(flatten)]
         paths: Paths,
     },
+    /// A live dashboard: Tor, traffic, streams, DNS, the kill-switch, peers, the log.
+    Top(cli::top::Args),
     /// Through Tor: is-Tor verdict, exit address and latency from a check endpoint.
     Check {
         #[command(flatten)]
@@ -426,6 +420,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Streams { paths, recent, json } => cli::streams::run(&paths.runtime_dir, recent, json),
         Cmd::Refresh { paths } => cli::refresh::run(&paths.runtime_dir),
         Cmd::Status { paths, json } => cli::status::run(&paths.runtime_dir, &paths.pin_dir, json),
+        Cmd::Top(args) => cli::top::run(args),
     }
 }
 

@@ -48,6 +48,11 @@ const PACKAGES: &[&str] = &[
     "lintian",
     "debootstrap",
     "systemd-container",
+    // `ttp top` in a real terminal, and its captures rendered for the README
+    // (tests/tools/ansi_to_png.py)
+    "tmux",
+    "python3-pil",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -2,6 +2,8 @@
 //! One module per command (or family of commands), with its run; `main.rs` only
 //! parses and dispatches.
 
+use std::path::PathBuf;
+
 pub mod check;
 pub mod check_leak;
 pub mod exec;
@@ -13,6 +15,19 @@ pub mod reload;
 pub mod start;
 pub mod status;
 pub mod streams;
+pub mod top;
 pub mod tunnel;
 pub mod unit_stop;
 pub mod watchdog;
+
+/// Where an instance lives: the options every command that talks to one takes, with
+/// their defaults in one place.
+#[derive(clap::Args, Clone)]
+pub struct Paths {
+    /// Per-instance directory in bpffs where links and maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/ttp", value_name = "DIR")]
+    pub pin_dir: PathBuf,
+    /// The daemon's runtime directory (control socket).
+    #[arg(long, default_value = "/run/ttp", value_name = "DIR")]
+    pub runtime_dir: PathBuf,
+}
