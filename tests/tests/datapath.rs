@@ -153,6 +153,15 @@ fn leaky_protocols_never_reach_the_uplink() {
     assert!(c["udp_refused"] >= 2 && c["dot_refused"] >= 1 && c["doh_refused"] >= 1, "{c:?}");
     assert!(c["skb_dropped_icmp"] >= 1 && c["skb_dropped_other"] >= 1, "{c:?}");
     assert!(c["tc_dropped"] >= 1, "{c:?}");
+    // Who tried is on record, for `ttp status` and `ttp top`: the refused UDP under the
+    // governed uid and cgroup, the dropped ICMP under its socket's owner (root) and cgroup.
+    let who = ttp::datapath::ServiceMaps::open_pinned(&w.pin_dir.join("maps")).unwrap().refusals(64);
+    let governed = ttp::cgroup::cgroup_id(&w.governed.path).unwrap();
+    let by = |counter: &str, uid: u32| {
+        who.iter().find(|r| r.0.name() == counter && r.1 == uid && r.2 == governed).map_or(0, |r| r.3)
+    };
+    assert!(by("udp_refused", GOVERNED) >= 2, "{who:?}");
+    assert!(by("skb_dropped_icmp", 0) >= 1, "{who:?}");
     // The programs' aya-log records reach the daemon's tracing output.
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.log().contains("refused a governed connect/send"), "no eBPF log line in:\n{}", d.log());

@@ -37,6 +37,10 @@ pub mod maps {
     /// `HashMap<[u32; 4], u8>`: this host's own IPv6 addresses (four network-order words),
     /// for the same purpose.
     pub const LOCAL_V6: &str = "LOCAL_V6";
+    /// `LruHashMap<Refused, u64>`: what the kill-switch stopped, by whom (uid and cgroup)
+    /// and why (the counter): so a user sees which application tried to leak. Written by
+    /// the programs, read by the daemon through a read-only descriptor.
+    pub const REFUSALS: &str = "REFUSALS";
 }
 
 /// Names of the programs in the eBPF object, one per hook.
@@ -135,6 +139,17 @@ pub struct Origin {
     pub cgroup: u64,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Key of `REFUSALS`: who had what refused. `cgroup` is the cgroup v2 id of the task (for
+/// refusals at a socket call) or of the socket (for dropped packets); `uid` the task's or
+/// the socket's owner; `counter` the [`Counter`] that counted it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Refused {
+    pub cgroup: u64,
+    pub uid: u32,
+    pub counter: u32,
 }
 
 /// A socket address as the kernel's `bpf_sock_addr` holds it: IPv4 in `addr[0]`, IPv6 in all
@@ -268,6 +283,11 @@ pub enum Counter {
 impl Counter {
     pub const COUNT: u32 = Counter::LanDiscoveryRefused as u32 + 1;
 
+    /// The counter with this index (its value in a map), if there is one.
+    pub fn from_index(i: u32) -> Option<Counter> {
+        Counter::ALL.get(i as usize).copied()
+    }
+
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::TcpRedirected,
         Counter::DnsTcpRedirected,
@@ -345,4 +365,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::Refused {}
 }

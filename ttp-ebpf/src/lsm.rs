@@ -15,7 +15,7 @@ use aya_ebpf::{macros::lsm_cgroup, programs::LsmContext};
 use ttp_common::Counter;
 use ttp_ebpf::socket_allowed;
 
-use crate::maps::{config, count, exempt_current};
+use crate::maps::{config, count_refused_by_current, exempt_current};
 
 /// lsm_cgroup verdicts: 1 allows, 0 refuses (the caller sees EPERM).
 const ALLOW: i32 = 1;
@@ -36,7 +36,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if socket_allowed(&cfg, family, kern != 0, exempt) {
         ALLOW
     } else {
-        count(Counter::FrameSocketRefused);
+        count_refused_by_current(Counter::FrameSocketRefused);
         REFUSE
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use ttp_common::{flags, Config, Counter, Exempt, IpKey, Origin, SockAddr, MAX_CGROUP_DEPTH};
+use ttp_common::{flags, Config, Counter, Exempt, IpKey, Origin, Refused, SockAddr, MAX_CGROUP_DEPTH};
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -34,6 +34,9 @@ pub static GATEWAYS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 pub static LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static LOCAL_V6: HashMap<[u32; 4], u8> = HashMap::with_max_entries(1024, 0);
+/// Least recently refused first out: a program that keeps trying stays in.
+#[map]
+pub static REFUSALS: LruHashMap<Refused, u64> = LruHashMap::with_max_entries(1024, 0);
 
 /// The configuration; a zeroed one (no READY flag) makes every program fail closed.
 #[inline(always)]
@@ -46,6 +49,32 @@ pub fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe { *p += 1 };
+    }
+}
+
+/// Counts a refusal of `c` for the task making the call (connect, sendmsg, socket,
+/// setsockopt): who tried, as well as how often.
+#[inline(always)]
+pub fn count_refused_by_current(c: Counter) {
+    count(c);
+    let uid = aya_ebpf::helpers::bpf_get_current_uid_gid() as u32;
+    // SAFETY: plain helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    note_refusal(Refused { cgroup, uid, counter: c as u32 });
+}
+
+/// Adds one to `key`'s entry in REFUSALS, making it if new. The entry is shared by every
+/// CPU and the add is a plain one (the BPF target has no atomic read-modify-write in
+/// stable Rust): two CPUs refusing the same key at the same instant may count once. That
+/// is good enough to name who tried; COUNTERS (per CPU) has the exact figures.
+#[inline(always)]
+pub fn note_refusal(key: Refused) {
+    match REFUSALS.get_ptr_mut(&key) {
+        // SAFETY: a valid, aligned u64 in the map's value, alive while this program runs.
+        Some(p) => unsafe { *p += 1 },
+        None => {
+            let _ = REFUSALS.insert(&key, &1, 0);
+        }
     }
 }
 

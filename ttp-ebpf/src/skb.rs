@@ -5,11 +5,11 @@
 //! unless its socket is exempt or it is bound for the LAN with LAN bypass on.
 
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use ttp_common::Counter;
+use ttp_common::{Counter, Refused};
 use ttp_ebpf::{egress_allowed, skb_drop_counter};
 
 use crate::{
-    maps::{config, count},
+    maps::{config, count, note_refusal},
     packet::{exempt_of, Ip},
 };
 
@@ -27,7 +27,17 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb)) {
         1
     } else {
-        count(skb_drop_counter(ip.transport(&ctx.skb).map_or(0, |(proto, _)| proto)));
+        let c = skb_drop_counter(ip.transport(&ctx.skb).map_or(0, |(proto, _)| proto));
+        count(c);
+        // Whose packet: the socket's owner and cgroup (the sender is not the current task
+        // here). SAFETY: helpers of cgroup_skb programs, given this program's skb.
+        let (uid, cgroup) = unsafe {
+            (
+                aya_ebpf::helpers::generated::bpf_get_socket_uid(ctx.skb.skb),
+                aya_ebpf::helpers::generated::bpf_skb_cgroup_id(ctx.skb.skb),
+            )
+        };
+        note_refusal(Refused { cgroup, uid, counter: c as u32 });
         0
     }
 }

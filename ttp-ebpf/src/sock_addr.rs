@@ -17,7 +17,7 @@ use aya_ebpf::{
 use ttp_common::{IpKey, Origin, SockAddr, AF_INET};
 use ttp_ebpf::{decide, Action, Dest, Proto};
 
-use crate::maps::{config, count, exempt_current, exempt_tag, DOH_ADDRS, ORIG_DST};
+use crate::maps::{config, count, count_refused_by_current, exempt_current, exempt_tag, DOH_ADDRS, ORIG_DST};
 
 const LOOPBACK4: u32 = 0x7f00_0001;
 const IPPROTO_TCP: u32 = 6;
@@ -113,7 +113,7 @@ fn redirect<const V6: bool>(ctx: &SockAddrContext) -> i32 {
             1
         }
         Action::Refuse(c) => {
-            count(c);
+            count_refused_by_current(c);
             aya_log_ebpf::info!(ctx, "refused a governed connect/send to port {} (counter {})", dest.port, c as u32);
             0
         }

@@ -10,7 +10,7 @@ use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use ttp_common::Counter;
 use ttp_ebpf::sockopt_allowed;
 
-use crate::maps::{config, count, exempt_current};
+use crate::maps::{config, count_refused_by_current, exempt_current};
 
 /// cgroup sockopt verdicts: 1 lets the kernel handle the option, 0 refuses it (EPERM).
 const PROCEED: i32 = 1;
@@ -28,7 +28,7 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
     if sockopt_allowed(&cfg, level, optname, exempt_current(&cfg)) {
         PROCEED
     } else {
-        count(Counter::FrameSocketRefused);
+        count_refused_by_current(Counter::FrameSocketRefused);
         REFUSE
     }
 }

@@ -30,6 +30,30 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(meta.ino())
 }
 
+/// The path of the cgroup whose id is `id`, relative to the cgroup2 root (`/` for the
+/// root): a walk of the hierarchy, breadth first, that gives up after `max_dirs`
+/// directories (the kernel has no lookup by id that is not root's alone).
+pub fn path_of_id(id: u64, max_dirs: usize) -> Option<PathBuf> {
+    let root = cgroup2_root().ok()?;
+    let mut queue = std::collections::VecDeque::from([root.clone()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        if fs::metadata(&dir).ok()?.ino() == id {
+            return Some(Path::new("/").join(dir.strip_prefix(&root).ok()?));
+        }
+        seen += 1;
+        if seen >= max_dirs {
+            return None;
+        }
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(e.path());
+            }
+        }
+    }
+    None
+}
+
 /// The cgroup2 path of a process, from /proc/PID/cgroup (procfs; the `0::/path` line).
 pub fn cgroup_of(pid: u32) -> Result<PathBuf> {
     let groups = i32::try_from(pid)
@@ -70,6 +94,16 @@ pub fn create(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_is_found_by_its_id() {
+        let own = cgroup_of(std::process::id()).unwrap();
+        let rel = Path::new("/").join(own.strip_prefix(cgroup2_root().unwrap()).unwrap());
+        assert_eq!(path_of_id(cgroup_id(&own).unwrap(), 100_000), Some(rel));
+        assert_eq!(path_of_id(u64::MAX, 100_000), None);
+    }
+
     /// This process's cgroup2 path, as procfs reads it, is the `0::` line of its file.
     #[test]
     fn cgroup_of_reads_the_cgroup2_line() {

@@ -136,7 +136,8 @@ fn ttp_top_shows_streams_refusals_and_circuits_live_and_only_root_acts() {
     assert!(!tmux.screen("root", false).contains("udp_refused"), "udp_refused before any UDP was sent");
     let probe = "import socket\ntry:\n  socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('203.0.113.10', 443))\nexcept OSError as e:\n  print(e)";
     w.run_in(&w.governed, GOVERNED, GOVERNED, &["/usr/bin/python3", "-c", probe]);
-    tmux.wait("root", "the refused UDP in the kill-switch pane", |s| s.contains("udp_refused"));
+    // ...under it, who tried: the governed uid (no name on this host) and its cgroup.
+    tmux.wait("root", "the refused UDP and who tried it", |s| s.contains("udp_refused") && s.contains("by uid 1001 /"));
     // Refusals are drawn in red (tmux writes it as colour 1 of 256, or as SGR 31).
     let coloured = tmux.screen("root", true);
     let line = coloured.lines().find(|l| l.contains("udp_refused")).unwrap();

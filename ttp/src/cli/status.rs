@@ -64,6 +64,14 @@ pub fn run(runtime_dir: &Path, pin_dir: &Path, json: bool) -> Result<()> {
             for (name, n) in status.counters.iter().filter(|(_, n)| **n > 0) {
                 say!("  {name:<24} {n}");
             }
+            if !status.refusals.is_empty() {
+                say!("refused, by whom:");
+            }
+            for r in status.refusals.iter().take(10) {
+                let cgroup = ttp::cgroup::path_of_id(r.cgroup, 20_000)
+                    .map_or_else(|| format!("cgroup {}", r.cgroup), |p| p.display().to_string());
+                say!("  {:<24} {:>6}  uid {} in {cgroup}", r.counter, r.count, r.uid);
+            }
             for p in &status.tunnel_peers {
                 print_peer(p);
             }

@@ -23,7 +23,7 @@ use crate::{datapath::ServiceMaps, services::Services};
 pub mod client;
 pub mod proto;
 
-use proto::{LoadStatus, PeerChange, Ports, Reply, Request, Status, TestConnect};
+use proto::{LoadStatus, PeerChange, Ports, Refusal, Reply, Request, Status, TestConnect};
 
 use crate::user::CONTROL_GROUP as GROUP;
 pub use proto::SOCKET;
@@ -120,13 +120,19 @@ impl Control {
                 }
             }
             Request::Status => {
-                let counters = self
-                    .maps
-                    .lock()
-                    .expect("maps lock")
-                    .counters()
-                    .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
-                    .unwrap_or_default();
+                let (counters, refusals) = {
+                    let maps = self.maps.lock().expect("maps lock");
+                    let counters = maps
+                        .counters()
+                        .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
+                        .unwrap_or_default();
+                    let refusals = maps
+                        .refusals(MAX_REFUSALS)
+                        .into_iter()
+                        .map(|(c, uid, cgroup, count)| Refusal { counter: c.name().into(), uid, cgroup, count })
+                        .collect();
+                    (counters, refusals)
+                };
                 let s = &self.services;
                 // One snapshot each: the figures of one reply agree with each other.
                 let boot = s.tor.bootstrap_status();
@@ -150,6 +156,7 @@ impl Control {
                         exit_address: exit.as_ref().map(|c| c.exit_address.to_string()),
                         exit_checked_unix: exit.as_ref().map(|c| c.checked_unix),
                         counters,
+                        refusals,
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                         load: Some(self.load_status()),
                         memory: crate::memory::of(std::process::id()),
@@ -228,6 +235,9 @@ pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
+
+/// Who-refused entries a status carries, the most frequent first.
+const MAX_REFUSALS: usize = 32;
 
 /// The longest request line; a longer one ends the connection.
 pub const MAX_REQUEST: usize = 64 * 1024;

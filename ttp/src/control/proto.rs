@@ -113,12 +113,29 @@ pub struct Status {
     /// The bridges in use, if any: how many and their transports, never their lines.
     #[serde(default)]
     pub bridges: Option<BridgeSummary>,
+    /// What the kill-switch refused, by whom, the most frequent first (at most 32; absent
+    /// from older daemons).
+    #[serde(default)]
+    pub refusals: Vec<Refusal>,
     /// The DNSPort's figures (absent from older daemons).
     #[serde(default)]
     pub dns: Option<DnsStatus>,
     /// The LAN interfaces (and the tunnel's) whose machines go through Tor here.
     #[serde(default)]
     pub gateway_interfaces: Vec<String>,
+}
+
+/// Something the kill-switch stopped, and who tried it: `count` times since start, by
+/// `uid`, from the cgroup whose id is `cgroup` (for a dropped packet: its socket's owner
+/// and cgroup). Counted in the kernel with a plain add, so near-simultaneous refusals on
+/// two CPUs may count once; `counters` are exact.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The counter's name, as in `counters`.
+    pub counter: String,
+    pub uid: u32,
+    pub cgroup: u64,
+    pub count: u64,
 }
 
 /// The DNSPort's figures since start.

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use ttp_common::{flags, maps as names, Config, Counter, IpKey, Origin, SockAddr, AF_INET};
+use ttp_common::{flags, maps as names, Config, Counter, IpKey, Origin, Refused, SockAddr, AF_INET};
 
 use super::Policy;
 
@@ -48,7 +48,7 @@ pub struct Maps {
 
 /// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
 /// that `bpftool` can inspect a crashed instance, though userspace never touches them.
-pub const PINNED: [&str; 13] = [
+pub const PINNED: [&str; 14] = [
     names::CONFIG,
     names::COUNTERS,
     names::BYPASS_UID,
@@ -62,6 +62,7 @@ pub const PINNED: [&str; 13] = [
     names::LOCAL_V6,
     names::ORIG_DST,
     names::EXEMPT_SOCK,
+    names::REFUSALS,
 ];
 
 impl Maps {
@@ -208,6 +209,8 @@ fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u6
 pub struct ServiceMaps {
     counters: PerCpuArray<MapData, u64>,
     conn_dst: HashMap<MapData, SockAddr, Origin>,
+    /// Read-only; absent when the pins are an older ttp's (taken over without it).
+    refusals: Option<HashMap<MapData, Refused, u64>>,
 }
 
 impl ServiceMaps {
@@ -216,7 +219,23 @@ impl ServiceMaps {
         Ok(ServiceMaps {
             counters: typed(open(names::COUNTERS, Access::ReadOnly)?, names::COUNTERS)?,
             conn_dst: typed(open(names::CONN_DST, Access::ReadWrite)?, names::CONN_DST)?,
+            refusals: open(names::REFUSALS, Access::ReadOnly).and_then(|m| typed(m, names::REFUSALS)).ok(),
         })
+    }
+
+    /// What the kill-switch refused, by whom: (counter, uid, cgroup id, count), the most
+    /// frequent first, at most `max`. A key whose counter this version does not know is
+    /// left out.
+    pub fn refusals(&self, max: usize) -> Vec<(Counter, u32, u64, u64)> {
+        let Some(map) = &self.refusals else { return Vec::new() };
+        let mut v: Vec<_> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, n)| Some((Counter::from_index(k.counter)?, k.uid, k.cgroup, n)))
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.3));
+        v.truncate(max);
+        v
     }
 
     /// Every counter, summed over CPUs.

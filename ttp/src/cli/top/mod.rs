@@ -15,6 +15,7 @@ mod model;
 mod view;
 
 use std::{
+    collections::HashMap,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     sync::mpsc,
@@ -29,7 +30,7 @@ use ttp::{
 };
 
 use self::{
-    model::{Daemon, Fetched, Model, Pinned, LOG_LINES},
+    model::{Daemon, Fetched, Model, Pinned, Who, LOG_LINES},
     view::{Focus, Ui},
 };
 use super::Paths;
@@ -94,8 +95,9 @@ enum Outcome {
 fn poll(runtime_dir: &Path, pin_dir: &Path, every: Duration, tx: mpsc::SyncSender<Fetched>) {
     let mut client = Client::new(runtime_dir).with_timeout(POLL_TIMEOUT);
     let log = log_path(runtime_dir);
+    let mut names = Names::default();
     loop {
-        let f = fetch(&mut client, runtime_dir, pin_dir, &log);
+        let f = fetch(&mut client, runtime_dir, pin_dir, &log, &mut names);
         if let Err(mpsc::TrySendError::Disconnected(_)) = tx.try_send(f) {
             return;
         }
@@ -103,17 +105,56 @@ fn poll(runtime_dir: &Path, pin_dir: &Path, every: Duration, tx: mpsc::SyncSende
     }
 }
 
-fn fetch(client: &mut Client, runtime_dir: &Path, pin_dir: &Path, log: &Path) -> Fetched {
+fn fetch(client: &mut Client, runtime_dir: &Path, pin_dir: &Path, log: &Path, names: &mut Names) -> Fetched {
     let at = Instant::now();
     let daemon = (|| -> Result<Daemon> {
         let status = client.status()?;
         let streams = client.streams(false)?;
         let cpu_secs = cpu_secs(status.pid);
-        Ok(Daemon { status, streams, cpu_secs })
+        let refusals = status
+            .refusals
+            .iter()
+            .map(|r| Who { counter: r.counter.clone(), who: names.who(r.uid, r.cgroup), count: r.count })
+            .collect();
+        Ok(Daemon { status, streams, cpu_secs, refusals })
     })()
     .map_err(|e| format!("{e:#}"));
     let pinned = daemon.is_err().then(|| pinned(runtime_dir, pin_dir)).flatten();
     Fetched { at, daemon, log: log_tail(log), pinned }
+}
+
+/// Names for uids and cgroup ids, looked up once each (a cgroup by a walk of the
+/// hierarchy: once per cgroup, not per poll).
+#[derive(Default)]
+struct Names {
+    users: HashMap<u32, Option<String>>,
+    cgroups: HashMap<u64, Option<String>>,
+}
+
+impl Names {
+    /// `alice (1000) /user.slice/app.scope`; numbers for what has no name. A cgroup id of
+    /// 0 (a packet without a socket) is left out.
+    fn who(&mut self, uid: u32, cgroup: u64) -> String {
+        let user = self
+            .users
+            .entry(uid)
+            .or_insert_with(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
+            .clone();
+        let mut s = match user {
+            Some(name) => format!("{name} ({uid})"),
+            None => format!("uid {uid}"),
+        };
+        if cgroup != 0 {
+            let path = self
+                .cgroups
+                .entry(cgroup)
+                .or_insert_with(|| ttp::cgroup::path_of_id(cgroup, 20_000).map(|p| p.display().to_string()))
+                .clone();
+            s.push(' ');
+            s.push_str(&path.unwrap_or_else(|| format!("cgroup {cgroup}")));
+        }
+        s
+    }
 }
 
 /// The daemon's CPU time so far (user and system), from /proc.

@@ -31,6 +31,18 @@ pub struct Daemon {
     pub streams: Vec<StreamSnapshot>,
     /// The daemon's CPU time so far, in seconds (from /proc, when readable).
     pub cpu_secs: Option<f64>,
+    /// Who had what refused (the status's refusals, with names for uids and cgroups).
+    pub refusals: Vec<Who>,
+}
+
+/// Who had something refused, as the kill-switch pane names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// The counter's name.
+    pub counter: String,
+    /// `alice (1000) /user.slice/.../app.scope`, or numbers where names are unknown.
+    pub who: String,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +134,7 @@ pub struct Model {
     pub down: VecDeque<u64>,
     pub opened_per_sec: f64,
     pub counters: Vec<CounterRow>,
+    pub refusals: Vec<Who>,
     pub dns_per_sec: f64,
     /// Cache hits among the queries since the previous poll (none: no query).
     pub dns_hit_rate: Option<f64>,
@@ -213,6 +226,7 @@ impl Model {
             _ => 0.0,
         };
         self.streams = streams;
+        self.refusals = d.refusals;
 
         self.counters = s
             .counters
@@ -348,6 +362,7 @@ pub mod tests {
             exit_address: Some("10.0.0.9".into()),
             exit_checked_unix: None,
             counters: counters.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            refusals: Vec::new(),
             tunnel_peers: Vec::new(),
             load: None,
             memory: None,
@@ -372,7 +387,12 @@ pub mod tests {
     }
 
     fn poll(at: Instant, status: Status, streams: Vec<StreamSnapshot>) -> Fetched {
-        Fetched { at, daemon: Ok(Daemon { status, streams, cpu_secs: Some(1.0) }), log: Ok(vec![]), pinned: None }
+        Fetched {
+            at,
+            daemon: Ok(Daemon { status, streams, cpu_secs: Some(1.0), refusals: Vec::new() }),
+            log: Ok(vec![]),
+            pinned: None,
+        }
     }
 
     #[test]

@@ -214,22 +214,25 @@ fn killswitch(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let mut rows: Vec<_> = m.counters.iter().filter(|c| c.total > 0).collect();
     rows.sort_by(|a, b| (b.refusal, b.per_sec > 0.0).cmp(&(a.refusal, a.per_sec > 0.0)).then(b.total.cmp(&a.total)));
     let width = area.width.saturating_sub(2) as usize;
-    let lines: Vec<Line> = rows
-        .iter()
-        .skip(ui.counter_scroll)
-        .map(|c| {
-            let figures =
-                if c.per_sec > 0.0 { format!("{} +{:.0}/s", c.total, c.per_sec) } else { c.total.to_string() };
-            let name_width = width.saturating_sub(figures.len() + 1);
-            let text = format!("{:<name_width$.name_width$} {figures}", c.name);
-            let style = match (c.refusal, c.per_sec > 0.0) {
-                (true, true) => REFUSAL.add_modifier(Modifier::REVERSED),
-                (true, false) => Style::new().fg(Color::Red),
-                _ => Style::new(),
-            };
-            Line::from(Span::styled(text, style))
-        })
-        .collect();
+    let row = |name: &str, figures: String, style: Style| {
+        let name_width = width.saturating_sub(figures.len() + 1);
+        Line::from(Span::styled(format!("{name:<name_width$.name_width$} {figures}"), style))
+    };
+    let mut lines = Vec::new();
+    for c in &rows {
+        let figures = if c.per_sec > 0.0 { format!("{} +{:.0}/s", c.total, c.per_sec) } else { c.total.to_string() };
+        let style = match (c.refusal, c.per_sec > 0.0) {
+            (true, true) => REFUSAL.add_modifier(Modifier::REVERSED),
+            (true, false) => Style::new().fg(Color::Red),
+            _ => Style::new(),
+        };
+        lines.push(row(&c.name, figures, style));
+        // Who tried: the two who tried most, under what they tried.
+        for w in m.refusals.iter().filter(|w| w.counter == c.name).take(2) {
+            lines.push(row(&format!(" by {}", w.who), w.count.to_string(), Style::new().fg(Color::Red)));
+        }
+    }
+    let lines: Vec<Line> = lines.into_iter().skip(ui.counter_scroll).collect();
     let lines = if lines.is_empty() { vec![Line::from("nothing counted yet")] } else { lines };
     f.render_widget(Paragraph::new(lines).block(block("Kill-switch", ui.focus == Focus::KillSwitch)), area);
 }
@@ -446,6 +449,11 @@ mod tests {
                     status: status(0, 1000 * i as u64, &[("udp_refused", 3 * i as u64), ("tcp_redirected", 5)], (0, 0)),
                     streams: vec![stream(0, "example.org:443", 1000 * i as u64)],
                     cpu_secs: Some(0.5),
+                    refusals: vec![super::super::model::Who {
+                        counter: "udp_refused".into(),
+                        who: "alice (1000) /user.slice/app.scope".into(),
+                        count: 3,
+                    }],
                 }),
                 log: Ok(vec!["2026-12-07T06:00:00Z  WARN ttp: something to see".into()]),
                 pinned: None,
@@ -460,6 +468,7 @@ mod tests {
             "DNS",
             "Kill-switch",
             "udp_refused",
+            "alice (1000)",
             "Streams",
             "example.org:443",
             "AAAA0001 > BBBB0002 > CCCC0003",
