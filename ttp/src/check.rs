@@ -2,21 +2,21 @@
 //! address it sees.
 //!
 //! Endpoints answer like the Tor Project's check API (`{"IsTor":true,"IP":"…"}`) or with a
-//! bare address. The request is one HTTP/1.0 GET with a tiny body, written by hand: an HTTP
-//! client library would be the largest dependency of ttp for two lines of protocol. TLS
-//! comes from async-native-tls, which Arti already uses.
+//! bare address. The request goes with reqwest through the daemon's own SOCKS port
+//! (`socks5h`: the name is resolved by the exit, never here), each try under a SOCKS
+//! username of its own, which the SOCKS port makes an isolation key of its own: a circuit
+//! of its own, so one stalled circuit or exit is not the endpoint's verdict.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use arti_client::StreamPrefs;
-use futures::{AsyncReadExt, AsyncWriteExt};
 use serde::Deserialize;
 
-use crate::tor::Tor;
+pub use crate::control::proto::CheckResult;
 
 /// Endpoints tried in order when none is configured.
 pub const DEFAULT_CHECK_URLS: &[&str] = &["https://check.torproject.org/api/ip"];
@@ -30,72 +30,30 @@ const ATTEMPT: Duration = Duration::from_secs(20);
 /// endpoint's verdict.
 const ATTEMPTS: usize = 2;
 
-pub use crate::control::proto::CheckResult;
-
-/// A parsed `http://` or `https://` URL.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Url {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
 /// Longest URL taken: a check endpoint needs no more.
 const MAX_URL: usize = 2048;
 
-/// Reads a check URL strictly: it goes into a request line and a Host header written by
-/// hand, and root's `check` takes it from the control socket. So: http or https only,
-/// printable ASCII without spaces (a CR or LF would add headers of the caller's choosing),
-/// no credentials, a host of letters, digits, dots and dashes (or an IPv6 literal), a
-/// port that is not 0.
-pub fn parse_url(url: &str) -> Result<Url> {
+/// Reads a check URL: root's `check` takes it from the control socket, and it names where
+/// the daemon connects. So: http or https only, no credentials (they would go to whoever
+/// runs the endpoint, and to the exit with http), a host, a port that is not 0.
+pub fn parse_url(url: &str) -> Result<reqwest::Url> {
     if url.len() > MAX_URL {
         bail!("check URL longer than {MAX_URL} bytes");
     }
-    if let Some(c) = url.chars().find(|c| !c.is_ascii_graphic()) {
-        bail!("{}: check URLs are printable ASCII without spaces (found {c:?})", url.escape_debug());
-    }
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
+    let u = reqwest::Url::parse(url).with_context(|| format!("{}: not a URL", url.escape_debug()))?;
+    if !matches!(u.scheme(), "http" | "https") {
         bail!("{url}: check URLs start with http:// or https://");
-    };
-    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-    if authority.contains('@') {
+    }
+    if !u.username().is_empty() || u.password().is_some() {
         bail!("{url}: credentials in a check URL are not supported");
     }
-    let default_port = if tls { 443 } else { 80 };
-    // `host`, `host:port`, `[v6]`, `[v6]:port`
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !authority.ends_with(']') => (h, p.parse().with_context(|| format!("{url}: bad port"))?),
-        _ => (authority, default_port),
-    };
-    if port == 0 {
-        bail!("{url}: port 0");
-    }
-    let host = match host.strip_prefix('[') {
-        Some(v6) => {
-            let v6 = v6.strip_suffix(']').with_context(|| format!("{url}: unclosed [ in the host"))?;
-            v6.parse::<std::net::Ipv6Addr>().with_context(|| format!("{url}: not an IPv6 address in [ ]"))?;
-            v6
-        }
-        None => host,
-    };
-    if host.is_empty() {
+    if u.host_str().is_none_or(str::is_empty) {
         bail!("{url}: no host");
     }
-    if !host.contains(':') && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
-        bail!("{url}: the host may hold letters, digits, dots and dashes only");
+    if u.port() == Some(0) {
+        bail!("{url}: port 0");
     }
-    let path = match path {
-        "" => "/".to_string(),
-        p if p.starts_with('/') => p.to_string(),
-        p => format!("/{p}"),
-    };
-    Ok(Url { tls, host: host.to_string(), port, path })
+    Ok(u)
 }
 
 /// `--check-url`'s value parser: the URL, if [`parse_url`] takes it.
@@ -112,65 +70,63 @@ pub fn parse_body(body: &str) -> Result<(Option<bool>, IpAddr)> {
         #[serde(rename = "IP")]
         ip: IpAddr,
     }
-    if let Ok(api) = serde_json::from_str::<Api>(body) {
-        return Ok((api.is_tor, api.ip));
+    if let Ok(a) = serde_json::from_str::<Api>(body) {
+        return Ok((a.is_tor, a.ip));
     }
-    let ip =
-        body.trim().parse().with_context(|| format!("neither check-API JSON nor an address: {:.80}", body.trim()))?;
+    let ip = body
+        .trim()
+        .parse()
+        .with_context(|| format!("neither check-API JSON nor an address: {:.80}", body.escape_debug()))?;
     Ok((None, ip))
 }
 
-/// One check through Tor, on a circuit of its own.
-pub async fn check(tor: &Tor, url: &str) -> Result<CheckResult> {
+/// One check through Tor, through the SOCKS port at `socks`, on a circuit of its own.
+pub async fn check(socks: SocketAddr, url: &str) -> Result<CheckResult> {
+    /// Each try's SOCKS username: a new isolation key, hence a new circuit.
+    static TRY: AtomicU64 = AtomicU64::new(0);
     let u = parse_url(url)?;
+    let user = format!("ttp-check-{}-{}", std::process::id(), TRY.fetch_add(1, Ordering::Relaxed));
+    let proxy = reqwest::Proxy::all(format!("socks5h://{user}:x@{socks}")).context("the SOCKS port as a proxy")?;
+    let client = reqwest::Client::builder()
+        .proxy(proxy)
+        .timeout(ATTEMPT)
+        .user_agent("ttp")
+        // An answer comes from where it was asked: a redirect could send the daemon
+        // anywhere the endpoint (or, with http, the exit) chose.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
     let t0 = Instant::now();
-    let mut prefs = StreamPrefs::new();
-    prefs.set_isolation(arti_client::IsolationToken::new());
-    let stream = tor
-        .connect_with_prefs((u.host.as_str(), u.port), &prefs)
-        .await
-        .with_context(|| format!("{url}: no stream through Tor"))?;
-    let request =
-        format!("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: ttp\r\nConnection: close\r\n\r\n", u.path, u.host);
-    let response = if u.tls {
-        let mut tls =
-            async_native_tls::connect(u.host.as_str(), stream).await.with_context(|| format!("{url}: TLS"))?;
-        exchange(&mut tls, &request).await?
-    } else {
-        let mut s = stream;
-        exchange(&mut s, &request).await?
-    };
+    let (is_tor, exit_address) = ask(&client, u).await?;
     let latency_ms = t0.elapsed().as_millis() as u64;
-    let (is_tor, exit_address) = parse_response(&response).with_context(|| format!("{url}: unexpected answer"))?;
     Ok(CheckResult { url: url.to_string(), is_tor, exit_address, latency_ms, checked_unix: crate::control::unix_now() })
 }
 
-/// Reads an endpoint's whole HTTP response (at most [`MAX_RESPONSE`] bytes, from whoever
-/// runs the endpoint, or the exit): a 2xx status, then the verdict from the body.
-pub fn parse_response(response: &[u8]) -> Result<(Option<bool>, IpAddr)> {
-    let text = String::from_utf8_lossy(response);
-    let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')) {
-        bail!("{:.80}", status.escape_debug());
+/// Asks one endpoint, with `client`, which address it sees and whether that is Tor's.
+/// `ttp check-leak` asks with a client of its own, as an application would.
+pub async fn ask(client: &reqwest::Client, url: reqwest::Url) -> Result<(Option<bool>, IpAddr)> {
+    let shown = url.to_string();
+    let mut response = client.get(url).send().await.with_context(|| format!("{shown}: no answer"))?;
+    if !response.status().is_success() {
+        bail!("{shown}: {}", response.status());
     }
-    parse_body(body)
-}
-
-async fn exchange<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(s: &mut S, request: &str) -> Result<Vec<u8>> {
-    s.write_all(request.as_bytes()).await?;
-    s.flush().await?;
-    let mut out = Vec::new();
-    s.take(MAX_RESPONSE as u64).read_to_end(&mut out).await?;
-    Ok(out)
+    // At most MAX_RESPONSE bytes, from whoever runs the endpoint (or the exit).
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.with_context(|| format!("{shown}: reading the answer"))? {
+        body.extend_from_slice(&chunk[..chunk.len().min(MAX_RESPONSE - body.len())]);
+        if body.len() >= MAX_RESPONSE {
+            break;
+        }
+    }
+    parse_body(&String::from_utf8_lossy(&body)).with_context(|| format!("{shown}: unexpected answer"))
 }
 
 /// Tries each URL in order; the first answer wins. The error lists every failure.
-pub async fn check_any(tor: &Tor, urls: &[String]) -> Result<CheckResult> {
+pub async fn check_any(socks: SocketAddr, urls: &[String]) -> Result<CheckResult> {
     let mut errors = Vec::new();
     for url in urls {
         for _ in 0..ATTEMPTS {
-            match tokio::time::timeout(ATTEMPT, check(tor, url)).await {
+            match tokio::time::timeout(ATTEMPT, check(socks, url)).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) => errors.push(format!("{e:#}")),
                 Err(_) => errors.push(format!("{url}: no answer within {}s", ATTEMPT.as_secs())),
@@ -186,48 +142,35 @@ mod tests {
 
     #[test]
     fn urls() {
+        let u = parse_url("https://check.torproject.org/api/ip").unwrap();
         assert_eq!(
-            parse_url("https://check.torproject.org/api/ip").unwrap(),
-            Url { tls: true, host: "check.torproject.org".into(), port: 443, path: "/api/ip".into() }
+            (u.host_str(), u.port_or_known_default(), u.path()),
+            (Some("check.torproject.org"), Some(443), "/api/ip")
         );
-        assert_eq!(
-            parse_url("http://203.0.113.10:8080").unwrap(),
-            Url { tls: false, host: "203.0.113.10".into(), port: 8080, path: "/".into() }
-        );
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("http://:80/").is_err());
-        assert!(parse_url("http://h:notaport/").is_err());
-        assert_eq!(parse_url("http://[2001:db8::1]:8080/x").unwrap().host, "2001:db8::1");
-        assert_eq!(parse_url("https://[2001:db8::1]/").unwrap().port, 443);
-        assert_eq!(parse_url("http://h.test?x=1").unwrap().path, "/?x=1");
+        let u = parse_url("http://203.0.113.10:8080").unwrap();
+        assert_eq!((u.host_str(), u.port(), u.path()), (Some("203.0.113.10"), Some(8080), "/"));
+        assert_eq!(parse_url("http://[2001:db8::1]:8080/x").unwrap().host_str(), Some("[2001:db8::1]"));
+        assert_eq!(parse_url("http://h.test?x=1").unwrap().query(), Some("x=1"));
     }
 
-    /// What would change the request written by hand, or is not a place to connect to.
+    /// Not a place to connect to, or not ours to send: refused with a clear error.
     #[test]
-    fn urls_that_could_smuggle_headers_or_credentials_are_refused() {
+    fn urls_without_a_place_or_with_credentials_are_refused() {
         for bad in [
-            "http://h.test/x\r\nX-Evil: 1",
-            "http://h.test/\nx",
-            "http://h.test/a b",
+            "ftp://x",
+            "http://:80/",
+            "http://h:notaport/",
             "http://user:pw@h.test/",
             "http://h.test@evil.test/",
-            "http://h.te\u{e9}st/",
             "http://h.test:0/",
-            "http://h_t.test/",
             "http://[2001:db8::1/",
             "http://[nonsense]/",
+            "file:///etc/passwd",
+            "not a url",
         ] {
             assert!(parse_url(bad).is_err(), "{bad:?} was taken");
         }
         assert!(parse_url(&format!("http://h.test/{}", "a".repeat(MAX_URL))).is_err());
-    }
-
-    #[test]
-    fn responses() {
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n198.51.100.7\n";
-        assert_eq!(parse_response(ok).unwrap(), (None, "198.51.100.7".parse().unwrap()));
-        assert!(parse_response(b"HTTP/1.0 503 Busy\r\n\r\n198.51.100.7").is_err());
-        assert!(parse_response(b"garbage").is_err());
     }
 
     #[test]

@@ -545,8 +545,9 @@ async fn serve(
     // Verify the exit through Tor, in the background: a check endpoint out of reach must
     // not keep the host from being protected and usable.
     let verifying = services.clone();
+    let socks_port = opts.socks_port;
     tokio::spawn(async move {
-        match crate::check::check_any(&verifying.tor, &check_urls).await {
+        match crate::check::check_any(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), socks_port), &check_urls).await {
             Ok(c) => {
                 tracing::info!(
                     "exit verified: {} (is Tor: {:?}, {} ms, {})",

@@ -65,7 +65,8 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
             lock.cgroup.display()
         );
     }
-    let counters = || Client::new(runtime_dir).with_timeout(Duration::from_secs(5)).status().ok().map(|s| s.counters);
+    let status = || Client::new(runtime_dir).with_timeout(Duration::from_secs(5)).status().ok();
+    let counters = || status().map(|s| s.counters);
     // Every class the kill-switch claims to stop (SECURITY.md), each as an application
     // would try it.
     let probes: [(&'static str, Probe); 13] = [
@@ -108,6 +109,27 @@ pub fn run(runtime_dir: &Path, verbose: bool, json: bool) -> Result<()> {
             if delta.is_empty() { "unavailable or unchanged".into() } else { delta }
         );
         results.push(Finding { name, verdict, evidence, detail });
+    }
+    // What an endpoint on the internet sees of this host: asked as an application asks
+    // (a plain request), over IPv4 and, where an endpoint has an IPv6 address, over IPv6.
+    match status() {
+        Some(s) => {
+            for (name, v6) in [("exit-v4", false), ("exit-v6", true)] {
+                let t0 = Instant::now();
+                let (ok, evidence) = exit_seen(&s.check_urls, v6, s.exit_address.as_deref());
+                let verdict = match ok {
+                    Some(true) => Verdict::Pass,
+                    Some(false) => Verdict::Fail,
+                    None => Verdict::Skip,
+                };
+                let detail = format!("took {:.0?}; the daemon's verified exit: {:?}", t0.elapsed(), s.exit_address);
+                results.push(Finding { name, verdict, evidence, detail });
+            }
+        }
+        None => {
+            let evidence = "the daemon's check endpoints are unknown (no answer on the control socket)".to_string();
+            results.push(Finding { name: "exit", verdict: Verdict::Skip, evidence, detail: String::new() });
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -154,6 +176,61 @@ fn in_governed_child(lock: &SessionLock, runtime_dir: &Path, verbose: bool, json
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Asks the first of `urls` whose host is of the family (`v6` or not; a name counts as
+/// either, the resolver chooses) which address it sees, with a plain request as any
+/// application would make: governed, it goes through Tor, and the endpoint must see Tor
+/// (its verdict, or the daemon's verified exit), never one of this host's addresses.
+fn exit_seen(urls: &[String], v6: bool, exit: Option<&str>) -> Outcome {
+    let family = |u: &reqwest::Url| match u.host_str() {
+        Some(h) if h.starts_with('[') => v6,
+        Some(h) if h.parse::<Ipv4Addr>().is_ok() => !v6,
+        Some(_) => true,
+        None => false,
+    };
+    let Some(url) = urls.iter().filter_map(|u| ttp::check::parse_url(u).ok()).find(family) else {
+        let which = if v6 { "IPv6" } else { "IPv4" };
+        return (None, format!("no check endpoint reachable over {which} is configured (--check-url)"));
+    };
+    let shown = url.to_string();
+    let answer =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
+            |rt| {
+                rt.block_on(async {
+                    // No proxy from the environment: the request must be the application's own.
+                    let client = reqwest::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(30))
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()?;
+                    ttp::check::ask(&client, url).await
+                })
+            },
+        );
+    let own = nix::ifaddrs::getifaddrs()
+        .map(|a| a.filter_map(|i| i.address).filter_map(|s| ip_of(&s)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    match answer {
+        Err(e) => (None, format!("no answer: {e:#}")),
+        Ok((Some(false), ip)) => (Some(false), format!("{shown} sees {ip}, and says it is NOT Tor")),
+        Ok((_, ip)) if own.contains(&ip) => (Some(false), format!("{shown} sees {ip}: this host's own address")),
+        Ok((Some(true), ip)) => (Some(true), format!("{shown} sees {ip}, a Tor exit")),
+        Ok((None, ip)) if exit == Some(ip.to_string().as_str()) => {
+            (Some(true), format!("{shown} sees {ip}, the verified Tor exit"))
+        }
+        Ok((None, ip)) => {
+            (None, format!("{shown} sees {ip}: not this host's address, but not the verified exit either"))
+        }
+    }
+}
+
+/// The IP address of an interface address, if it is IPv4 or IPv6.
+fn ip_of(s: &nix::sys::socket::SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
 /// Counters that changed, as `name +n, ...`.

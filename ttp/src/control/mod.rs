@@ -111,7 +111,8 @@ impl Control {
         match req {
             Request::Check { urls } => {
                 let urls = if urls.is_empty() { self.check_urls.clone() } else { urls };
-                match crate::check::check_any(&self.services.tor, &urls).await {
+                let socks = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.ports.socks));
+                match crate::check::check_any(socks, &urls).await {
                     Ok(check) => {
                         *self.services.exit.lock().expect("exit lock") = Some(check.clone());
                         Reply::Checked { ok: true, check }
@@ -155,6 +156,7 @@ impl Control {
                         bytes_down,
                         exit_address: exit.as_ref().map(|c| c.exit_address.to_string()),
                         exit_checked_unix: exit.as_ref().map(|c| c.checked_unix),
+                        check_urls: self.check_urls.clone(),
                         counters,
                         refusals,
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),

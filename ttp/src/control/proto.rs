@@ -96,6 +96,9 @@ pub struct Status {
     #[serde(default)]
     pub bytes_down: u64,
     pub exit_address: Option<String>,
+    /// The check endpoints the daemon asks, in order (absent from older daemons).
+    #[serde(default)]
+    pub check_urls: Vec<String>,
     /// When the exit was last verified (Unix seconds).
     #[serde(default)]
     pub exit_checked_unix: Option<u64>,

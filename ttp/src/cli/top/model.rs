@@ -361,6 +361,7 @@ pub mod tests {
             bytes_down: down,
             exit_address: Some("10.0.0.9".into()),
             exit_checked_unix: None,
+            check_urls: Vec::new(),
             counters: counters.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             refusals: Vec::new(),
             tunnel_peers: Vec::new(),
