@@ -18,8 +18,10 @@ use serde::Deserialize;
 
 pub use crate::control::proto::CheckResult;
 
-/// Endpoints tried in order when none is configured.
-pub const DEFAULT_CHECK_URLS: &[&str] = &["https://check.torproject.org/api/ip"];
+/// Endpoints tried in order when none is configured: the Tor Project's check API (its
+/// verdict and the address), then endpoints that only say the address they see.
+pub const DEFAULT_CHECK_URLS: &[&str] =
+    &["https://check.torproject.org/api/ip", "https://api.ipify.org", "https://icanhazip.com"];
 
 const MAX_RESPONSE: usize = 64 * 1024;
 

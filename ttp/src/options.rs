@@ -82,7 +82,8 @@ pub struct StartOptions {
     #[arg(long, default_value_t = 4096)]
     pub max_streams: usize,
     /// Check endpoint for verifying the exit through Tor (check-API JSON or a bare
-    /// address); repeatable, tried in order.
+    /// address); repeatable, tried in order (default: the Tor Project's check API, then
+    /// api.ipify.org and icanhazip.com, which report the address only).
     #[arg(long = "check-url", value_name = "URL", value_parser = crate::check::check_url)]
     pub check_urls: Vec<String>,
     /// Connect to Tor through bridges (from --bridge and --bridges-file).
