@@ -142,6 +142,8 @@ pub struct Model {
     /// Seconds since the exit was verified.
     pub exit_checked: Option<u64>,
     pub peers: Vec<PeerRow>,
+    /// Machines behind the gateway with open streams: address, streams, bytes per second.
+    pub clients: Vec<(String, usize, f64)>,
     /// The log's last lines, or why they cannot be read.
     pub log: Vec<String>,
     pub log_error: Option<String>,
@@ -225,6 +227,16 @@ impl Model {
             (None, Some(b)) if p.is_some() => rate(0, b + 1, secs),
             _ => 0.0,
         };
+        let mut clients: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for r in &streams {
+            // The label both proxy ports give a gateway client's streams.
+            if let Some(addr) = r.snap.isolation.strip_prefix("gateway client ") {
+                let c = clients.entry(addr.to_string()).or_default();
+                c.0 += 1;
+                c.1 += r.rate;
+            }
+        }
+        self.clients = clients.into_iter().map(|(a, (n, rate))| (a, n, rate)).collect();
         self.streams = streams;
         self.refusals = d.refusals;
 
@@ -421,6 +433,20 @@ pub mod tests {
         assert!(m.status.is_none() && m.streams.is_empty() && m.error.is_some());
         m.update(poll(t1 + Duration::from_secs(1), status(0, 0, &[("udp_refused", 0)], (0, 0)), vec![]));
         assert_eq!(m.counters[0].per_sec, 0.0);
+    }
+
+    #[test]
+    fn gateway_clients_are_counted_from_their_streams() {
+        let t0 = Instant::now();
+        let mut m = Model::default();
+        let client =
+            |id, addr: &str| StreamSnapshot { isolation: format!("gateway client {addr}"), ..stream(id, "x:80", 0) };
+        m.update(poll(
+            t0,
+            status(0, 0, &[], (0, 0)),
+            vec![client(0, "10.77.0.5"), client(1, "10.77.0.5"), client(2, "10.77.0.6"), stream(3, "y:80", 0)],
+        ));
+        assert_eq!(m.clients, vec![("10.77.0.5".to_string(), 2, 0.0), ("10.77.0.6".to_string(), 1, 0.0)]);
     }
 
     #[test]

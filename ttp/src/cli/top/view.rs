@@ -61,8 +61,10 @@ fn block(title: &str, focused: bool) -> Block<'_> {
 
 pub fn draw(f: &mut Frame, m: &Model, ui: &mut Ui) {
     let area = f.area();
-    let tunnel = m.status.as_ref().is_some_and(|s| !s.tunnel_peers.is_empty() || !s.gateway_interfaces.is_empty());
-    let peers_height = if tunnel { 2 + m.peers.len().clamp(1, 4) as u16 } else { 0 };
+    let gateways = m.status.as_ref().is_some_and(|s| !s.gateway_interfaces.is_empty());
+    let tunnel = gateways || !m.peers.is_empty();
+    // Borders, the interfaces and clients lines, up to four peers.
+    let peers_height = if tunnel { 2 + 2 * u16::from(gateways) + m.peers.len().min(4) as u16 } else { 0 };
     let log_height = if area.height >= 40 { 10 } else { 5 };
     let rows = Layout::default()
         .direction(Direction::Vertical)
@@ -297,6 +299,13 @@ fn peers(f: &mut Frame, area: Rect, m: &Model) {
     if let Some(s) = &m.status {
         if !s.gateway_interfaces.is_empty() {
             lines.push(Line::from(format!("gateway interfaces: {}", s.gateway_interfaces.join(", "))));
+            let clients: Vec<String> =
+                m.clients.iter().map(|(a, n, rate)| format!("{a} ({n} streams, {}/s)", bytes(*rate))).collect();
+            lines.push(Line::from(if clients.is_empty() {
+                "clients: none with an open stream".to_string()
+            } else {
+                format!("clients: {}", clients.join(", "))
+            }));
         }
     }
     for p in &m.peers {
@@ -422,6 +431,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use ratatui::{backend::TestBackend, Terminal};
+    use ttp::control::proto::StreamSnapshot;
 
     use super::{
         super::model::{
@@ -487,6 +497,31 @@ mod tests {
         assert_eq!(short_time("2026-12-07T06:48:10.383747Z  INFO ttp: hi"), "06:48:10 INFO ttp: hi");
         assert_eq!(short_time("not a stamped line"), "not a stamped line");
         assert_eq!(short_time("2026"), "2026");
+    }
+
+    #[test]
+    fn a_gateway_shows_its_interfaces_peers_and_clients() {
+        let mut st = status(0, 0, &[], (0, 0));
+        st.gateway_interfaces = vec!["lan0".into(), "ttp0".into()];
+        st.tunnel_peers = vec![ttp::control::proto::PeerStatus {
+            public_key: "hF1JmvN0yXl8SNAAdCCpLwUDCsRJvjEaMfyNxTObLU8=".into(),
+            last_handshake_secs: Some(12),
+            ..Default::default()
+        }];
+        let lan = StreamSnapshot { isolation: "gateway client 192.168.1.20".into(), ..stream(0, "example.org:443", 0) };
+        let mut m = Model::default();
+        m.update(Fetched {
+            at: Instant::now(),
+            daemon: Ok(Daemon { status: st, streams: vec![lan], cpu_secs: None, refusals: vec![] }),
+            log: Ok(vec![]),
+            pinned: None,
+        });
+        let mut t = Terminal::new(TestBackend::new(100, 30)).unwrap();
+        t.draw(|f| draw(f, &m, &mut Ui::default())).unwrap();
+        let s = screen(&t);
+        for want in ["Tunnel and gateway", "lan0, ttp0", "hF1JmvN0yX", "handshake 12s ago", "192.168.1.20 (1 streams"] {
+            assert!(s.contains(want), "{want:?} not shown:\n{s}");
+        }
     }
 
     #[test]
