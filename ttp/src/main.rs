@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 error (one line on stderr saying what to do), 2 needs root.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
@@ -19,8 +19,6 @@ macro_rules! say {
 
 mod cli;
 
-use cli::Paths;
-
 #[derive(Parser)]
 #[command(name = "ttp", version, about = "Transparent Tor proxy for Linux: the whole host through Tor, failing closed")]
 struct Cli {
@@ -28,193 +26,95 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Each command's arguments, root check and run are in its module of `cli/`.
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the daemon in the background; returns once the host is protected and
-    /// traffic flows through Tor (or fails: before the kill-switch with the host as it
-    /// was, after it with the host closed until `ttp stop`).
-    Start {
-        #[command(flatten)]
-        opts: Box<ttp::options::StartOptions>,
-    },
-    /// Run the daemon in the foreground (what `ttp start` and the systemd unit run).
-    Run {
-        #[command(flatten)]
-        opts: Box<ttp::options::StartOptions>,
-    },
-    /// Attach the kill-switch in lockdown and exit: nothing governed leaves until `ttp run`
-    /// takes it over, or `ttp stop` (at boot, before the network: ttp-lock.service).
-    Lock {
-        #[command(flatten)]
-        opts: Box<ttp::options::StartOptions>,
-    },
-    /// Zero-leak teardown: lockdown, then detach and unpin. Works after a crash too.
-    Stop {
-        #[command(flatten)]
-        paths: Paths,
-        /// As a systemd unit's ExecStop: tear down only for a stop; through a restart, or
-        /// once the daemon is already gone (killed, crashed), the host stays closed.
-        #[arg(long)]
-        systemd: bool,
-    },
-    /// Apply a changed config file to the running session: the policy (bypass users,
-    /// groups and cgroups, root, LAN, IPv6) at once; names what needs a restart.
-    Reload {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// Stop, then start again with the options of the running session.
-    Restart {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// Show the daemon's log (volatile, rotated at 1 MB) and follow it.
-    Logs {
-        #[command(flatten)]
-        paths: Paths,
-        /// How many of the last lines to show first.
-        #[arg(short = 'n', long, default_value_t = 50)]
-        lines: usize,
-        /// Print and exit instead of following.
-        #[arg(long)]
-        no_follow: bool,
-        /// The watchdog's log instead of the daemon's.
-        #[arg(long)]
-        watchdog: bool,
-    },
-    /// The integrity loop: programs attached, daemon alive, Tor bootstrapped, DNS answered;
-    /// on a fault it locks down and repairs.
-    Watchdog {
-        #[command(subcommand)]
-        cmd: WatchdogCmd,
-    },
-    /// The encrypted tunnel for remote peers: keys, and bringing a side up.
-    Tunnel {
-        #[command(subcommand)]
-        cmd: cli::tunnel::TunnelCmd,
-    },
-    /// Run one command through Tor (`--tor`) or around it (`--direct`).
-    Exec {
-        #[command(flatten)]
-        paths: Paths,
-        /// Through Tor, even when ttp governs only part of the host.
-        #[arg(long, conflicts_with = "direct", required_unless_present = "direct")]
-        tor: bool,
-        /// Around Tor (split tunneling), even when ttp governs the whole host.
-        #[arg(long)]
-        direct: bool,
-        /// Run as this user (default: the user who ran sudo).
-        #[arg(long, value_name = "USER")]
-        user: Option<String>,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
-    /// Install the binary, systemd unit, completions, man page and the `ttp` group.
-    Install {
-        /// Install under this root instead of / (for packaging).
-        #[arg(long, default_value = "/", value_name = "DIR")]
-        prefix: PathBuf,
-        /// Which directories: a source install's (/usr/local) or a Debian package's.
-        #[arg(long, value_enum, default_value_t)]
-        layout: cli::install::LayoutKind,
-    },
-    /// Stop ttp and remove what `ttp install` put on the host (and Tor's state).
-    Uninstall {
-        #[command(flatten)]
-        paths: Paths,
-        /// Remove from under this root instead of / (for packaging).
-        #[arg(long, default_value = "/", value_name = "DIR")]
-        prefix: PathBuf,
-        /// Keep Tor's state and cache (/var/lib/ttp) and the config (/etc/ttp).
-        #[arg(long)]
-        keep_state: bool,
-    },
-    /// State, uptime, ports, streams and counters (from the daemon, or from the pins if it
-    /// is gone).
-    Status {
-        #[command(flatten)]
-        paths: Paths,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Streams through the TransPort: destination, isolation, circuit, age, bytes.
-    Streams {
-        #[command(flatten)]
-        paths: Paths,
-        /// Also the most recent closed streams.
-        #[arg(long)]
-        recent: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// New identity: new streams use new circuits.
-    Refresh {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// A live dashboard: Tor, traffic, streams, DNS, the kill-switch, peers, the log.
+    Start(cli::start::Args),
+    Run(cli::run::Args),
+    Lock(cli::lock::Args),
+    Stop(cli::stop::Args),
+    Reload(cli::reload::Args),
+    Restart(cli::restart::Args),
+    Logs(cli::logs::Args),
+    Watchdog(cli::watchdog::Args),
+    Tunnel(cli::tunnel::Args),
+    Exec(cli::exec::Args),
+    Install(cli::install::Args),
+    Uninstall(cli::install::UninstallArgs),
+    Status(cli::status::Args),
+    Streams(cli::streams::Args),
+    Refresh(cli::refresh::Args),
     Top(cli::top::Args),
-    /// Through Tor: is-Tor verdict, exit address and latency from a check endpoint.
-    Check {
-        #[command(flatten)]
-        paths: Paths,
-        /// Check endpoint(s), tried in order (default: the daemon's list).
-        #[arg(long = "check-url", value_name = "URL", value_parser = ttp::check::check_url)]
-        urls: Vec<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// OS, kernel, BPF support, attached programs and counters, Tor and daemon state.
-    Diagnose {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// Active leak probes from a governed context: DNS, TCP, UDP, IPv6, ICMP; pass or fail
-    /// with the evidence (the kernel's own counters).
-    CheckLeak {
-        #[command(flatten)]
-        paths: Paths,
-        /// Raw detail for each probe.
-        #[arg(short, long)]
-        verbose: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Check(cli::check::Args),
+    Diagnose(cli::diagnose::Args),
+    CheckLeak(cli::check_leak::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff).
     Man,
 }
 
-#[derive(Subcommand)]
-enum WatchdogCmd {
-    /// Start the watchdog in the background.
-    Start {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// Stop the background watchdog.
-    Stop {
-        #[command(flatten)]
-        paths: Paths,
-    },
-    /// Is it running, and what did its last round find?
-    Status {
-        #[command(flatten)]
-        paths: Paths,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run the loop in the foreground.
-    Run {
-        #[command(flatten)]
-        paths: Paths,
-        /// Seconds between rounds.
-        #[arg(long, default_value_t = 5)]
-        interval: u64,
-    },
+impl Cmd {
+    /// Whether this command needs root, as the command declares it.
+    fn needs_root(&self) -> bool {
+        match self {
+            Cmd::Start(_) => cli::start::Args::NEEDS_ROOT,
+            Cmd::Run(_) => cli::run::Args::NEEDS_ROOT,
+            Cmd::Lock(_) => cli::lock::Args::NEEDS_ROOT,
+            Cmd::Stop(_) => cli::stop::Args::NEEDS_ROOT,
+            Cmd::Reload(_) => cli::reload::Args::NEEDS_ROOT,
+            Cmd::Restart(_) => cli::restart::Args::NEEDS_ROOT,
+            Cmd::Logs(_) => cli::logs::Args::NEEDS_ROOT,
+            Cmd::Watchdog(a) => a.needs_root(),
+            Cmd::Tunnel(a) => a.needs_root(),
+            Cmd::Exec(_) => cli::exec::Args::NEEDS_ROOT,
+            Cmd::Install(_) => cli::install::Args::NEEDS_ROOT,
+            Cmd::Uninstall(_) => cli::install::UninstallArgs::NEEDS_ROOT,
+            Cmd::Status(_) => cli::status::Args::NEEDS_ROOT,
+            Cmd::Streams(_) => cli::streams::Args::NEEDS_ROOT,
+            Cmd::Refresh(_) => cli::refresh::Args::NEEDS_ROOT,
+            Cmd::Top(_) => cli::top::Args::NEEDS_ROOT,
+            Cmd::Check(_) => cli::check::Args::NEEDS_ROOT,
+            Cmd::Diagnose(_) => cli::diagnose::Args::NEEDS_ROOT,
+            Cmd::CheckLeak(_) => cli::check_leak::Args::NEEDS_ROOT,
+            Cmd::Completions { .. } | Cmd::Man => false,
+        }
+    }
+
+    fn run(self) -> Result<()> {
+        match self {
+            Cmd::Start(a) => a.run(),
+            Cmd::Run(a) => a.run(),
+            Cmd::Lock(a) => a.run(),
+            Cmd::Stop(a) => a.run(),
+            Cmd::Reload(a) => a.run(),
+            Cmd::Restart(a) => a.run(),
+            Cmd::Logs(a) => a.run(),
+            Cmd::Watchdog(a) => a.run(),
+            Cmd::Tunnel(a) => a.run(),
+            Cmd::Exec(a) => a.run(),
+            Cmd::Install(a) => a.run(),
+            Cmd::Uninstall(a) => a.run(),
+            Cmd::Status(a) => a.run(),
+            Cmd::Streams(a) => a.run(),
+            Cmd::Refresh(a) => a.run(),
+            Cmd::Top(a) => a.run(),
+            Cmd::Check(a) => a.run(),
+            Cmd::Diagnose(a) => a.run(),
+            Cmd::CheckLeak(a) => a.run(),
+            Cmd::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "ttp", &mut std::io::stdout());
+                Ok(())
+            }
+            Cmd::Man => {
+                clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+                Ok(())
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -226,34 +126,12 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.cmd);
-    let needs_root = match &cli.cmd {
-        Cmd::Start { .. }
-        | Cmd::Run { .. }
-        | Cmd::Stop { .. }
-        | Cmd::Restart { .. }
-        | Cmd::Reload { .. }
-        | Cmd::Lock { .. }
-        | Cmd::Refresh { .. }
-        | Cmd::Diagnose { .. }
-        | Cmd::Logs { .. }
-        | Cmd::Exec { .. }
-        | Cmd::Install { .. }
-        | Cmd::Uninstall { .. } => true,
-        Cmd::Watchdog { cmd } => !matches!(cmd, WatchdogCmd::Status { .. }),
-        Cmd::Tunnel { cmd } => {
-            use cli::tunnel::{PeerCmd, TunnelCmd};
-            // `show` prints a device's private key.
-            let root_peer =
-                |c: &PeerCmd| matches!(c, PeerCmd::Add { .. } | PeerCmd::Remove { .. } | PeerCmd::Show { .. });
-            matches!(cmd, TunnelCmd::Up { .. }) || matches!(cmd, TunnelCmd::Peer { cmd } if root_peer(cmd))
-        }
-        _ => false,
-    };
+    let needs_root = cli.cmd.needs_root();
     if needs_root && !nix::unistd::geteuid().is_root() {
         eprintln!("ttp: this command needs root: run it with sudo");
         return ExitCode::from(2);
     }
-    match run(cli.cmd) {
+    match cli.cmd.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ttp: {e:#}");
@@ -306,11 +184,8 @@ fn init_tracing(cmd: &Cmd) {
     let filter =
         || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ttp::sock_addr=warn".into());
     let file = match cmd {
-        Cmd::Run { opts } => opts.log_file.clone(),
-        Cmd::Watchdog { cmd: WatchdogCmd::Run { paths, .. } } => {
-            let _ = std::fs::create_dir_all(&paths.runtime_dir);
-            Some(cli::watchdog::log_path(&paths.runtime_dir))
-        }
+        Cmd::Run(a) => a.opts.log_file.clone(),
+        Cmd::Watchdog(a) => a.log_file(),
         _ => None,
     };
     if let Some(log) = file.and_then(|f| ttp::logfile::RotatingLog::open(&f).ok()) {
@@ -331,99 +206,6 @@ fn init_tracing(cmd: &Cmd) {
     }
 }
 
-/// The arguments after the subcommand (what `start` hands to `run`).
-fn args_after(sub: &str) -> Vec<String> {
-    std::env::args().skip(1).skip_while(|a| a != sub).skip(1).collect()
-}
-
-fn run(cmd: Cmd) -> Result<()> {
-    match cmd {
-        Cmd::Start { opts } => cli::start::start(&opts, &args_after("start")),
-        Cmd::Restart { paths } => cli::start::restart(&paths.runtime_dir, &paths.pin_dir),
-        Cmd::Reload { paths } => cli::reload::reload(&paths.runtime_dir),
-        Cmd::Lock { opts } => cli::lock::lock(&opts),
-        Cmd::Logs { paths, lines, no_follow, watchdog } => {
-            let path =
-                if watchdog { cli::watchdog::log_path(&paths.runtime_dir) } else { paths.runtime_dir.join("ttp.log") };
-            cli::logs::logs(&path, lines, !no_follow)
-        }
-        Cmd::Watchdog { cmd } => match cmd {
-            WatchdogCmd::Start { paths } => {
-                let pid = cli::watchdog::spawn(&paths.runtime_dir, &paths.pin_dir)?;
-                println!("watchdog started (pid {pid}); `ttp logs --watchdog` shows what it does");
-                Ok(())
-            }
-            WatchdogCmd::Stop { paths } => {
-                match cli::watchdog::stop(&paths.runtime_dir) {
-                    Some(pid) => println!("watchdog (pid {pid}) stopped"),
-                    None => println!("no watchdog was running"),
-                }
-                Ok(())
-            }
-            WatchdogCmd::Status { paths, json } => cli::watchdog::status(&paths.runtime_dir, json),
-            WatchdogCmd::Run { paths, interval } => {
-                cli::watchdog::run(&paths.runtime_dir, &paths.pin_dir, std::time::Duration::from_secs(interval.max(1)))
-            }
-        },
-        Cmd::Exec { paths, tor, direct: _, user, command } => {
-            let route = if tor { cli::exec::Route::Tor } else { cli::exec::Route::Direct };
-            let code = cli::exec::exec(&paths.runtime_dir, route, user.as_deref(), &command)?;
-            std::process::exit(code);
-        }
-        Cmd::CheckLeak { paths, verbose, json } => cli::check_leak::run(&paths.runtime_dir, verbose, json),
-        Cmd::Install { prefix, layout } => cli::install::install(&prefix, layout),
-        Cmd::Uninstall { paths, prefix, keep_state } => {
-            cli::install::uninstall(&prefix, &paths.runtime_dir, &paths.pin_dir, keep_state)
-        }
-        Cmd::Check { paths, urls, json } => cli::check::run(&paths.runtime_dir, urls, json),
-        Cmd::Tunnel { cmd } => cli::tunnel::run(cmd),
-        Cmd::Diagnose { paths } => {
-            print!("{}", ttp::diagnose::report(&paths.runtime_dir, &paths.pin_dir));
-            Ok(())
-        }
-        Cmd::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "ttp",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
-        Cmd::Man => {
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
-            Ok(())
-        }
-        Cmd::Run { opts } => {
-            // Before the first thread: the monitor is forked from a single-threaded process.
-            let monitor = ttp::monitor::Monitor::spawn(ttp::daemon::cleanup_for(&opts)?)?;
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            // The start protocol on stdout (for `ttp start`), systemd's on its socket.
-            // Write errors are ignored: `ttp start` stops listening once the daemon is ready.
-            rt.block_on(ttp::daemon::run(&opts, monitor, |e| {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", e.line()).and_then(|_| out.flush());
-                if matches!(e, ttp::daemon::Event::Ready(_)) {
-                    ttp::daemon::notify_systemd_ready();
-                }
-            }))
-        }
-        Cmd::Stop { paths, systemd } => {
-            if systemd && !cli::unit_stop::is_a_stop(&paths.runtime_dir, &paths.pin_dir)? {
-                return Ok(());
-            }
-            // A stopped ttp is not to be revived: the watchdog goes first.
-            cli::watchdog::stop(&paths.runtime_dir);
-            cli::start::stop(&paths.runtime_dir, &paths.pin_dir)
-        }
-        Cmd::Streams { paths, recent, json } => cli::streams::run(&paths.runtime_dir, recent, json),
-        Cmd::Refresh { paths } => cli::refresh::run(&paths.runtime_dir),
-        Cmd::Status { paths, json } => cli::status::run(&paths.runtime_dir, &paths.pin_dir, json),
-        Cmd::Top(args) => cli::top::run(args),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -440,6 +222,36 @@ mod tests {
         let mut man = Vec::new();
         clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
         assert!(String::from_utf8(man).unwrap().contains("Transparent Tor proxy"));
+    }
+
+    /// What each command declares: reading needs the control socket only, anything that
+    /// changes the host or reads root's files needs root.
+    #[test]
+    fn each_command_says_whether_it_needs_root() {
+        let root = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().cmd.needs_root();
+        for argv in [
+            &["ttp", "stop"][..],
+            &["ttp", "start"],
+            &["ttp", "refresh"],
+            &["ttp", "logs"],
+            &["ttp", "watchdog", "start"],
+            &["ttp", "tunnel", "up", "--config", "/etc/ttp/tunnel.toml"],
+            &["ttp", "tunnel", "peer", "show", "laptop"],
+        ] {
+            assert!(root(argv), "{argv:?}");
+        }
+        for argv in [
+            &["ttp", "status"][..],
+            &["ttp", "streams"],
+            &["ttp", "top"],
+            &["ttp", "check"],
+            &["ttp", "check-leak"],
+            &["ttp", "watchdog", "status"],
+            &["ttp", "tunnel", "genkey"],
+            &["ttp", "man"],
+        ] {
+            assert!(!root(argv), "{argv:?}");
+        }
     }
 
     #[test]

@@ -23,3 +23,24 @@ pub fn run(runtime_dir: &Path, urls: Vec<String>, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Through Tor: is-Tor verdict, exit address and latency from a check endpoint.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Check endpoint(s), tried in order (default: the daemon's list).
+    #[arg(long = "check-url", value_name = "URL", value_parser = ttp::check::check_url)]
+    pub urls: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// Through the control socket: root, or the `ttp` group with the daemon's endpoints.
+    pub const NEEDS_ROOT: bool = false;
+
+    pub fn run(self) -> Result<()> {
+        run(&self.paths.runtime_dir, self.urls, self.json)
+    }
+}

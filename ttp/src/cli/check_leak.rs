@@ -507,3 +507,25 @@ fn frames() -> Outcome {
         (Some(false), "a packet socket may skip the TC kill-switch (PACKET_QDISC_BYPASS was accepted)".into())
     }
 }
+
+/// Active leak probes from a governed context: DNS, TCP, UDP, IPv6, ICMP; pass or fail
+/// with the evidence (the kernel's own counters).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Raw detail for each probe.
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// Root runs the probes in a governed child; a user runs them where they are.
+    pub const NEEDS_ROOT: bool = false;
+
+    pub fn run(self) -> Result<()> {
+        run(&self.paths.runtime_dir, self.verbose, self.json)
+    }
+}

@@ -127,3 +127,33 @@ fn target_user(user: Option<&str>) -> Result<(Option<u32>, Option<u32>)> {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
     Ok((env("SUDO_UID"), env("SUDO_GID")))
 }
+
+/// Run one command through Tor (`--tor`) or around it (`--direct`).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Through Tor, even when ttp governs only part of the host.
+    #[arg(long, conflicts_with = "direct", required_unless_present = "direct")]
+    pub tor: bool,
+    /// Around Tor (split tunneling), even when ttp governs the whole host.
+    #[arg(long)]
+    pub direct: bool,
+    /// Run as this user (default: the user who ran sudo).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    /// Runs the command and exits with its exit code.
+    pub fn run(self) -> Result<()> {
+        let route = if self.tor { Route::Tor } else { Route::Direct };
+        let code = exec(&self.paths.runtime_dir, route, self.user.as_deref(), &self.command)?;
+        std::process::exit(code);
+    }
+}

@@ -162,7 +162,7 @@ pub fn uninstall(prefix: &Path, runtime_dir: &Path, pin_dir: &Path, keep_state: 
     let system = prefix == Path::new("/");
     if system {
         crate::cli::watchdog::stop(runtime_dir);
-        crate::cli::start::stop(runtime_dir, pin_dir)?;
+        crate::cli::stop::stop(runtime_dir, pin_dir)?;
         if Path::new("/run/systemd/system").exists() && under(prefix, LOCAL.unit).exists() {
             let _ = run(Command::new("systemctl").args(["disable", "--now", "ttp"]));
         }
@@ -214,4 +214,44 @@ fn run(cmd: &mut Command) -> Result<()> {
         anyhow::bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Install the binary, systemd unit, completions, man page and the `ttp` group.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Install under this root instead of / (for packaging).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub prefix: PathBuf,
+    /// Which directories: a source install's (/usr/local) or a Debian package's.
+    #[arg(long, value_enum, default_value_t)]
+    pub layout: LayoutKind,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        install(&self.prefix, self.layout)
+    }
+}
+
+/// Stop ttp and remove what `ttp install` put on the host (and Tor's state).
+#[derive(clap::Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Remove from under this root instead of / (for packaging).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub prefix: PathBuf,
+    /// Keep Tor's state and cache (/var/lib/ttp) and the config (/etc/ttp).
+    #[arg(long)]
+    pub keep_state: bool,
+}
+
+impl UninstallArgs {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        uninstall(&self.prefix, &self.paths.runtime_dir, &self.paths.pin_dir, self.keep_state)
+    }
 }

@@ -59,3 +59,19 @@ pub fn lock(opts: &StartOptions) -> Result<()> {
     );
     Ok(())
 }
+
+/// Attach the kill-switch in lockdown and exit: nothing governed leaves until `ttp run`
+/// takes it over, or `ttp stop` (at boot, before the network: ttp-lock.service).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub opts: Box<StartOptions>,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        lock(&self.opts)
+    }
+}

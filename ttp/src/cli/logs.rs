@@ -24,3 +24,29 @@ pub fn logs(path: &Path, lines: usize, follow: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Show the daemon's log (volatile, rotated at 1 MB) and follow it.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// How many of the last lines to show first.
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub lines: usize,
+    /// Print and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// The watchdog's log instead of the daemon's.
+    #[arg(long)]
+    pub watchdog: bool,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        let dir = &self.paths.runtime_dir;
+        let path = if self.watchdog { super::watchdog::log_path(dir) } else { super::log_path(dir) };
+        logs(&path, self.lines, !self.no_follow)
+    }
+}

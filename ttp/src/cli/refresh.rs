@@ -11,3 +11,18 @@ pub fn run(runtime_dir: &Path) -> Result<()> {
     println!("new identity: new streams use new circuits ({isolation_keys_reset} isolation keys renewed)");
     Ok(())
 }
+
+/// New identity: new streams use new circuits.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        run(&self.paths.runtime_dir)
+    }
+}

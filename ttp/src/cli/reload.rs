@@ -101,3 +101,19 @@ fn matches(args: &[String], config: &str, path: &Path) -> Result<clap::ArgMatche
     let all = std::iter::once("run".into()).chain(extra).chain(args.iter().map(Into::into));
     Ok(run.try_get_matches_from(all.collect::<Vec<std::ffi::OsString>>())?)
 }
+
+/// Apply a changed config file to the running session: the policy (bypass users,
+/// groups and cgroups, root, LAN, IPv6) at once; names what needs a restart.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        reload(&self.paths.runtime_dir)
+    }
+}

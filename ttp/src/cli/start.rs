@@ -1,4 +1,5 @@
-//! `ttp start`, `ttp stop` and `ttp restart`.
+//! `ttp start` (and what `stop` and `restart` share with it: is a daemon alive, ending
+//! one without a teardown).
 //!
 //! `start` runs `ttp run` with the same arguments as a detached daemon (its own session,
 //! its log in the runtime dir) and reads the daemon's start protocol from its stdout
@@ -14,17 +15,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ttp::{
-    control::{self, client::Client, proto::Request},
-    daemon::Event,
-    datapath::PinLayout,
-    lock::SessionLock,
-    logfile,
-    options::StartOptions,
+    control::client::Client, daemon::Event, datapath::PinLayout, lock::SessionLock, logfile, options::StartOptions,
 };
 
 /// The daemon's log file for these options.
 pub fn log_path(opts: &StartOptions) -> std::path::PathBuf {
-    opts.log_file.clone().unwrap_or_else(|| opts.runtime_dir.join("ttp.log"))
+    opts.log_file.clone().unwrap_or_else(|| super::log_path(&opts.runtime_dir))
 }
 
 /// `ttp start ARGS`: `args` are the arguments after `start`, passed on to `ttp run`.
@@ -149,75 +145,6 @@ impl Progress {
     }
 }
 
-/// `ttp stop`: a live daemon stops itself (services down, then the same teardown); whatever
-/// is left (a crashed daemon's pins) is torn down here. Idempotent.
-pub fn stop(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
-    let t0 = Instant::now();
-    let lock = SessionLock::read(runtime_dir).ok().flatten();
-    let gone = || match &lock {
-        Some(l) => !pid_alive(l.pid),
-        None => !runtime_dir.join(control::SOCKET).exists(),
-    };
-    // The monitor tears down only for a stop root asked for: this file, in root's runtime
-    // directory, is how it knows (the daemon's own word is not enough).
-    if let Some(l) = lock.as_ref().filter(|l| pid_alive(l.pid)) {
-        if let Err(e) = ttp::monitor::request_stop(runtime_dir, l.pid) {
-            eprintln!("warning: recording the stop request for the monitor: {e:#} (the teardown is done here instead)");
-        }
-    }
-    if Client::new(runtime_dir).call(&Request::Stop).is_ok() {
-        while !gone() && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    // A daemon that is alive but does not stop (hung) is stopped the hard way: the
-    // kill-switch holds the host closed meanwhile, and the teardown below opens it.
-    if let Some(l) = lock.as_ref().filter(|l| pid_alive(l.pid) && is_ttp(l.pid)) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(l.pid as i32), nix::sys::signal::SIGKILL);
-        while pid_alive(l.pid) && t0.elapsed() < Duration::from_secs(15) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    // The same teardown as the monitor's, from what the session recorded.
-    let cleanup = ttp::monitor::Cleanup::recorded(runtime_dir, pin_dir, lock.as_ref());
-    let r = ttp::monitor::tear_down(&cleanup)
-        .with_context(|| format!("the datapath under {} could not be torn down (see above)", pin_dir.display()))?;
-    if r.links_detached == 0 && r.maps_unpinned == 0 && lock.is_none() {
-        println!("ttp was not running (nothing pinned under {})", pin_dir.display());
-    } else if r.links_detached == 0 && r.maps_unpinned == 0 {
-        println!("stopped after {:.1?}", t0.elapsed());
-    } else {
-        println!(
-            "stopped after {:.1?}: {} links detached, {} maps unpinned",
-            t0.elapsed(),
-            r.links_detached,
-            r.maps_unpinned
-        );
-    }
-    Ok(())
-}
-
-/// `ttp restart`: a new daemon with the options of the running session, without a gap:
-/// the old one is ended without a teardown (as if it had crashed: its kill-switch stays),
-/// and the new one takes its pins over, as after a crash. If the new one fails, the old
-/// kill-switch is still there: the host stays closed, never open.
-pub fn restart(runtime_dir: &Path, pin_dir: &Path) -> Result<()> {
-    let Some(lock) = SessionLock::read(runtime_dir)? else {
-        bail!("nothing to restart: no session lock in {} (start ttp with `ttp start`)", runtime_dir.display());
-    };
-    end_without_teardown(&lock, pin_dir);
-    // The exact same command line as the first start (its --config is read again).
-    let status =
-        Command::new(std::env::current_exe()?).arg("start").args(&lock.args).status().context("running ttp start")?;
-    if !status.success() {
-        bail!(
-            "ttp start failed (see above); the host stays closed (the previous kill-switch holds): \
-             fix the cause and `ttp start` again, or `ttp stop` to open the host"
-        );
-    }
-    Ok(())
-}
-
 /// Ends a running daemon the way a crash would: lockdown first (so nothing is redirected
 /// to ports about to close), then SIGKILL. Its monitor leaves the pins; a new start takes
 /// them over.
@@ -239,7 +166,26 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// Whether `pid` runs the ttp binary (a stale lock's pid may have been reused).
-fn is_ttp(pid: u32) -> bool {
+pub fn is_ttp(pid: u32) -> bool {
     let exe = i32::try_from(pid).ok().and_then(|pid| procfs::process::Process::new(pid).ok()?.exe().ok());
     exe.is_some() && exe == std::env::current_exe().ok()
+}
+
+/// Start the daemon in the background; returns once the host is protected and traffic
+/// flows through Tor (or fails: before the kill-switch with the host as it was, after it
+/// with the host closed until `ttp stop`).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub opts: Box<StartOptions>,
+}
+
+impl Args {
+    pub const NEEDS_ROOT: bool = true;
+
+    pub fn run(self) -> Result<()> {
+        // The arguments after `start`, passed on to `ttp run` as given.
+        let args: Vec<String> = std::env::args().skip(1).skip_while(|a| a != "start").skip(1).collect();
+        start(&self.opts, &args)
+    }
 }

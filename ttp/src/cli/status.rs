@@ -145,3 +145,23 @@ fn print_peer(p: &ttp::tunnel::device::PeerStatus) {
         d.replay, d.decrypt, d.source
     );
 }
+
+/// State, uptime, ports, streams and counters (from the daemon, or from the pins if it
+/// is gone).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// Through the control socket: root or the `ttp` group (the pins: root).
+    pub const NEEDS_ROOT: bool = false;
+
+    pub fn run(self) -> Result<()> {
+        run(&self.paths.runtime_dir, &self.paths.pin_dir, self.json)
+    }
+}

@@ -31,3 +31,24 @@ pub fn run(runtime_dir: &Path, recent: bool, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Streams through the TransPort: destination, isolation, circuit, age, bytes.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub paths: super::Paths,
+    /// Also the most recent closed streams.
+    #[arg(long)]
+    pub recent: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// Through the control socket: root or the `ttp` group.
+    pub const NEEDS_ROOT: bool = false;
+
+    pub fn run(self) -> Result<()> {
+        run(&self.paths.runtime_dir, self.recent, self.json)
+    }
+}

@@ -392,3 +392,23 @@ fn wait_forwarding_signals(child: nix::unistd::Pid) -> Result<nix::sys::wait::Wa
         }
     }
 }
+
+/// The encrypted tunnel for remote peers: keys, and bringing a side up.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: TunnelCmd,
+}
+
+impl Args {
+    /// `up` runs a device; adding, removing or showing a peer touches files with private
+    /// keys (`show` prints a device's private key). Keys and listing are anyone's.
+    pub fn needs_root(&self) -> bool {
+        let root_peer = |c: &PeerCmd| matches!(c, PeerCmd::Add { .. } | PeerCmd::Remove { .. } | PeerCmd::Show { .. });
+        matches!(self.cmd, TunnelCmd::Up { .. }) || matches!(&self.cmd, TunnelCmd::Peer { cmd } if root_peer(cmd))
+    }
+
+    pub fn run(self) -> Result<()> {
+        run(self.cmd)
+    }
+}

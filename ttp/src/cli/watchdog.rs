@@ -269,3 +269,79 @@ fn signal_hook_flag(sig: libc::c_int, flag: std::sync::Arc<std::sync::atomic::At
     unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::try_from(sig)?, &action) }?;
     Ok(())
 }
+
+/// The integrity loop: programs attached, daemon alive, Tor bootstrapped, DNS answered;
+/// on a fault it locks down and repairs.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: WatchdogCmd,
+}
+
+#[derive(clap::Subcommand)]
+pub enum WatchdogCmd {
+    /// Start the watchdog in the background.
+    Start {
+        #[command(flatten)]
+        paths: super::Paths,
+    },
+    /// Stop the background watchdog.
+    Stop {
+        #[command(flatten)]
+        paths: super::Paths,
+    },
+    /// Is it running, and what did its last round find?
+    Status {
+        #[command(flatten)]
+        paths: super::Paths,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the loop in the foreground.
+    Run {
+        #[command(flatten)]
+        paths: super::Paths,
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
+}
+
+impl Args {
+    /// `status` reads; everything else starts, stops or repairs ttp.
+    pub fn needs_root(&self) -> bool {
+        !matches!(self.cmd, WatchdogCmd::Status { .. })
+    }
+
+    /// Where this command logs, if it runs the loop (its log file, rotated).
+    pub fn log_file(&self) -> Option<PathBuf> {
+        match &self.cmd {
+            WatchdogCmd::Run { paths, .. } => {
+                let _ = std::fs::create_dir_all(&paths.runtime_dir);
+                Some(log_path(&paths.runtime_dir))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn run(self) -> Result<()> {
+        match self.cmd {
+            WatchdogCmd::Start { paths } => {
+                let pid = spawn(&paths.runtime_dir, &paths.pin_dir)?;
+                println!("watchdog started (pid {pid}); `ttp logs --watchdog` shows what it does");
+                Ok(())
+            }
+            WatchdogCmd::Stop { paths } => {
+                match stop(&paths.runtime_dir) {
+                    Some(pid) => println!("watchdog (pid {pid}) stopped"),
+                    None => println!("no watchdog was running"),
+                }
+                Ok(())
+            }
+            WatchdogCmd::Status { paths, json } => status(&paths.runtime_dir, json),
+            WatchdogCmd::Run { paths, interval } => {
+                run(&paths.runtime_dir, &paths.pin_dir, Duration::from_secs(interval.max(1)))
+            }
+        }
+    }
+}

@@ -17,7 +17,7 @@ mod view;
 use std::{
     collections::HashMap,
     io::{Read, Seek, SeekFrom},
-    path::{Path, PathBuf},
+    path::Path,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -33,8 +33,9 @@ use self::{
     model::{Daemon, Fetched, Model, Pinned, Who, LOG_LINES},
     view::{Focus, Ui},
 };
-use super::Paths;
+use super::{log_path, Paths};
 
+/// A live dashboard: Tor, traffic, streams, DNS, the kill-switch, peers, the log.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -59,7 +60,16 @@ const LOG_TAIL_BYTES: u64 = 32 * 1024;
 /// How long a message stays in the footer.
 const FLASH: Duration = Duration::from_secs(6);
 
-pub fn run(args: Args) -> Result<()> {
+impl Args {
+    /// Read-only for the `ttp` group; `r` and `s` need root.
+    pub const NEEDS_ROOT: bool = false;
+
+    pub fn run(self) -> Result<()> {
+        run(self)
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
         bail!("ttp top needs a terminal; for scripts: `ttp status --json`, `ttp streams --json`");
@@ -80,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
         // Out of the dashboard first: the stop says what it does, as `ttp stop` does.
         Outcome::Stop => {
             super::watchdog::stop(&runtime_dir);
-            super::start::stop(&runtime_dir, &pin_dir)
+            super::stop::stop(&runtime_dir, &pin_dir)
         }
     }
 }
@@ -333,11 +343,6 @@ fn scroll(model: &Model, ui: &mut Ui, by: isize) {
         }
         Focus::KillSwitch => ui.counter_scroll = ui.counter_scroll.saturating_add_signed(by).min(model.counters.len()),
     }
-}
-
-/// The default runtime directory's log (the path `ttp logs` reads).
-pub fn log_path(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("ttp.log")
 }
 
 #[cfg(test)]
