@@ -47,7 +47,16 @@ pub mod addr {
 
 /// Path of a binary of this package (testkit, ttp-probe), next to the running one:
 /// test binaries live in target/<profile>/deps, the others in target/<profile>.
+/// `TTP_BIN=PATH` runs another build of `ttp` instead (a release profile under trial in
+/// `bench tor`, side by side with the built one).
 pub fn bin(name: &str) -> PathBuf {
+    match std::env::var_os("TTP_BIN") {
+        Some(p) if name == "ttp" => PathBuf::from(p),
+        _ => built(name),
+    }
+}
+
+fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
     [dir.join(name), dir.parent().expect("target dir").join(name)].into_iter().find(|p| p.exists()).unwrap_or_else(
@@ -58,7 +67,7 @@ pub fn bin(name: &str) -> PathBuf {
 /// The cargo target directory the tests were built in, where `cargo xtask test` caches
 /// what they need: the booted system's root, the .deb, WireGuard peers (`peers/bin`).
 pub fn target_dir() -> PathBuf {
-    bin("ttp").parent().and_then(std::path::Path::parent).expect("target/<profile>/ttp").to_path_buf()
+    built("ttp").parent().and_then(std::path::Path::parent).expect("target/<profile>/ttp").to_path_buf()
 }
 
 fn unique() -> String {

@@ -83,14 +83,26 @@ fn main() -> Result<()> {
     }
     let mut rss_idle: Vec<Mem> = vec![];
     let mut rss_held: Vec<Mem> = vec![];
+    let mut rss_after: Vec<Mem> = vec![];
     for s in sides.iter().filter(|_| want("memory")) {
         rss_idle.push(rss_mb(s.pid)?);
         rss_held.push(with_streams_held(s, 1000)?);
+        // What the daemon keeps of the burst: longer than ttp's heap trim period.
+        std::thread::sleep(AFTER_RELEASE);
+        let after = rss_mb(s.pid)?;
+        eprintln!(
+            "{}: {}s after the streams closed, RSS {:.1} MB ({:.1} MB anonymous)",
+            s.name,
+            AFTER_RELEASE.as_secs(),
+            after.rss,
+            after.anon
+        );
+        rss_after.push(after);
     }
     if only.is_some() {
         println!("sides {:?}", sides.iter().map(|s| s.name).collect::<Vec<_>>());
         println!("ttfb ms {ttfb:?}\nthroughput MB/s {thr:?}\nclient CPU (cores) {cpu:?}\ndns/s cached {dns_cached:?} new {dns_uncached:?}");
-        println!("memory MB idle {rss_idle:?} with 1,000 streams {rss_held:?}");
+        println!("memory MB idle {rss_idle:?} with 1,000 streams {rss_held:?} after them {rss_after:?}");
         finish(sides, &dir);
         return Ok(());
     }
@@ -121,6 +133,10 @@ fn main() -> Result<()> {
     row(
         "of which anonymous (heap, stacks), MB, idle / with 1,000 streams",
         rss_idle.iter().zip(&rss_held).map(|(i, h)| format!("{:.1} / {:.1}", i.anon, h.anon)).collect(),
+    );
+    row(
+        "PSS / anonymous, MB, 40 s after the 1,000 streams closed",
+        rss_after.iter().map(|m| format!("{:.1} / {:.1}", m.pss, m.anon)).collect(),
     );
     println!();
     for (s, t) in sides.iter().zip(&thr) {
@@ -226,6 +242,10 @@ fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
 
 /// Opens `n` streams through the redirect to a server that keeps them open, and reads
 /// the daemon's RSS while they are all open.
+/// How long after a burst of streams the memory is read again: longer than ttp's heap
+/// trim period (`ttp::heap::TRIM_EVERY`, 30 s), and than the holder's own exit.
+const AFTER_RELEASE: Duration = Duration::from_secs(40);
+
 fn with_streams_held(s: &Side, n: usize) -> Result<Mem> {
     let kit = bin("testkit");
     let kit = kit.to_str().unwrap_or_default();
@@ -288,11 +308,65 @@ fn rss_mb(pid: u32) -> Result<Mem> {
             .parse()?;
         let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
         eprintln!("  pid {p} ({}): RSS {rss} kB, of which anonymous {anon} kB; PSS {pss} kB", comm.trim());
+        eprintln!("    PSS by mapping, MB: {}", pss_by_mapping(&p)?);
         rss_kb += rss;
         anon_kb += anon;
         pss_kb += pss;
     }
     Ok(Mem { rss: rss_kb / 1024.0, anon: anon_kb / 1024.0, pss: pss_kb / 1024.0 })
+}
+
+/// Where a process's PSS is, from `/proc/PID/smaps`: its binary's code, its read-only
+/// data, its data (writable, or relocated at load: pages the process has its own copy
+/// of), the TLS library (OpenSSL), the other libraries, and anonymous memory (heap,
+/// arenas, stacks). The binary's part is what a smaller build shrinks; the anonymous part
+/// is what the allocator keeps.
+fn pss_by_mapping(pid: &str) -> Result<String> {
+    const KINDS: [&str; 6] =
+        ["binary code", "binary rodata", "binary data", "libssl+libcrypto", "other libraries", "anonymous"];
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
+    let exe = exe.to_string_lossy();
+    let exe = exe.trim_end_matches(" (deleted)");
+    let mut kb = [0u64; KINDS.len()];
+    // The mapping being read: its permissions, its path, and its Pss and Anonymous fields
+    // (which come after the header line).
+    let mut flush = |perms: &str, path: &str, pss: u64, anon: u64| {
+        let kind = if path == exe {
+            if perms.contains('x') {
+                0
+            } else if anon > 0 || perms.contains('w') {
+                2
+            } else {
+                1
+            }
+        } else if path.contains("libssl") || path.contains("libcrypto") {
+            3
+        } else if path.starts_with('/') {
+            4
+        } else {
+            5
+        };
+        kb[kind] += pss;
+    };
+    let (mut perms, mut path, mut pss, mut anon) = (String::new(), String::new(), 0, 0);
+    let number = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    for line in fs::read_to_string(format!("/proc/{pid}/smaps"))?.lines() {
+        let mut f = line.split_whitespace();
+        match f.next().unwrap_or_default() {
+            "Pss:" => pss = number(f.next()),
+            "Anonymous:" => anon = number(f.next()),
+            first if first.contains('-') && !first.ends_with(':') => {
+                // A mapping's header: range, perms, offset, device, inode, [path].
+                flush(&perms, &path, pss, anon);
+                perms = f.next().unwrap_or_default().to_string();
+                path = f.nth(3).unwrap_or_default().to_string();
+                (pss, anon) = (0, 0);
+            }
+            _ => {}
+        }
+    }
+    flush(&perms, &path, pss, anon);
+    Ok(KINDS.iter().zip(kb).map(|(k, v)| format!("{k} {:.1}", v as f64 / 1024.0)).collect::<Vec<_>>().join(", "))
 }
 
 fn round2(v: &[f64]) -> Vec<String> {
