@@ -341,6 +341,8 @@ const ROOT_PACKAGES: &[&str] = &[
     "curl",
     "ca-certificates",
     "libssl3",
+    // Arti's directory store (ttp links the system's SQLite, as Debian wants)
+    "libsqlite3-0",
     "dnsutils",
 ];
 /// Bump when [`system_root`] changes what it does.
