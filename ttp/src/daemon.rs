@@ -462,10 +462,7 @@ async fn serve(
         stopped = stop.requested() => return Ok(stopped),
     };
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
-    // Setting up parsed the kernel's BTF (megabytes, for the eBPF loader) and Arti's first
-    // directory documents: what they freed goes back now, and then periodically.
-    crate::heap::trim();
-    tokio::spawn(crate::heap::keep_trimmed());
+    release_freed_memory();
     // Observation only: its end is no fault.
     tokio::spawn(tor::log_blockages(tor.clone()));
 
@@ -592,6 +589,17 @@ async fn serve(
     let stopped = outcome?;
     locked?;
     Ok(stopped)
+}
+
+/// Hands the heap's free pages back to the kernel. Setting up parses the kernel's BTF
+/// (megabytes, for the eBPF loader) and Arti's first directory documents; glibc keeps what
+/// they freed mapped, and the daemon's resident memory would carry it for its whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// This process's options: its arguments after the subcommand (`run`).

@@ -24,7 +24,6 @@ pub mod datapath;
 pub mod diagnose;
 pub mod dns;
 pub mod gateway;
-pub mod heap;
 pub mod load;
 pub mod lock;
 pub mod logfile;

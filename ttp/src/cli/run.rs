@@ -15,9 +15,7 @@ impl Args {
 
     pub fn run(self) -> Result<()> {
         let opts = self.opts;
-        // Before the first thread: malloc's parameters, then the monitor, forked from a
-        // single-threaded process.
-        ttp::heap::configure();
+        // Before the first thread: the monitor is forked from a single-threaded process.
         let monitor = ttp::monitor::Monitor::spawn(ttp::daemon::cleanup_for(&opts)?)?;
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         // The start protocol on stdout (for `ttp start`), systemd's on its socket.
