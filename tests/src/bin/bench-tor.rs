@@ -87,7 +87,7 @@ fn main() -> Result<()> {
     for s in sides.iter().filter(|_| want("memory")) {
         rss_idle.push(rss_mb(s.pid)?);
         rss_held.push(with_streams_held(s, 1000)?);
-        // What the daemon keeps of the burst: longer than ttp's heap trim period.
+        // What the daemon keeps of the burst.
         std::thread::sleep(AFTER_RELEASE);
         let after = rss_mb(s.pid)?;
         eprintln!(
@@ -242,8 +242,8 @@ fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
 
 /// Opens `n` streams through the redirect to a server that keeps them open, and reads
 /// the daemon's RSS while they are all open.
-/// How long after a burst of streams the memory is read again: longer than ttp's heap
-/// trim period (`ttp::heap::TRIM_EVERY`, 30 s), and than the holder's own exit.
+/// How long after a burst of streams the memory is read again: what a daemon keeps of a
+/// burst once the streams are closed (and the holder has exited).
 const AFTER_RELEASE: Duration = Duration::from_secs(40);
 
 fn with_streams_held(s: &Side, n: usize) -> Result<Mem> {
