@@ -167,10 +167,36 @@ fn shlib_depends(bin: &Path, scratch: &Path) -> Result<String> {
     fs::write(scratch.join("debian/control"), "Source: ttp\n\nPackage: ttp\nArchitecture: any\n")?;
     let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(bin).current_dir(scratch))?;
     let _ = fs::remove_dir_all(scratch);
-    out.lines()
+    let depends = out
+        .lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
-        .map(str::to_owned)
-        .with_context(|| format!("dpkg-shlibdeps printed no dependencies: {out}"))
+        .with_context(|| format!("dpkg-shlibdeps printed no dependencies: {out}"))?;
+    // The release build packs its relative relocations (DT_RELR, see ttp's build.rs),
+    // which needs glibc 2.36: the binary asks for the version GLIBC_ABI_DT_RELR, which
+    // libc6's symbols file does not list, so dpkg-shlibdeps does not raise libc6 for it.
+    // Without this, the package would install on an older glibc and fail to start.
+    let relr = fs::read(bin)?.windows(18).any(|w| w == b"GLIBC_ABI_DT_RELR\0");
+    Ok(if relr { at_least_glibc(depends, GLIBC_RELR) } else { depends.to_string() })
+}
+
+/// `depends` with libc6's minimum raised to `version` where it is lower.
+fn at_least_glibc(depends: &str, version: &str) -> String {
+    depends
+        .split(", ")
+        .map(|d| match d.strip_prefix("libc6 (>= ").and_then(|v| v.strip_suffix(')')) {
+            Some(v) if older(v, version) => format!("libc6 (>= {version})"),
+            _ => d.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The first glibc that reads DT_RELR.
+const GLIBC_RELR: &str = "2.36";
+
+/// Whether Debian version `a` is older than `b` (`dpkg --compare-versions`).
+fn older(a: &str, b: &str) -> bool {
+    Command::new("dpkg").args(["--compare-versions", a, "lt", b]).status().is_ok_and(|s| s.success())
 }
 
 /// dpkg's Installed-Size: KiB, each file rounded up.
@@ -347,3 +373,16 @@ const ROOT_PACKAGES: &[&str] = &[
 ];
 /// Bump when [`system_root`] changes what it does.
 const ROOT_RECIPE: &str = "bookworm minbase v2: user 1000; resolved asks 192.0.2.53; no timers\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_with_packed_relocations_needs_glibc_2_36() {
+        let deps = "libc6 (>= 2.34), libsqlite3-0 (>= 3.24.0), libssl3 (>= 3.0.0)";
+        assert_eq!(at_least_glibc(deps, GLIBC_RELR), "libc6 (>= 2.36), libsqlite3-0 (>= 3.24.0), libssl3 (>= 3.0.0)");
+        // A newer minimum stays.
+        assert_eq!(at_least_glibc("libc6 (>= 2.38)", GLIBC_RELR), "libc6 (>= 2.38)");
+    }
+}
