@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     strip_debug(&out)?;
     // The shipped build: LLD folds functions whose code is identical (monomorphised
     // copies that differ only in their types), which shrinks the binary, and the code the
-    // daemon keeps resident with it (BENCHMARKS.md, "Memory: the release profile"). Rust
+    // daemon keeps resident with it (BENCHMARKS.md, run 10). Rust
     // makes no promise that two functions have distinct addresses, so nothing may rely
     // on it. Only for `ttp` itself, and only in release builds: the tests link faster.
     // And it packs the relative relocations (DT_RELR, glibc 2.36 and later): 28,000 of

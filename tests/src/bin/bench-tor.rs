@@ -135,7 +135,7 @@ fn main() -> Result<()> {
         rss_idle.iter().zip(&rss_held).map(|(i, h)| format!("{:.1} / {:.1}", i.anon, h.anon)).collect(),
     );
     row(
-        "PSS / anonymous, MB, 40 s after the 1,000 streams closed",
+        &format!("PSS / anonymous, MB, {} s after the 1,000 streams closed", AFTER_RELEASE.as_secs()),
         rss_after.iter().map(|m| format!("{:.1} / {:.1}", m.pss, m.anon)).collect(),
     );
     println!();
@@ -322,51 +322,38 @@ fn rss_mb(pid: u32) -> Result<Mem> {
 /// arenas, stacks). The binary's part is what a smaller build shrinks; the anonymous part
 /// is what the allocator keeps.
 fn pss_by_mapping(pid: &str) -> Result<String> {
+    use procfs::process::{MMPermissions, MMapPath, Process};
     const KINDS: [&str; 6] =
         ["binary code", "binary rodata", "binary data", "libssl+libcrypto", "other libraries", "anonymous"];
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
-    let exe = exe.to_string_lossy();
-    let exe = exe.trim_end_matches(" (deleted)");
-    let mut kb = [0u64; KINDS.len()];
-    // The mapping being read: its permissions, its path, and its Pss and Anonymous fields
-    // (which come after the header line).
-    let mut flush = |perms: &str, path: &str, pss: u64, anon: u64| {
-        let kind = if path == exe {
-            if perms.contains('x') {
-                0
-            } else if anon > 0 || perms.contains('w') {
-                2
-            } else {
-                1
+    let process = Process::new(pid.parse()?)?;
+    // A binary replaced on disk since it started shows as "PATH (deleted)".
+    let live = |p: &std::path::Path| p.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+    let exe = live(&process.exe()?);
+    let mut bytes = [0u64; KINDS.len()];
+    for map in process.smaps()? {
+        let field = |k: &str| map.extension.map.get(k).copied().unwrap_or(0);
+        let kind = match &map.pathname {
+            MMapPath::Path(p) if live(p) == exe => {
+                if map.perms.contains(MMPermissions::EXECUTE) {
+                    0
+                } else if field("Anonymous") > 0 || map.perms.contains(MMPermissions::WRITE) {
+                    2
+                } else {
+                    1
+                }
             }
-        } else if path.contains("libssl") || path.contains("libcrypto") {
-            3
-        } else if path.starts_with('/') {
-            4
-        } else {
-            5
+            MMapPath::Path(p)
+                if p.to_string_lossy().contains("libssl") || p.to_string_lossy().contains("libcrypto") =>
+            {
+                3
+            }
+            MMapPath::Path(_) => 4,
+            _ => 5,
         };
-        kb[kind] += pss;
-    };
-    let (mut perms, mut path, mut pss, mut anon) = (String::new(), String::new(), 0, 0);
-    let number = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    for line in fs::read_to_string(format!("/proc/{pid}/smaps"))?.lines() {
-        let mut f = line.split_whitespace();
-        match f.next().unwrap_or_default() {
-            "Pss:" => pss = number(f.next()),
-            "Anonymous:" => anon = number(f.next()),
-            first if first.contains('-') && !first.ends_with(':') => {
-                // A mapping's header: range, perms, offset, device, inode, [path].
-                flush(&perms, &path, pss, anon);
-                perms = f.next().unwrap_or_default().to_string();
-                path = f.nth(3).unwrap_or_default().to_string();
-                (pss, anon) = (0, 0);
-            }
-            _ => {}
-        }
+        bytes[kind] += field("Pss");
     }
-    flush(&perms, &path, pss, anon);
-    Ok(KINDS.iter().zip(kb).map(|(k, v)| format!("{k} {:.1}", v as f64 / 1024.0)).collect::<Vec<_>>().join(", "))
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Ok(KINDS.iter().zip(bytes).map(|(k, v)| format!("{k} {:.1}", mb(v))).collect::<Vec<_>>().join(", "))
 }
 
 fn round2(v: &[f64]) -> Vec<String> {
