@@ -116,6 +116,12 @@ pub struct Config {
     /// When ttp governs a subtree rather than the whole host: that subtree's cgroup id, so
     /// the uplink kill-switch leaves the rest of the host alone. 0 for the whole host.
     pub governed_cgroup: u64,
+    /// Cookie of the network namespace ttp governs (its uplinks are there). A governed
+    /// socket created in another namespace (a container's) is tagged [`TAG_OTHER_NETNS`]
+    /// and left to that namespace's way out, which runs through this one: a gateway
+    /// interface steers it into Tor, an uplink drops it. 0 (per-application mode, where
+    /// the uplinks let unowned packets through): no socket is told apart by namespace.
+    pub host_netns: u64,
 }
 
 impl Config {
@@ -211,6 +217,12 @@ pub enum Exempt {
     Cgroup = 5,
 }
 
+/// `EXEMPT_SOCK` value of a governed socket made in another network namespace than
+/// `Config::host_netns`. It is no exemption: the cgroup hooks leave such a socket's
+/// connects and packets to its namespace's way out, and every packet of it that reaches
+/// an uplink is dropped like any governed packet.
+pub const TAG_OTHER_NETNS: u8 = 6;
+
 /// Every decision the programs make is counted in `COUNTERS[counter as u32]`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,10 +290,13 @@ pub enum Counter {
     /// SSDP, NetBIOS and the like (they announce the host, or ask the LAN for names), and
     /// mDNS with `--no-lan-discovery`.
     LanDiscoveryRefused,
+    /// Connects and sends of governed sockets in another network namespace (a
+    /// container's), left to that namespace's way out through a gateway interface.
+    OtherNetnsPassed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::LanDiscoveryRefused as u32 + 1;
+    pub const COUNT: u32 = Counter::OtherNetnsPassed as u32 + 1;
 
     /// The counter with this index (its value in a map), if there is one.
     pub fn from_index(i: u32) -> Option<Counter> {
@@ -319,6 +334,7 @@ impl Counter {
         Counter::GwLocal,
         Counter::FrameSocketRefused,
         Counter::LanDiscoveryRefused,
+        Counter::OtherNetnsPassed,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -354,6 +370,7 @@ impl Counter {
             Counter::GwLocal => "gateway_local",
             Counter::FrameSocketRefused => "frame_socket_refused",
             Counter::LanDiscoveryRefused => "lan_discovery_refused",
+            Counter::OtherNetnsPassed => "other_netns_passed",
         }
     }
 }

@@ -83,6 +83,18 @@ pub enum Proto {
     Udp,
 }
 
+/// Which network namespace a governed socket lives in, as its creation tagged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// The namespace ttp governs (or any, when ttp governs a subtree).
+    Host,
+    /// Another one: a container's. Its only ways out run through the host namespace (a
+    /// veth into a bridge, a macvlan on an uplink, a helper's socket there), where the
+    /// gateway program steers what arrives on a gateway interface into Tor and the
+    /// uplinks' kill-switch drops the rest.
+    Other,
+}
+
 /// What a sock_addr hook does with a connect or a send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -98,7 +110,12 @@ pub enum Action {
 ///
 /// `exempt` is why the socket may go direct, if it may; `doh` whether the destination is
 /// a listed DNS-over-HTTPS resolver.
-pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, doh: bool) -> Action {
+///
+/// A socket in another network namespace (`netns`) is not redirected: our listeners are
+/// on the host namespace's loopback, which it cannot reach. Its traffic is steered on the
+/// way out instead, by the gateway program on the container bridge; without one, the
+/// uplinks drop it. Its own loopback (a container's DNS stub on 127.0.0.11) is its own.
+pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, doh: bool, netns: Netns) -> Action {
     if exempt == Some(Exempt::Daemon) {
         return Action::Pass(Some(Counter::ExemptPassed));
     }
@@ -112,6 +129,9 @@ pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, d
     }
     if exempt.is_some() {
         return Action::Pass(Some(Counter::ExemptPassed));
+    }
+    if netns == Netns::Other {
+        return Action::Pass(Some(Counter::OtherNetnsPassed));
     }
     // DNS always goes to the DNSPort, also to a LAN resolver (the home router): LAN
     // bypass is for reaching LAN hosts, not for resolving names past Tor.
@@ -139,15 +159,17 @@ pub fn decide(cfg: &Config, proto: Proto, dest: &Dest, exempt: Option<Exempt>, d
 
 /// The egress kill-switch: may a packet of a governed socket leave for `dest`?
 ///
-/// Redirected traffic only ever goes to loopback, so anything else must be exempt or LAN.
-pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>) -> bool {
+/// Redirected traffic only ever goes to loopback, so anything else must be exempt or LAN,
+/// or leave another network namespace (see [`decide`]): its way out is judged where it
+/// enters the host namespace.
+pub fn egress_allowed(cfg: &Config, dest: &Dest, exempt: Option<Exempt>, netns: Netns) -> bool {
     if dest.loopback || exempt == Some(Exempt::Daemon) {
         return true;
     }
     if !cfg.has(flags::READY) || cfg.has(flags::LOCKDOWN) {
         return false;
     }
-    exempt.is_some() || lan_allowed(cfg, dest)
+    exempt.is_some() || netns == Netns::Other || lan_allowed(cfg, dest)
 }
 
 /// What LAN bypass lets a governed socket send to the LAN directly.
@@ -378,19 +400,19 @@ mod tests {
     fn tcp_and_dns_are_redirected() {
         let c = cfg(0);
         assert_eq!(
-            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 80), None, false),
+            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 80), None, false, Netns::Host),
             Action::Redirect { port: 9040, counter: Counter::TcpRedirected }
         );
         assert_eq!(
-            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 53), None, false),
+            decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 53), None, false, Netns::Host),
             Action::Redirect { port: 9053, counter: Counter::DnsTcpRedirected }
         );
         assert_eq!(
-            decide(&c, Proto::Udp, &Dest::v4(INTERNET, 53), None, false),
+            decide(&c, Proto::Udp, &Dest::v4(INTERNET, 53), None, false, Netns::Host),
             Action::Redirect { port: 9053, counter: Counter::DnsUdpRedirected }
         );
         assert_eq!(
-            decide(&c, Proto::Tcp, &Dest::v6([0x2001_0db8, 0, 0, 1], 443), None, false),
+            decide(&c, Proto::Tcp, &Dest::v6([0x2001_0db8, 0, 0, 1], 443), None, false, Netns::Host),
             Action::Redirect { port: 9040, counter: Counter::TcpRedirected }
         );
     }
@@ -399,37 +421,46 @@ mod tests {
     fn dns_is_redirected_even_to_lan_and_loopback_resolvers() {
         let c = cfg(flags::LAN_BYPASS);
         let dns = Action::Redirect { port: 9053, counter: Counter::DnsUdpRedirected };
-        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(LAN, 53), None, false), dns);
-        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0035, 53), None, false), dns); // 127.0.0.53
-        assert_eq!(decide(&c, Proto::Udp, &Dest::v6([0, 0, 0, 1], 53), None, false), dns);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(LAN, 53), None, false, Netns::Host), dns);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0035, 53), None, false, Netns::Host), dns); // 127.0.0.53
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v6([0, 0, 0, 1], 53), None, false, Netns::Host), dns);
         // ... but an exempt socket resolves directly, and other loopback ports stay local.
         assert_eq!(
-            decide(&c, Proto::Udp, &Dest::v4(LAN, 53), Some(Exempt::Uid), false),
+            decide(&c, Proto::Udp, &Dest::v4(LAN, 53), Some(Exempt::Uid), false, Netns::Host),
             Action::Pass(Some(Counter::ExemptPassed))
         );
-        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0001, 5353), None, false), Action::Pass(None));
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_0001, 5353), None, false, Netns::Host), Action::Pass(None));
     }
 
     #[test]
     fn leaky_protocols_are_refused() {
         let c = cfg(0);
         let d = |port| Dest::v4(INTERNET, port);
-        assert_eq!(decide(&c, Proto::Udp, &d(443), None, false), Action::Refuse(Counter::UdpRefused));
-        assert_eq!(decide(&c, Proto::Tcp, &d(853), None, false), Action::Refuse(Counter::DotRefused));
-        assert_eq!(decide(&c, Proto::Tcp, &d(443), None, true), Action::Refuse(Counter::DohRefused));
+        assert_eq!(decide(&c, Proto::Udp, &d(443), None, false, Netns::Host), Action::Refuse(Counter::UdpRefused));
+        assert_eq!(decide(&c, Proto::Tcp, &d(853), None, false, Netns::Host), Action::Refuse(Counter::DotRefused));
+        assert_eq!(decide(&c, Proto::Tcp, &d(443), None, true, Netns::Host), Action::Refuse(Counter::DohRefused));
         let v6 = Dest::v6([0x2001_0db8, 0, 0, 1], 80);
-        assert_eq!(decide(&cfg(flags::IPV6_DROP), Proto::Tcp, &v6, None, false), Action::Refuse(Counter::Ipv6Refused));
+        assert_eq!(
+            decide(&cfg(flags::IPV6_DROP), Proto::Tcp, &v6, None, false, Netns::Host),
+            Action::Refuse(Counter::Ipv6Refused)
+        );
     }
 
     #[test]
     fn loopback_exempt_and_lan() {
         let c = cfg(flags::LAN_BYPASS);
-        assert_eq!(decide(&c, Proto::Tcp, &Dest::v4(0x7f00_0001, 80), None, false), Action::Pass(None));
-        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(LAN, 5353), None, false), Action::Pass(Some(Counter::LanPassed)));
-        let off = cfg(0);
-        assert!(matches!(decide(&off, Proto::Tcp, &Dest::v4(LAN, 80), None, false), Action::Redirect { .. }));
+        assert_eq!(decide(&c, Proto::Tcp, &Dest::v4(0x7f00_0001, 80), None, false, Netns::Host), Action::Pass(None));
         assert_eq!(
-            decide(&off, Proto::Udp, &Dest::v4(INTERNET, 443), Some(Exempt::Uid), false),
+            decide(&c, Proto::Udp, &Dest::v4(LAN, 5353), None, false, Netns::Host),
+            Action::Pass(Some(Counter::LanPassed))
+        );
+        let off = cfg(0);
+        assert!(matches!(
+            decide(&off, Proto::Tcp, &Dest::v4(LAN, 80), None, false, Netns::Host),
+            Action::Redirect { .. }
+        ));
+        assert_eq!(
+            decide(&off, Proto::Udp, &Dest::v4(INTERNET, 443), Some(Exempt::Uid), false, Netns::Host),
             Action::Pass(Some(Counter::ExemptPassed))
         );
     }
@@ -440,15 +471,18 @@ mod tests {
         let unready = Config { flags: 0, ..cfg(0) };
         for c in [locked, unready] {
             let d = Dest::v4(INTERNET, 80);
-            assert_eq!(decide(&c, Proto::Tcp, &d, Some(Exempt::Uid), false), Action::Refuse(Counter::LockdownRefused));
             assert_eq!(
-                decide(&c, Proto::Tcp, &Dest::v4(LAN, 80), None, false),
+                decide(&c, Proto::Tcp, &d, Some(Exempt::Uid), false, Netns::Host),
                 Action::Refuse(Counter::LockdownRefused)
             );
-            assert!(matches!(decide(&c, Proto::Tcp, &d, Some(Exempt::Daemon), false), Action::Pass(_)));
-            assert!(!egress_allowed(&c, &d, Some(Exempt::Cgroup)));
-            assert!(egress_allowed(&c, &d, Some(Exempt::Daemon)));
-            assert!(egress_allowed(&c, &Dest::v4(0x7f00_0001, 1), None));
+            assert_eq!(
+                decide(&c, Proto::Tcp, &Dest::v4(LAN, 80), None, false, Netns::Host),
+                Action::Refuse(Counter::LockdownRefused)
+            );
+            assert!(matches!(decide(&c, Proto::Tcp, &d, Some(Exempt::Daemon), false, Netns::Host), Action::Pass(_)));
+            assert!(!egress_allowed(&c, &d, Some(Exempt::Cgroup), Netns::Host));
+            assert!(egress_allowed(&c, &d, Some(Exempt::Daemon), Netns::Host));
+            assert!(egress_allowed(&c, &Dest::v4(0x7f00_0001, 1), None, Netns::Host));
         }
     }
 
@@ -458,7 +492,7 @@ mod tests {
         let ip = 0x0ac0_0005; // 10.192.0.5
         assert!(c.is_virtual4(ip) && !c.is_virtual4(0x0a00_0001));
         let d = Dest { virt: c.is_virtual4(ip), ..Dest::v4(ip, 80) };
-        assert!(matches!(decide(&c, Proto::Tcp, &d, None, false), Action::Redirect { .. }));
+        assert!(matches!(decide(&c, Proto::Tcp, &d, None, false, Netns::Host), Action::Redirect { .. }));
     }
 
     #[test]
@@ -529,23 +563,47 @@ mod tests {
         ] {
             assert!(!lan_allowed(&on, &d), "{what}");
             assert_eq!(
-                decide(&on, Proto::Udp, &d, None, false),
+                decide(&on, Proto::Udp, &d, None, false, Netns::Host),
                 Action::Refuse(Counter::LanDiscoveryRefused),
                 "{what}"
             );
-            assert!(!egress_allowed(&on, &d, None), "{what}");
+            assert!(!egress_allowed(&on, &d, None, Netns::Host), "{what}");
         }
-        assert_eq!(decide(&on, Proto::Udp, &mdns, None, false), Action::Pass(Some(Counter::LanPassed)));
+        assert_eq!(decide(&on, Proto::Udp, &mdns, None, false, Netns::Host), Action::Pass(Some(Counter::LanPassed)));
         // Without LAN bypass nothing of the LAN is direct.
         assert!(!lan_allowed(&cfg(0), &Dest::v4(LAN, 631)) && !lan_allowed(&cfg(0), &mdns));
     }
 
     #[test]
+    fn a_socket_in_another_namespace_is_left_to_its_way_out_but_closed_in_lockdown() {
+        let c = cfg(flags::LAN_BYPASS);
+        let other = Netns::Other;
+        let pass = Action::Pass(Some(Counter::OtherNetnsPassed));
+        // TCP, DNS (also to a container's own stub on loopback), UDP: not redirected to
+        // listeners it cannot reach; the gateway program on its bridge steers them.
+        assert_eq!(decide(&c, Proto::Tcp, &Dest::v4(INTERNET, 80), None, false, other), pass);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(INTERNET, 53), None, false, other), pass);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(0x7f00_000b, 53), None, false, other), pass);
+        assert_eq!(decide(&c, Proto::Udp, &Dest::v4(INTERNET, 443), None, false, other), pass);
+        assert!(egress_allowed(&c, &Dest::v4(INTERNET, 80), None, other));
+        // Closed is closed, in every namespace.
+        for closed in [cfg(flags::LOCKDOWN), Config { flags: 0, ..cfg(0) }] {
+            let d = Dest::v4(INTERNET, 80);
+            assert_eq!(decide(&closed, Proto::Tcp, &d, None, false, other), Action::Refuse(Counter::LockdownRefused));
+            assert_eq!(
+                decide(&closed, Proto::Udp, &Dest::v4(0x7f00_000b, 53), None, false, other),
+                Action::Refuse(Counter::LockdownRefused)
+            );
+            assert!(!egress_allowed(&closed, &d, None, other));
+        }
+    }
+
+    #[test]
     fn egress_needs_exemption_or_lan() {
         let d = Dest::v4(INTERNET, 80);
-        assert!(!egress_allowed(&cfg(flags::LAN_BYPASS), &d, None));
-        assert!(egress_allowed(&cfg(0), &d, Some(Exempt::Gid)));
-        assert!(egress_allowed(&cfg(flags::LAN_BYPASS), &Dest::v4(LAN, 1), None));
-        assert!(!egress_allowed(&cfg(0), &Dest::v4(LAN, 1), None));
+        assert!(!egress_allowed(&cfg(flags::LAN_BYPASS), &d, None, Netns::Host));
+        assert!(egress_allowed(&cfg(0), &d, Some(Exempt::Gid), Netns::Host));
+        assert!(egress_allowed(&cfg(flags::LAN_BYPASS), &Dest::v4(LAN, 1), None, Netns::Host));
+        assert!(!egress_allowed(&cfg(0), &Dest::v4(LAN, 1), None, Netns::Host));
     }
 }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use ttp_common::{flags, Config, Counter, Exempt, IpKey, Origin, Refused, SockAddr, MAX_CGROUP_DEPTH};
+use ttp_common::{flags, Config, Counter, Exempt, IpKey, Origin, Refused, SockAddr, MAX_CGROUP_DEPTH, TAG_OTHER_NETNS};
+use ttp_ebpf::Netns;
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -131,13 +132,22 @@ pub fn exempt_current(cfg: &Config) -> Option<Exempt> {
 /// Exemption recorded for a socket when it was created (see `sock.rs`).
 #[inline(always)]
 pub fn exempt_tag(cookie: u64) -> Option<Exempt> {
+    socket_tag(cookie).0
+}
+
+/// What `sock.rs` recorded for a socket when it was created: its exemption, if any, and
+/// whether it was made in another network namespace. An untagged socket (made before
+/// ttp started) counts as the host's: redirected, so in a container it fails closed.
+#[inline(always)]
+pub fn socket_tag(cookie: u64) -> (Option<Exempt>, Netns) {
     // SAFETY: u8 copied out at once.
     match unsafe { EXEMPT_SOCK.get(&cookie) }.copied() {
-        Some(1) => Some(Exempt::Daemon),
-        Some(2) => Some(Exempt::Root),
-        Some(3) => Some(Exempt::Uid),
-        Some(4) => Some(Exempt::Gid),
-        Some(5) => Some(Exempt::Cgroup),
-        _ => None,
+        Some(1) => (Some(Exempt::Daemon), Netns::Host),
+        Some(2) => (Some(Exempt::Root), Netns::Host),
+        Some(3) => (Some(Exempt::Uid), Netns::Host),
+        Some(4) => (Some(Exempt::Gid), Netns::Host),
+        Some(5) => (Some(Exempt::Cgroup), Netns::Host),
+        Some(TAG_OTHER_NETNS) => (None, Netns::Other),
+        _ => (None, Netns::Host),
     }
 }

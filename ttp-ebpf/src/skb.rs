@@ -2,14 +2,16 @@
 //!
 //! Redirected traffic only ever goes to loopback; every other packet of a governed socket
 //! (ICMP, raw sockets, UDP that slipped past sendmsg, anything in lockdown) is dropped
-//! unless its socket is exempt or it is bound for the LAN with LAN bypass on.
+//! unless its socket is exempt or it is bound for the LAN with LAN bypass on. A socket
+//! made in another network namespace (a container's) is left to that namespace's way
+//! out, which runs through the host namespace's gateway program or uplink kill-switch.
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
 use ttp_common::{Counter, Refused};
 use ttp_ebpf::{egress_allowed, skb_drop_counter};
 
 use crate::{
-    maps::{config, count, note_refusal},
+    maps::{config, count, note_refusal, socket_tag},
     packet::{exempt_of, Ip},
 };
 
@@ -24,7 +26,9 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     }
     let cfg = config();
     ip.read_group_port(&ctx.skb);
-    if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb)) {
+    // SAFETY: skb is the program's context, valid for the helper.
+    let (_, netns) = socket_tag(unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) });
+    if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb), netns) {
         1
     } else {
         let c = skb_drop_counter(ip.transport(&ctx.skb).map_or(0, |(proto, _)| proto));

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use ttp_common::{IpKey, Origin, SockAddr, AF_INET};
 use ttp_ebpf::{decide, Action, Dest, Proto};
 
-use crate::maps::{config, count, count_refused_by_current, exempt_current, exempt_tag, DOH_ADDRS, ORIG_DST};
+use crate::maps::{config, count, count_refused_by_current, exempt_current, socket_tag, DOH_ADDRS, ORIG_DST};
 
 const LOOPBACK4: u32 = 0x7f00_0001;
 const IPPROTO_TCP: u32 = 6;
@@ -102,10 +102,11 @@ fn redirect<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: the context is a valid argument for this helper in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let exempt = exempt_tag(cookie).or_else(|| exempt_current(&cfg));
+    let (tag, netns) = socket_tag(cookie);
+    let exempt = tag.or_else(|| exempt_current(&cfg));
     // SAFETY: u8 copied out at once.
     let doh = proto == Proto::Tcp && dest.port == 443 && unsafe { DOH_ADDRS.get(&IpKey::of(&orig)) }.is_some();
-    match decide(&cfg, proto, &dest, exempt, doh) {
+    match decide(&cfg, proto, &dest, exempt, doh, netns) {
         Action::Pass(counter) => {
             if let Some(c) = counter {
                 count(c);

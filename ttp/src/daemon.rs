@@ -164,8 +164,12 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         anyhow::bail!("--tunnel: a gateway's peer cannot claim every address ({p}): list its tunnel addresses");
     }
     for iface in &opts.gateways {
-        nix::net::if_::if_nametoindex(iface.as_str())
-            .with_context(|| format!("--gateway {iface}: no such interface in this network namespace"))?;
+        nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
+            format!(
+                "--gateway {iface}: no such interface in this network namespace (a container engine's \
+                     bridge exists once the engine runs: start it first, or order ttp after it)"
+            )
+        })?;
         if opts.uplinks.contains(iface) {
             anyhow::bail!("--gateway {iface} is also an uplink: a gateway interface faces the machines behind it");
         }

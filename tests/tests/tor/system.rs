@@ -329,3 +329,132 @@ fn per_application_mode_keeps_names_away_from_systemd_resolved() {
         pkts.iter().filter(|p| p.contains("private.example.com") || p.contains("private2.example.com")).collect();
     assert!(leaked.is_empty(), "a governed program's names left the host in the clear: {leaked:#?}");
 }
+
+/// Makes a container's network as Podman and Docker make it: a namespace `ns` whose
+/// `eth0` is a veth into the bridge `bridge` (`gw`/24 on the host side, `.2` inside), its
+/// default route through the bridge and its resolver the bridge's address (podman's
+/// aardvark-dns listens there). The host must forward, as with a container engine.
+fn container_net(b: &Booted, ns: &str, bridge: &str, net: &str) {
+    b.ok(&format!(
+        "set -e; ip link add {bridge} type bridge; ip addr add {net}.1/24 dev {bridge}; ip link set {bridge} up; \
+         ip netns add {ns}; ip link add v{ns} type veth peer name eth0 netns {ns}; \
+         ip link set v{ns} master {bridge} up; ip -n {ns} addr add {net}.2/24 dev eth0; \
+         ip -n {ns} link set eth0 up; ip -n {ns} link set lo up; ip -n {ns} route add default via {net}.1; \
+         mkdir -p /etc/netns/{ns}; echo 'nameserver {net}.1' > /etc/netns/{ns}/resolv.conf"
+    ))
+    .unwrap();
+}
+
+/// A container on a macvlan of the uplink (Docker's `macvlan` network driver): an address
+/// of its own on the uplink's subnet, its packets leaving through the uplink without
+/// passing the host's routing. Returns its address.
+fn macvlan_container(b: &Booted, ns: &str) -> String {
+    let uplink = b.ok(&format!("ip -4 -o addr show dev {}", ttp_tests::UPLINK)).unwrap();
+    let addr = uplink.split_whitespace().nth(3).expect("the uplink's address");
+    let (host, len) = addr.split_once('/').unwrap();
+    let net = host.rsplit_once('.').unwrap().0;
+    let (mine, gw) = (format!("{net}.3"), format!("{net}.1"));
+    b.ok(&format!(
+        "set -e; ip netns add {ns}; ip link add mv{ns} link {up} type macvlan mode bridge; \
+         ip link set mv{ns} netns {ns}; ip -n {ns} link set mv{ns} name eth0; \
+         ip -n {ns} addr add {mine}/{len} dev eth0; ip -n {ns} link set eth0 up; ip -n {ns} link set lo up; \
+         ip -n {ns} route add default via {gw}",
+        up = ttp_tests::UPLINK
+    ))
+    .unwrap();
+    mine
+}
+
+/// `curl URL` by root inside the container `ns`: a process of the booted system (a
+/// transient unit, governed like a container engine's), in the container's namespace.
+fn container_curl(b: &Booted, ns: &str, url: &str) -> String {
+    let out = b.run_as(0, &["ip", "netns", "exec", ns, "curl", "-s", "-m", "10", url]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn containers_behind_a_gateway_bridge_reach_the_internet_only_through_tor_and_nothing_without_ttp() {
+    let (b, w) = installed();
+    // Two containers: one on a bridge ttp is told is a gateway, one on a bridge it is not.
+    container_net(&b, "ctr", "ttpbr0", "10.88.0");
+    container_net(&b, "ctr2", "ttpbr1", "10.89.0");
+    // The booted system's /proc/sys is read-only inside; its namespace is the world's host.
+    w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
+    // A third, on a macvlan of the uplink: no bridge, no gateway program on its way.
+    let mac = macvlan_container(&b, "ctr3");
+    let conf = std::fs::read_to_string(b.path("/etc/ttp/ttp.toml")).unwrap();
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), format!("{conf}gateway = [\"ttpbr0\"]\n")).unwrap();
+    let by_addr = format!("http://{WEB}/index.txt");
+    let from = |net: &str| format!("IP {net}.2.");
+
+    // The control: without ttp both containers' connections are forwarded to the internet.
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    container_curl(&b, "ctr", &by_addr);
+    container_curl(&b, "ctr2", &by_addr);
+    // The macvlan's own address is on the uplink's subnet: it gets the page directly.
+    let t0 = Instant::now();
+    while container_curl(&b, "ctr3", &by_addr) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the control: the macvlan container got no page");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pkts = cap.stop().unwrap();
+    for net in ["10.88.0", "10.89.0"] {
+        assert!(!matching(&pkts, &from(net)).is_empty(), "the control: {net}.2 was not forwarded: {pkts:#?}");
+    }
+    let mac_out = format!("IP {mac}.");
+    assert!(!matching(&pkts, &mac_out).is_empty(), "the control: nothing from {mac}: {pkts:#?}");
+
+    b.ok("systemctl enable --now ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    wait_for_tor(&b);
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    // The container on the gateway bridge: by name (its resolver is the bridge's address,
+    // answered by the DNSPort) and by address, through Tor.
+    let t0 = Instant::now();
+    while container_curl(&b, "ctr", &format!("http://{NAME}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the container got no page through Tor\n{}", journal(&b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(container_curl(&b, "ctr", &by_addr), PAGE);
+    let pkts = cap.stop().unwrap();
+    let leaked = matching(&pkts, &from("10.88.0"));
+    assert!(leaked.is_empty(), "the container's packets left the host: {leaked:#?}");
+    assert_only_relay_traffic(&pkts);
+    // The containers on a bridge that is no gateway and on the macvlan reach nothing, by
+    // name or address: what they send is not forwarded out, and the uplink's kill-switch
+    // drops what the macvlan puts on it.
+    let pkts = nothing_leaves(&b, &w, &["ctr2", "ctr3"], &mac, "with ttp running");
+    assert_only_relay_traffic(&pkts);
+    let streams = b.ok("ttp streams --recent --json").unwrap();
+    assert!(streams.contains("gateway client 10.88.0.2"), "{streams}");
+
+    // ttp killed, and not restarted: the containers reach nothing at all.
+    b.ok("mkdir -p /run/systemd/system/ttp.service.d && printf '[Service]\\nRestart=no\\n' \
+          > /run/systemd/system/ttp.service.d/test.conf && systemctl daemon-reload")
+        .unwrap();
+    b.ok("systemctl kill --signal=KILL ttp").unwrap();
+    let t0 = Instant::now();
+    while b.ok("systemctl is-active ttp || true").unwrap() == "active" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "ttp did not die");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pkts = nothing_leaves(&b, &w, &["ctr", "ctr2", "ctr3"], &mac, "after the kill");
+    assert!(matching(&pkts, &format!("> {WEB}.")).is_empty(), "something reached the web server: {pkts:#?}");
+}
+
+/// Each of `containers` fetches by address and by name and gets nothing, and the uplink
+/// capture holds no packet from any container (`mac` is the macvlan container's
+/// address); returns the capture.
+fn nothing_leaves(b: &Booted, w: &World, containers: &[&str], mac: &str, when: &str) -> Vec<String> {
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    for ns in containers {
+        for url in [format!("http://{WEB}/index.txt"), format!("http://{NAME}/index.txt")] {
+            assert_ne!(container_curl(b, ns, &url), PAGE, "{ns} {when}: {url}");
+        }
+    }
+    let pkts = cap.stop().unwrap();
+    for from in ["IP 10.88.0.2.", "IP 10.89.0.2.", &format!("IP {mac}.")] {
+        let leaked = matching(&pkts, from);
+        assert!(leaked.is_empty(), "a container's packets left the host {when}: {leaked:#?}");
+    }
+    pkts
+}

@@ -201,6 +201,10 @@ impl Datapath {
             // A subtree: the uplink kill-switch must not close the rest of the host.
             governed_level: governed_level(&cgroup_root, &opts.cgroup),
             governed_cgroup: if opts.cgroup == cgroup_root { 0 } else { cgroup::cgroup_id(&opts.cgroup)? },
+            // Containers' sockets are told apart only when the whole host is governed: then
+            // the uplinks drop every packet nobody governed owns, so what a container sends
+            // leaves only through a gateway interface (ttp_common::Config::host_netns).
+            host_netns: if opts.cgroup == cgroup_root { netns_cookie()? } else { 0 },
         };
         write_policy(&mut maps, &cgroup_root, base, &opts.policy)?;
         if opts.start_locked {
@@ -540,6 +544,28 @@ fn pin(layout: &PinLayout, name: &str, link: FdLink) -> Result<()> {
     let path = layout.links().join(name);
     link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
     Ok(())
+}
+
+/// The cookie of the network namespace we run in, as `bpf_get_netns_cookie` gives it to
+/// the programs. By hand: neither nix nor socket2 has `SO_NETNS_COOKIE` (Linux 5.14).
+fn netns_cookie() -> Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("socket for SO_NETNS_COOKIE")?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: an open socket, and a u64 with its length for the kernel to fill.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("SO_NETNS_COOKIE (Linux 5.14 or newer)");
+    }
+    Ok(cookie)
 }
 
 /// Interface index and link-layer header length (14 for Ethernet, 0 for L3 devices
