@@ -389,6 +389,42 @@ pub fn matching<'a>(packets: &'a [String], needle: &str) -> Vec<&'a String> {
     packets.iter().filter(|l| l.contains(needle)).collect()
 }
 
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
+}
+
+/// The daemons mount bpffs at /sys/fs/bpf when it is missing (a host without systemd has
+/// none). A test process that found it missing unmounts it as it exits, whether its tests
+/// passed or failed, once nothing of ours is pinned there: the kernel's own preload
+/// iterators (`maps.debug`, `progs.debug`) are all it may hold.
+fn unmount_bpffs_at_exit() {
+    extern "C" fn at_exit() {
+        if !bpffs_mounted() {
+            return;
+        }
+        let left: Vec<String> = fs::read_dir(BPFFS)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        if let Some(other) = left.iter().find(|n| !matches!(n.as_str(), "maps.debug" | "progs.debug")) {
+            eprintln!("warning: {BPFFS}/{other} is still pinned after the tests; bpffs left mounted");
+        } else if let Err(e) = nix::mount::umount(BPFFS) {
+            eprintln!("warning: unmounting the tests' bpffs at {BPFFS}: {e}");
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !bpffs_mounted() {
+            // SAFETY: registers a plain function; it runs once, when the process exits.
+            unsafe { libc::atexit(at_exit) };
+        }
+    });
+}
+
 /// The standard world: host and internet namespaces joined by a veth, servers on the
 /// internet side, and a cgroup subtree with governed, daemon and bypass cgroups.
 pub struct World {
@@ -429,6 +465,7 @@ impl World {
         host.ip(&["route", "add", "default", "via", addr::INET_V4])?;
         host.ip(&["-6", "route", "add", "default", "via", addr::INET_V6])?;
 
+        unmount_bpffs_at_exit();
         let cgroups = Cgroup::new_root()?;
         let governed = cgroups.child("governed")?;
         let bypass = governed.child("bypass")?;
@@ -487,6 +524,7 @@ impl World {
         inet.ip(&["addr", "add", &format!("198.19.{n}.1/24"), "dev", &peer])?;
         inet.ip(&["link", "set", &peer, "up"])?;
         host.ip(&["route", "add", "default", "via", &format!("198.19.{n}.1")])?;
+        unmount_bpffs_at_exit();
         let cgroups = Cgroup::new_root()?;
         let governed = cgroups.child("governed")?;
         let bypass = governed.child("bypass")?;

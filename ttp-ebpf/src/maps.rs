@@ -129,12 +129,6 @@ pub fn exempt_current(cfg: &Config) -> Option<Exempt> {
     })
 }
 
-/// Exemption recorded for a socket when it was created (see `sock.rs`).
-#[inline(always)]
-pub fn exempt_tag(cookie: u64) -> Option<Exempt> {
-    socket_tag(cookie).0
-}
-
 /// What `sock.rs` recorded for a socket when it was created: its exemption, if any, and
 /// whether it was made in another network namespace. An untagged socket (made before
 /// ttp started) counts as the host's: redirected, so in a container it fails closed.

@@ -7,9 +7,9 @@ use aya_ebpf::{
     programs::sk_buff::SkBuff,
 };
 use ttp_common::{Config, Exempt, ANY_UID};
-use ttp_ebpf::Dest;
+use ttp_ebpf::{Dest, Netns};
 
-use crate::maps::{exempt_by_identity, exempt_tag};
+use crate::maps::{exempt_by_identity, socket_tag};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -143,6 +143,13 @@ pub enum Frame {
 /// socket (forwarded, time-wait, no socket at all) are never exempt.
 #[inline(always)]
 pub fn exempt_of(cfg: &Config, skb: *mut __sk_buff) -> Option<Exempt> {
+    socket_of(cfg, skb).0
+}
+
+/// [`exempt_of`], and which network namespace the sending socket was made in (one lookup
+/// of its tag for both). Packets without a socket count as the host's.
+#[inline(always)]
+pub fn socket_of(cfg: &Config, skb: *mut __sk_buff) -> (Option<Exempt>, Netns) {
     // SAFETY: skb is the program's context, valid for these helpers.
     unsafe {
         // The daemon's own traffic is the hot path on the uplink: decide it first, with one
@@ -150,18 +157,16 @@ pub fn exempt_of(cfg: &Config, skb: *mut __sk_buff) -> Option<Exempt> {
         let cgroup = bpf_skb_cgroup_id(skb);
         let uid = || bpf_get_socket_uid(skb);
         if cgroup != 0 && cgroup == cfg.daemon_cgroup && (cfg.daemon_uid == ANY_UID || cfg.daemon_uid == uid()) {
-            return Some(Exempt::Daemon);
+            return (Some(Exempt::Daemon), Netns::Host);
         }
         let cookie = bpf_get_socket_cookie(skb.cast());
         if cookie == 0 {
-            return None;
+            return (None, Netns::Host);
         }
-        if let Some(tag) = exempt_tag(cookie) {
-            return Some(tag);
+        let (tag, netns) = socket_tag(cookie);
+        if tag.is_some() || cgroup == 0 {
+            return (tag, netns);
         }
-        if cgroup == 0 {
-            return None;
-        }
-        exempt_by_identity(cfg, cgroup, uid(), None, |level| bpf_skb_ancestor_cgroup_id(skb, level as i32))
+        (exempt_by_identity(cfg, cgroup, uid(), None, |level| bpf_skb_ancestor_cgroup_id(skb, level as i32)), netns)
     }
 }

@@ -6,13 +6,13 @@
 //! made in another network namespace (a container's) is left to that namespace's way
 //! out, which runs through the host namespace's gateway program or uplink kill-switch.
 
-use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use ttp_common::{Counter, Refused};
 use ttp_ebpf::{egress_allowed, skb_drop_counter};
 
 use crate::{
-    maps::{config, count, note_refusal, socket_tag},
-    packet::{exempt_of, Ip},
+    maps::{config, count, note_refusal},
+    packet::{socket_of, Ip},
 };
 
 #[cgroup_skb(egress)]
@@ -26,9 +26,8 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     }
     let cfg = config();
     ip.read_group_port(&ctx.skb);
-    // SAFETY: skb is the program's context, valid for the helper.
-    let (_, netns) = socket_tag(unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) });
-    if egress_allowed(&cfg, &ip.dest, exempt_of(&cfg, ctx.skb.skb), netns) {
+    let (exempt, netns) = socket_of(&cfg, ctx.skb.skb);
+    if egress_allowed(&cfg, &ip.dest, exempt, netns) {
         1
     } else {
         let c = skb_drop_counter(ip.transport(&ctx.skb).map_or(0, |(proto, _)| proto));

@@ -152,17 +152,12 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     // user `ttp` on the host (one test once did). Should one slip through again, the host
     // gets its user database back and the run says so.
     let had_user = system_user_exists("ttp");
-    // The daemons mount bpffs at /sys/fs/bpf when it is missing (a host without systemd
-    // has none): a mount the tests made goes again afterwards, pass or fail, once nothing
-    // of ours is pinned in it (the kernel's own preload files are all it may hold).
-    let had_bpffs = bpffs_mounted();
+    // A bpffs that the tests' daemons mounted goes again when each test process exits
+    // (ttp_tests::World), pass or fail.
     let result = sh(&mut c);
     if !had_user && system_user_exists("ttp") {
         eprintln!("==> WARNING: the system user ttp appeared during the tests; removing it (please report)");
         let _ = Command::new("userdel").arg("ttp").status();
-    }
-    if !had_bpffs && bpffs_mounted() {
-        unmount_test_bpffs();
     }
     result?;
     // Every parser of others' input, and the tunnel's protocol core, under a fuzzer,
@@ -170,30 +165,6 @@ fn test(no_setup: bool, args: &[String]) -> Result<()> {
     fuzz::run(&fuzz::Args { seconds: 15, targets: Vec::new() })?;
     eprintln!("==> all tests passed in {:.0?}", t0.elapsed());
     Ok(())
-}
-
-const BPFFS: &str = "/sys/fs/bpf";
-
-fn bpffs_mounted() -> bool {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
-}
-
-/// Unmounts the bpffs the tests mounted, unless something other than the kernel's
-/// preload iterators (`maps.debug`, `progs.debug`) is still pinned there.
-fn unmount_test_bpffs() {
-    let left: Vec<String> = std::fs::read_dir(BPFFS)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    if let Some(other) = left.iter().find(|n| !matches!(n.as_str(), "maps.debug" | "progs.debug")) {
-        eprintln!("==> WARNING: {BPFFS}/{other} is still pinned after the tests; bpffs left mounted (please report)");
-        return;
-    }
-    if let Err(e) = Command::new("umount").arg(BPFFS).status().map(|s| s.success().then_some(()).ok_or(s)) {
-        eprintln!("==> WARNING: unmounting the tests' bpffs at {BPFFS}: {e:?}");
-    }
 }
 
 fn system_user_exists(name: &str) -> bool {

@@ -240,12 +240,12 @@ fn dns_rate(s: &Side, n: usize, unique: bool) -> Result<f64> {
     Ok(rate)
 }
 
-/// Opens `n` streams through the redirect to a server that keeps them open, and reads
-/// the daemon's RSS while they are all open.
 /// How long after a burst of streams the memory is read again: what a daemon keeps of a
 /// burst once the streams are closed (and the holder has exited).
 const AFTER_RELEASE: Duration = Duration::from_secs(40);
 
+/// Opens `n` streams through the redirect to a server that keeps them open, and reads
+/// the daemon's RSS while they are all open.
 fn with_streams_held(s: &Side, n: usize) -> Result<Mem> {
     let kit = bin("testkit");
     let kit = kit.to_str().unwrap_or_default();
