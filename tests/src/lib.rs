@@ -50,6 +50,10 @@ pub mod addr {
 /// `TTP_BIN=PATH` runs another build of `ttp` instead (a release profile under trial in
 /// `bench tor`, side by side with the built one).
 pub fn bin(name: &str) -> PathBuf {
+    if name == "ttp" {
+        // Before this process runs its first ttp, which may mount bpffs.
+        unmount_bpffs_at_exit();
+    }
     match std::env::var_os("TTP_BIN") {
         Some(p) if name == "ttp" => PathBuf::from(p),
         _ => built(name),
@@ -399,7 +403,8 @@ fn bpffs_mounted() -> bool {
 }
 
 /// The daemons mount bpffs at /sys/fs/bpf when it is missing (a host without systemd has
-/// none). A test process that found it missing unmounts it as it exits, whether its tests
+/// none). A test process that found it missing before it ran its first `ttp` ([`bin`])
+/// unmounts it as it exits, whether its tests
 /// passed or failed, once nothing of ours is pinned there: the kernel's own preload
 /// iterators (`maps.debug`, `progs.debug`) are all it may hold.
 fn unmount_bpffs_at_exit() {
@@ -465,7 +470,6 @@ impl World {
         host.ip(&["route", "add", "default", "via", addr::INET_V4])?;
         host.ip(&["-6", "route", "add", "default", "via", addr::INET_V6])?;
 
-        unmount_bpffs_at_exit();
         let cgroups = Cgroup::new_root()?;
         let governed = cgroups.child("governed")?;
         let bypass = governed.child("bypass")?;
@@ -524,7 +528,6 @@ impl World {
         inet.ip(&["addr", "add", &format!("198.19.{n}.1/24"), "dev", &peer])?;
         inet.ip(&["link", "set", &peer, "up"])?;
         host.ip(&["route", "add", "default", "via", &format!("198.19.{n}.1")])?;
-        unmount_bpffs_at_exit();
         let cgroups = Cgroup::new_root()?;
         let governed = cgroups.child("governed")?;
         let bypass = governed.child("bypass")?;
