@@ -408,17 +408,21 @@ fn bpffs_mounted() -> bool {
 /// passed or failed, once nothing of ours is pinned there: the kernel's own preload
 /// iterators (`maps.debug`, `progs.debug`) are all it may hold.
 fn unmount_bpffs_at_exit() {
+    // Two daemons that start at once may both find it missing and mount it twice, one
+    // over the other: each mount goes, from the top.
     extern "C" fn at_exit() {
-        if !bpffs_mounted() {
-            return;
-        }
-        let left: Vec<String> = fs::read_dir(BPFFS)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        if let Some(other) = left.iter().find(|n| !matches!(n.as_str(), "maps.debug" | "progs.debug")) {
-            eprintln!("warning: {BPFFS}/{other} is still pinned after the tests; bpffs left mounted");
-        } else if let Err(e) = nix::mount::umount(BPFFS) {
-            eprintln!("warning: unmounting the tests' bpffs at {BPFFS}: {e}");
+        while bpffs_mounted() {
+            let left: Vec<String> = fs::read_dir(BPFFS)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            if let Some(other) = left.iter().find(|n| !matches!(n.as_str(), "maps.debug" | "progs.debug")) {
+                eprintln!("warning: {BPFFS}/{other} is still pinned after the tests; bpffs left mounted");
+                return;
+            }
+            if let Err(e) = nix::mount::umount(BPFFS) {
+                eprintln!("warning: unmounting the tests' bpffs at {BPFFS}: {e}");
+                return;
+            }
         }
     }
     static ONCE: std::sync::Once = std::sync::Once::new();

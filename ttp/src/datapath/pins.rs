@@ -44,10 +44,20 @@ impl PinLayout {
     /// pin directory is under it and nothing is mounted there yet.
     pub fn prepare(&self) -> Result<()> {
         let bpffs = Path::new("/sys/fs/bpf");
-        if !on_bpffs(&self.root)? && self.root.starts_with(bpffs) && !on_bpffs(bpffs)? {
-            nix::mount::mount(Some("bpffs"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-                .context("mounting bpffs at /sys/fs/bpf")?;
-            tracing::info!("mounted bpffs at /sys/fs/bpf");
+        if !on_bpffs(&self.root)? && self.root.starts_with(bpffs) {
+            // Two ttp processes starting at once (a `ttp lock` and a start, or tests) could
+            // both find nothing mounted and mount twice, the second over the first, hiding
+            // what the first pinned. The check and the mount go under one lock, taken on
+            // the directory: whoever locks after a mount sees it.
+            let dir = fs::File::open(bpffs).context("opening /sys/fs/bpf")?;
+            let _locked = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .context("locking /sys/fs/bpf")?;
+            if !on_bpffs(bpffs)? {
+                nix::mount::mount(Some("bpffs"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+                    .context("mounting bpffs at /sys/fs/bpf")?;
+                tracing::info!("mounted bpffs at /sys/fs/bpf");
+            }
         }
         if !on_bpffs(&self.root)? {
             bail!(
