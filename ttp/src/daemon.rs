@@ -548,23 +548,11 @@ async fn serve(
 
     // Verify the exit through Tor, in the background: a check endpoint out of reach must
     // not keep the host from being protected and usable.
-    let verifying = services.clone();
-    let socks_port = opts.socks_port;
-    tokio::spawn(async move {
-        match crate::check::check_any(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), socks_port), &check_urls).await {
-            Ok(c) => {
-                tracing::info!(
-                    "exit verified: {} (is Tor: {:?}, {} ms, {})",
-                    c.exit_address,
-                    c.is_tor,
-                    c.latency_ms,
-                    c.url
-                );
-                *verifying.exit.lock().expect("exit lock") = Some(c);
-            }
-            Err(e) => tracing::warn!("exit not verified: {e:#} (`ttp check` retries)"),
-        }
-    });
+    tokio::spawn(verify_exit(
+        services.clone(),
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), opts.socks_port),
+        check_urls,
+    ));
 
     monitor.set_lockdown(false)?;
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
@@ -593,6 +581,41 @@ async fn serve(
     let stopped = outcome?;
     locked?;
     Ok(stopped)
+}
+
+/// Waits between background exit checks that found no answer: soon at first (a fresh
+/// daemon's circuits may still be building), then less and less often.
+const VERIFY_RETRY: [Duration; 4] =
+    [Duration::from_secs(15), Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(1800)];
+
+/// Verifies the exit through Tor until it is known, so that `ttp status` shows it without
+/// anyone running `ttp check`. A try that fails is retried later (the last wait repeats);
+/// the first answer, or one from `ttp check`, ends it.
+///
+/// It never replaces a result that is already there: that one came from a `ttp check`
+/// that started after this loop's try, so it is the newer word on the exit.
+async fn verify_exit(services: Arc<Services>, socks: SocketAddr, urls: Vec<String>) {
+    let known = || services.exit.lock().expect("exit lock").is_some();
+    for wait in std::iter::once(Duration::ZERO).chain(VERIFY_RETRY).chain(std::iter::repeat(VERIFY_RETRY[3])) {
+        tokio::time::sleep(wait).await;
+        if known() {
+            return;
+        }
+        match crate::check::check_any(socks, &urls).await {
+            Ok(c) => {
+                tracing::info!(
+                    "exit verified: {} (is Tor: {:?}, {} ms, {})",
+                    c.exit_address,
+                    c.is_tor,
+                    c.latency_ms,
+                    c.url
+                );
+                services.exit.lock().expect("exit lock").get_or_insert(c);
+                return;
+            }
+            Err(e) => tracing::warn!("exit not verified: {e:#} (trying again in a while; `ttp check` asks now)"),
+        }
+    }
 }
 
 /// Hands the heap's free pages back to the kernel. Setting up parses the kernel's BTF
