@@ -98,6 +98,15 @@ impl Event {
     }
 }
 
+/// Could `name` be a network interface's name? The kernel's rule (`dev_valid_name`), so
+/// that a gateway interface that does not exist yet is at least one that could.
+pub fn valid_interface_name(name: &str) -> bool {
+    (1..16).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
 /// The governed cgroup (under the cgroup2 mount `root`) and the two `ttp exec` cgroups
 /// inside it.
 fn exec_cgroups(opts: &StartOptions, root: &Path) -> (PathBuf, [PathBuf; 2]) {
@@ -120,14 +129,17 @@ pub fn cleanup_for(opts: &StartOptions) -> Result<Cleanup> {
         cgroups: exec.to_vec(),
         ports: vec![opts.trans_port, opts.dns_port, opts.socks_port],
         gateway: opts.tunnel.is_some() || !opts.gateways.is_empty(),
-        // The tunnel's interface is a gateway interface too (its name is in its file).
-        follow_uplinks: opts.uplinks.is_empty().then(|| {
+        uplinks: Some(if opts.uplinks.is_empty() {
+            // The tunnel's interface is a gateway interface too (its name is in its file).
             let mut skip = opts.gateways.clone();
             if let Some(t) = opts.tunnel.as_deref().and_then(|p| TunnelConfig::load(p).ok()) {
                 skip.push(t.interface);
             }
-            skip
+            crate::uplinks::Follow::DefaultRoutes { skip }
+        } else {
+            crate::uplinks::Follow::Named(opts.uplinks.clone())
         }),
+        gateways: opts.gateways.clone(),
     })
 }
 
@@ -164,14 +176,19 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
         anyhow::bail!("--tunnel: a gateway's peer cannot claim every address ({p}): list its tunnel addresses");
     }
     for iface in &opts.gateways {
-        nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
-            format!(
-                "--gateway {iface}: no such interface in this network namespace (a container engine's \
-                     bridge exists once the engine runs: start it first, or order ttp after it)"
-            )
-        })?;
+        if !valid_interface_name(iface) {
+            anyhow::bail!(
+                "--gateway {}: not an interface name (1 to 15 bytes, no '/', ':' or spaces)",
+                iface.escape_debug()
+            );
+        }
         if opts.uplinks.contains(iface) {
             anyhow::bail!("--gateway {iface} is also an uplink: a gateway interface faces the machines behind it");
+        }
+        // A container engine's bridge exists once the engine runs (docker0) or its first
+        // container does (Podman's): the monitor attaches to it when it appears.
+        if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
+            tracing::info!("gateway interface {iface} does not exist yet: ttp takes it over when it appears");
         }
     }
     // Descriptors: as many as we may have, and the slots sized against them (load.rs).
@@ -669,4 +686,17 @@ pub fn notify_systemd_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
     let _ = sock.send_to(b"READY=1", &path);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interface_names_follow_the_kernels_rule() {
+        for ok in ["docker0", "podman0", "cni-podman0", "eth0.5", "br-0123456789ab", "a"] {
+            assert!(super::valid_interface_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "eth0:1", "with space", "sixteen_bytes_ab", "tab\t"] {
+            assert!(!super::valid_interface_name(bad), "{bad:?}");
+        }
+    }
 }

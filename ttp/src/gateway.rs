@@ -11,7 +11,12 @@
 //! by the monitor at a clean stop, and by `ttp stop` after a crash. Only this table and
 //! rules pointing at it are touched: the host's own routes never are.
 //!
-//! The daemon also keeps the program's list of this host's own addresses current
+//! The rules name interfaces, so they hold for a named interface that does not exist yet
+//! or is made again. The TC programs are the monitor's to attach when one appears
+//! ([`follow_interfaces`]). Until then what arrives on it matches the rule but meets no
+//! program: delivered to this host, never forwarded.
+//!
+//! The monitor also keeps the program's list of this host's own addresses current
 //! ([`follow_local_addresses`]): connections to them go to the host's own services.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,7 +32,12 @@ use rtnetlink::{
     MulticastGroup,
 };
 
-use crate::datapath::maps::Maps;
+use crate::datapath::{
+    maps::Maps,
+    tcx::{self, Attached, Direction},
+    PinLayout,
+};
+use ttp_common::programs::{TC_GATEWAY, TC_GATEWAY_EGRESS};
 
 /// The routing table ttp owns ("tp").
 pub const TABLE: u32 = 0x7470;
@@ -129,6 +139,50 @@ fn local_defaults() -> Result<[(RouteMessage, &'static str); 2]> {
         .output_interface(lo)
         .build();
     Ok([(v4, "local 0.0.0.0/0"), (v6, "local ::/0")])
+}
+
+/// Gives the named gateway interfaces their programs whenever they exist: one that
+/// appears after start (docker0 when docker.service starts, Podman's bridge with its first
+/// container), or that is deleted and made again (Podman's, with its last container and
+/// the next first one). Root's job, on a thread of the monitor: follows link changes until
+/// the process ends.
+pub fn follow_interfaces(pin_dir: std::path::PathBuf, names: Vec<String>, mut maps: Maps) {
+    let layout = PinLayout::new(&pin_dir);
+    crate::netwatch::follow(
+        &[MulticastGroup::Link],
+        "no longer following the gateway interfaces; one made from now on gets no gateway program \
+         (what comes in on it is delivered to this host, never forwarded) until the next start",
+        || attach_interfaces(&layout, &mut maps, &names),
+    );
+}
+
+fn attach_interfaces(layout: &PinLayout, maps: &mut Maps, names: &[String]) {
+    for iface in names {
+        let Ok((index, l2)) = crate::datapath::link_of(iface) else { continue };
+        // The map first: the ingress program drops what comes from an interface it lacks.
+        let done = maps.set_gateway(index, l2).and_then(|()| {
+            let ingress = tcx::ensure(layout, TC_GATEWAY, iface, index, Direction::Ingress)?;
+            tcx::ensure(layout, TC_GATEWAY_EGRESS, iface, index, Direction::Egress)?;
+            Ok(ingress)
+        });
+        match done {
+            Ok(Attached::Already) => {}
+            Ok(Attached::New) => {
+                tracing::info!("gateway interface {iface} appeared: what comes in on it goes through Tor")
+            }
+            Ok(Attached::Again) => {
+                tracing::info!("gateway interface {iface} was made again: what comes in on it goes through Tor")
+            }
+            Err(e) => tracing::error!(
+                "gateway interface {iface}: attaching the gateway program failed: {e:#}; what comes in on it \
+                 is delivered to this host, never forwarded"
+            ),
+        }
+    }
+    // Entries of interfaces that are gone: a bounded map must not fill with them.
+    if let Err(e) = maps.retain_gateways(|i| nix::net::if_::if_indextoname(i).is_ok()) {
+        tracing::warn!("{e:#}");
+    }
 }
 
 /// Keeps LOCAL_V4 and LOCAL_V6 equal to this host's addresses, so that the gateway

@@ -61,9 +61,12 @@ pub struct Cleanup {
     pub ports: Vec<u16>,
     /// Gateway mode ran: its routing rules go (see [`crate::gateway`]).
     pub gateway: bool,
-    /// ttp chose the uplinks (no `--uplink`): the monitor attaches the kill-switch to
-    /// interfaces that gain a default route later ([`crate::uplinks`]), never to these.
-    pub follow_uplinks: Option<Vec<String>>,
+    /// The uplinks the monitor keeps the kill-switch on as interfaces come and go
+    /// ([`crate::uplinks`]); none after a crash (`ttp stop` only tears down).
+    pub uplinks: Option<crate::uplinks::Follow>,
+    /// Gateway interfaces named by the user: the monitor gives them their programs when
+    /// they appear or are made again ([`crate::gateway::follow_interfaces`]).
+    pub gateways: Vec<String>,
 }
 
 /// The daemon's reason to ask for a teardown: SIGTERM or SIGINT, or `stop` on the control
@@ -261,9 +264,9 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                     Ok(m) => armed = Some(m),
                     Err(e) => bail!("opening the pinned maps: {e:#}"),
                 }
-                if let Some(skip) = cleanup.follow_uplinks.clone() {
+                if let Some(uplinks) = cleanup.uplinks.clone() {
                     let pin_dir = cleanup.pin_dir.clone();
-                    std::thread::spawn(move || crate::uplinks::follow(pin_dir, skip));
+                    std::thread::spawn(move || crate::uplinks::follow(pin_dir, uplinks));
                 }
                 // The daemon is this process's parent (it forked the monitor).
                 let daemon = std::os::unix::process::parent_id();
@@ -275,6 +278,18 @@ fn run(from_daemon: BufReader<File>, mut to_daemon: File, cleanup: &Cleanup) -> 
                     match crate::datapath::Maps::open_pinned(&PinLayout::new(&cleanup.pin_dir).maps()) {
                         Ok(m) => drop(std::thread::spawn(move || crate::gateway::follow_local_addresses(m))),
                         Err(e) => tracing::error!("not following this host's addresses for the gateway: {e:#}"),
+                    }
+                    if !cleanup.gateways.is_empty() {
+                        let (pin_dir, names) = (cleanup.pin_dir.clone(), cleanup.gateways.clone());
+                        match crate::datapath::Maps::open_pinned(&PinLayout::new(&pin_dir).maps()) {
+                            Ok(m) => {
+                                drop(std::thread::spawn(move || crate::gateway::follow_interfaces(pin_dir, names, m)))
+                            }
+                            Err(e) => tracing::error!(
+                                "not following the gateway interfaces (one made from now on gets no gateway \
+                                 program): {e:#}"
+                            ),
+                        }
                     }
                 }
                 let _ = std::fs::remove_file(cleanup.runtime_dir.join(FAULT_FILE));
@@ -342,8 +357,9 @@ impl Cleanup {
     /// file: the governed cgroup and ports) and its pins (whether it ran a gateway).
     pub fn recorded(runtime_dir: &std::path::Path, pin_dir: &std::path::Path, lock: Option<&SessionLock>) -> Cleanup {
         let layout = PinLayout::new(pin_dir);
-        let gateway =
-            layout.link_pins().unwrap_or_default().iter().any(|p| {
+        // Its gateway program is pinned whether or not an interface for it ever appeared.
+        let gateway = layout.progs().join(ttp_common::programs::TC_GATEWAY).exists()
+            || layout.link_pins().unwrap_or_default().iter().any(|p| {
                 p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(ttp_common::programs::TC_GATEWAY))
             });
         Cleanup {
@@ -352,7 +368,8 @@ impl Cleanup {
             cgroups: lock.map(|l| vec![l.cgroup.join("ttp.tor"), l.cgroup.join("ttp.direct")]).unwrap_or_default(),
             ports: lock.map(|l| vec![l.ports.trans, l.ports.dns, l.ports.socks]).unwrap_or_default(),
             gateway,
-            follow_uplinks: None,
+            uplinks: None,
+            gateways: Vec::new(),
         }
     }
 }

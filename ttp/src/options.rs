@@ -120,7 +120,8 @@ pub struct StartOptions {
     #[arg(long, value_name = "FILE")]
     pub tunnel: Option<PathBuf>,
     /// A LAN interface whose machines get the same treatment as tunnel peers: their TCP
-    /// and DNS through Tor, nothing forwarded; repeatable.
+    /// and DNS through Tor, nothing forwarded; repeatable. It may not exist yet (a
+    /// container engine's bridge): ttp takes it over when it appears.
     #[arg(long = "gateway", value_name = "IFACE")]
     pub gateways: Vec<String>,
     /// The DNSPort's virtual range for .onion names.

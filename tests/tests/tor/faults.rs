@@ -181,17 +181,21 @@ fn a_stop_root_did_not_ask_for_leaves_the_host_closed() {
 /// An interface that gains a default route after start (a Wi-Fi reconnect, USB tethering)
 /// gets the uplink kill-switch, when ttp chose its uplinks itself: a governed root
 /// process's frame on it leaves before (the capture's control, and the gap this closes)
-/// and not after.
+/// and not after. Deleted and made again under its name (a USB modem replugged), it is a
+/// new interface without the old one's programs, and gets the kill-switch again.
 #[test]
 fn an_uplink_that_appears_after_start_gets_the_kill_switch() {
     let r = start_choosing_uplinks();
     // A second link, to a namespace of this test's own.
     let other = Netns::new("up2").unwrap();
-    r.w.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "eth9", "netns", &other.name]).unwrap();
-    r.w.host.ip(&["addr", "add", "198.18.250.2/24", "dev", "up1"]).unwrap();
-    r.w.host.ip(&["link", "set", "up1", "up"]).unwrap();
-    other.ip(&["addr", "add", "198.18.250.1/24", "dev", "eth9"]).unwrap();
-    other.ip(&["link", "set", "eth9", "up"]).unwrap();
+    let make_link = || {
+        r.w.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "eth9", "netns", &other.name]).unwrap();
+        r.w.host.ip(&["addr", "add", "198.18.250.2/24", "dev", "up1"]).unwrap();
+        r.w.host.ip(&["link", "set", "up1", "up"]).unwrap();
+        other.ip(&["addr", "add", "198.18.250.1/24", "dev", "eth9"]).unwrap();
+        other.ip(&["link", "set", "eth9", "up"]).unwrap();
+    };
+    make_link();
     let frame =
         |port: u16| r.w.governed(0, &["packet", "up1", "198.18.250.2", &format!("198.18.250.1:{port}"), "dgram"]);
     let cap = Capture::start(&other, "eth9").unwrap();
@@ -212,4 +216,21 @@ fn an_uplink_that_appears_after_start_gets_the_kill_switch() {
     );
     let log = r.daemon.as_ref().unwrap().log();
     assert!(log.contains("up1 now carries a default route"), "{log}");
+
+    // Unplugged and plugged in again: the pin is still there, its link on nothing.
+    r.w.host.ip(&["link", "del", "up1"]).unwrap();
+    make_link();
+    let cap = Capture::start(&other, "eth9").unwrap();
+    r.w.host.ip(&["route", "add", "default", "via", "198.18.250.1", "dev", "up1", "metric", "500"]).unwrap();
+    let t0 = Instant::now();
+    // The monitor says when it attached; the frame is the proof, with or without the word.
+    while !r.daemon.as_ref().unwrap().log().contains("uplink up1 was made again") && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = frame(9003);
+    let pkts = cap.stop().unwrap();
+    assert!(
+        matching(&pkts, "> 198.18.250.1.9003").is_empty(),
+        "a governed frame left the uplink made again ({after}): {pkts:#?}"
+    );
 }

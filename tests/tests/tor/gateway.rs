@@ -137,24 +137,9 @@ impl Behind {
         }
     }
 
-    /// `argv` in `ns` with `resolv` as its /etc/resolv.conf (a private mount namespace:
-    /// the host's file is never touched).
+    /// `argv` in `ns` with the file `resolv` of the test's directory as its resolv.conf.
     fn in_ns(&self, ns: &Netns, resolv: &str, argv: &[&str]) -> String {
-        let out = ns
-            .cmd("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
-            ])
-            .arg(self.dir.0.join(resolv))
-            .args(argv)
-            .output()
-            .unwrap();
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+        in_ns(ns, &self.dir.0.join(resolv), argv)
     }
 
     fn peer_curl(&self, url: &str) -> String {
@@ -173,6 +158,19 @@ impl Drop for Behind {
             let _ = p.child.wait();
         }
     }
+}
+
+/// `argv` in `ns` with `resolv` as its /etc/resolv.conf (a private mount namespace: the
+/// host's file is never touched); its output and errors.
+fn in_ns(ns: &Netns, resolv: &std::path::Path, argv: &[&str]) -> String {
+    let out = ns
+        .cmd("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#])
+        .arg(resolv)
+        .args(argv)
+        .output()
+        .unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
 }
 
 /// Our table in `ip rule` (both families) of the gateway's namespace.
@@ -351,6 +349,67 @@ fn a_killed_gateway_forwards_nothing() {
     let out = b.run.w.ttp_ctl(&["stop"], &b.run.state).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(gateway_rules(&b.run.w), "", "rules left after `ttp stop`");
+}
+
+/// A gateway interface named before it exists, as a container engine's bridge is (docker0
+/// appears when docker.service starts, Podman's with its first container): ttp starts, and
+/// takes it over when it appears. Deleted and made again (Podman's bridge goes with its
+/// last container), it is a new interface, and taken over again. Each time the machine
+/// behind it reaches the internet by name and by address through Tor only, while the
+/// host forwards (a router: what ttp let through would leave).
+#[test]
+fn a_gateway_bridge_made_after_start_or_made_again_goes_through_tor_only() {
+    const BR: &str = "ttplate0";
+    let r = start(&["--gateway", BR]);
+    let w = &r.w;
+    w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
+    let status = ttp(&r, &["status"]);
+    assert!(status.contains(&format!("gateway:    {BR} (not there yet")), "{status}");
+
+    let client = Netns::new("gwlate").unwrap();
+    w.host.ip(&["link", "add", "gwlate0", "type", "veth", "peer", "name", "eth0", "netns", &client.path()]).unwrap();
+    client.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth0"]).unwrap();
+    client.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let dir = TempDir::new("gwlate");
+    let resolv = dir.0.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.89.0.1\n").unwrap();
+    let make_bridge = || {
+        w.host.ip(&["link", "add", BR, "type", "bridge"]).unwrap();
+        w.host.ip(&["addr", "add", "10.89.0.1/24", "dev", BR]).unwrap();
+        w.host.ip(&["link", "set", BR, "up"]).unwrap();
+        w.host.ip(&["link", "set", "gwlate0", "master", BR, "up"]).unwrap();
+        client.ip(&["route", "replace", "default", "via", "10.89.0.1"]).unwrap();
+    };
+    let curl = |url: &str| in_ns(&client, &resolv, &["curl", "-sS", "--max-time", "10", url]);
+    let by_addr = format!("http://{WEB}/index.txt");
+    for round in ["made after start", "made again"] {
+        make_bridge();
+        let t0 = Instant::now();
+        loop {
+            let got = curl(&by_addr);
+            if got == PAGE {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{BR} {round}: no page through it: {got}\ncounters: {:?}\n{}",
+                w.counters().unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+                r.failures()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+        assert_eq!(curl("http://www.example.test/index.txt"), PAGE, "{BR} {round}: by name");
+        assert_eq!(curl(&by_addr), PAGE, "{BR} {round}: by address");
+        assert_only_relay_traffic(&cap.stop().unwrap());
+        if round == "made after start" {
+            w.host.ip(&["link", "del", BR]).unwrap();
+        }
+    }
+    let streams = ttp(&r, &["streams", "--recent", "--json"]);
+    assert!(streams.contains("gateway client 10.89.0.2"), "{streams}");
+    let log = r.daemon.as_ref().unwrap().log();
+    assert!(log.contains(&format!("gateway interface {BR} was made again")), "{log}");
 }
 
 fn peer_status(b: &Behind) -> serde_json::Value {

@@ -24,6 +24,18 @@ pub fn run(runtime_dir: &Path, pin_dir: &Path, json: bool) -> Result<()> {
                 say!("waiting:    {w}");
             }
             say!("ports:      trans {}  dns {}  socks {}", status.ports.trans, status.ports.dns, status.ports.socks);
+            if !status.gateway_interfaces.is_empty() {
+                // Looked up here: the CLI runs in the daemon's network namespace.
+                let shown: Vec<String> = status
+                    .gateway_interfaces
+                    .iter()
+                    .map(|i| match nix::net::if_::if_nametoindex(i.as_str()) {
+                        Ok(_) => i.clone(),
+                        Err(_) => format!("{i} (not there yet: taken over when it appears)"),
+                    })
+                    .collect();
+                say!("gateway:    {}", shown.join(", "));
+            }
             say!(
                 "streams:    {} open, {} refused at the limit; {} bytes up, {} down",
                 status.streams_open,

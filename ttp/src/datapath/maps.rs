@@ -173,6 +173,17 @@ impl Maps {
         self.gateways.insert(ifindex, l2_len, 0).context("writing GATEWAYS")
     }
 
+    /// Keeps the UPLINKS entries of the interfaces `keep` names (by index), removes the
+    /// others: interfaces that come and go must not fill the bounded map.
+    pub fn retain_uplinks(&mut self, keep: impl Fn(u32) -> bool) -> Result<()> {
+        retain(&mut self.uplinks, keep, "UPLINKS")
+    }
+
+    /// [`Maps::retain_uplinks`] for GATEWAYS.
+    pub fn retain_gateways(&mut self, keep: impl Fn(u32) -> bool) -> Result<()> {
+        retain(&mut self.gateways, keep, "GATEWAYS")
+    }
+
     /// Makes LOCAL_V4 this host's addresses: the gateway program passes a gateway
     /// client's new TCP connection to one of them to the host's own services.
     pub fn set_local_v4(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
@@ -296,6 +307,14 @@ fn sync<K: aya::Pod + Eq + Hash>(
     }
     for k in want {
         map.insert(k, 1, 0).with_context(|| format!("writing {name} (is it full?)"))?;
+    }
+    Ok(())
+}
+
+fn retain(map: &mut HashMap<MapData, u32, u32>, keep: impl Fn(u32) -> bool, name: &str) -> Result<()> {
+    let gone: Vec<u32> = map.keys().filter_map(Result::ok).filter(|k| !keep(*k)).collect();
+    for k in gone {
+        map.remove(&k).with_context(|| format!("removing a gone interface from {name}"))?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod maps;
 pub mod pins;
+pub mod tcx;
 
 use std::{
     fs::File,
@@ -109,7 +110,9 @@ pub struct DatapathOptions {
     /// Interfaces that get the TC egress kill-switch.
     pub uplinks: Vec<String>,
     /// Gateway interfaces (the tunnel's TUN, LAN interfaces): what other machines send
-    /// in on them is steered into the TransPort and DNSPort, the rest dropped.
+    /// in on them is steered into the TransPort and DNSPort, the rest dropped. One that
+    /// does not exist yet (a container engine's bridge) gets its programs from the monitor
+    /// when it appears ([`tcx`]).
     pub gateways: Vec<String>,
     /// Per-instance directory in bpffs.
     pub pin_dir: PathBuf,
@@ -214,7 +217,10 @@ impl Datapath {
             let (index, l2) = link_of(iface)?;
             maps.set_uplink(index, l2)?;
         }
-        for iface in &opts.gateways {
+        // The gateway interfaces there now; the monitor takes the others when they appear.
+        let gateways: Vec<&String> =
+            opts.gateways.iter().filter(|iface| nix::net::if_::if_nametoindex(iface.as_str()).is_ok()).collect();
+        for iface in &gateways {
             let (index, l2) = link_of(iface)?;
             maps.set_gateway(index, l2)?;
         }
@@ -256,6 +262,8 @@ impl Datapath {
         {
             let p: &mut SchedClassifier = program(&mut ebpf, prog::TC_EGRESS)?;
             p.load().map_err(aya_err).context("loading tc_egress")?;
+            // Pinned for uplinks that come later (see tcx).
+            p.pin(layout.progs().join(prog::TC_EGRESS)).context("pinning tc_egress")?;
             for iface in &opts.uplinks {
                 let id = p
                     .attach_with_options(
@@ -265,7 +273,7 @@ impl Datapath {
                     )
                     .map_err(aya_err)
                     .with_context(|| format!("attaching the TC kill-switch to {iface} (tcx needs Linux 6.6+)"))?;
-                pin(layout, &crate::uplinks::pin_name(iface), p.take_link(id)?.try_into()?)?;
+                pin(layout, &tcx::pin_name(prog::TC_EGRESS, iface), p.take_link(id)?.try_into()?)?;
             }
         }
         for (name, direction) in
@@ -276,7 +284,8 @@ impl Datapath {
             }
             let p: &mut SchedClassifier = program(&mut ebpf, name)?;
             p.load().map_err(aya_err).with_context(|| format!("loading {name}"))?;
-            for iface in &opts.gateways {
+            p.pin(layout.progs().join(name)).with_context(|| format!("pinning {name}"))?;
+            for iface in &gateways {
                 let id = p
                     .attach_with_options(
                         iface,
@@ -285,8 +294,7 @@ impl Datapath {
                     )
                     .map_err(aya_err)
                     .with_context(|| format!("attaching {name} to {iface} (tcx needs Linux 6.6+)"))?;
-                let pin_name = format!("{name}@{}", iface.replace('.', "_"));
-                pin(layout, &pin_name, p.take_link(id)?.try_into()?)?;
+                pin(layout, &tcx::pin_name(name, iface), p.take_link(id)?.try_into()?)?;
             }
         }
         {
@@ -459,14 +467,13 @@ pub fn bpf_lsm_active() -> Option<bool> {
     std::fs::read_to_string(LSM_LIST).ok().map(|l| l.trim().split(',').any(|m| m == "bpf"))
 }
 
-/// `enum bpf_attach_type`: BPF_CGROUP_SETSOCKOPT, BPF_TCX_EGRESS.
+/// `enum bpf_attach_type`: BPF_CGROUP_SETSOCKOPT (tcx's are [`tcx::Direction`]).
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
-pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
 /// Attaches a program with a bpf_link to `target` (a cgroup's descriptor, or an
 /// interface's index for tcx; tcx links go after the others). By hand: aya 0.14's sockopt
 /// links cannot become an `FdLink`, so they could not be pinned (KNOWN.md), and the
-/// monitor attaches a program it did not load (see [`crate::uplinks`]).
+/// monitor attaches a program it did not load (see [`tcx`]).
 pub(crate) fn link_create(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> Result<OwnedFd> {
     #[repr(C)]
     struct LinkCreate {
@@ -518,15 +525,15 @@ fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
 /// Pins a link given by its descriptor (see [`link_create`]).
 pub(crate) fn pin_fd(layout: &PinLayout, name: &str, link: &OwnedFd) -> Result<()> {
     let path = layout.links().join(name);
+    obj_pin(&path, link).with_context(|| format!("pinning link {}", path.display()))
+}
+
+/// Pins a BPF object (a link, a program) at `path` on bpffs.
+pub(crate) fn obj_pin(path: &Path, obj: &OwnedFd) -> std::io::Result<()> {
     const BPF_OBJ_PIN: libc::c_long = 6;
-    c_path(&path)
-        .and_then(|c| {
-            let attr =
-                ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: link.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
-            bpf_call(BPF_OBJ_PIN, &attr)
-        })
-        .with_context(|| format!("pinning link {}", path.display()))?;
-    Ok(())
+    let c = c_path(path)?;
+    let attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: obj.as_raw_fd() as u32, file_flags: 0, _rest: [0; 6] };
+    bpf_call(BPF_OBJ_PIN, &attr).map(drop)
 }
 
 /// `BPF_OBJ_GET`'s flag for a read-only descriptor.

@@ -3,7 +3,10 @@
 //! Pinned links are what make ttp fail closed: a link held only by a file descriptor
 //! detaches when the daemon dies, a pinned one stays attached until its pin is removed.
 //!
-//! Layout: `<pin-dir>/links/<program>[@<iface>]` and `<pin-dir>/maps/<MAP>`.
+//! Layout: `<pin-dir>/links/<program>[@<iface>]`, `<pin-dir>/maps/<MAP>`, and
+//! `<pin-dir>/progs/<program>` for the TC programs, which the monitor attaches to
+//! interfaces that appear after start ([`super::tcx`]). A pinned program attaches
+//! nothing by itself.
 
 use std::{
     fs, io,
@@ -34,6 +37,9 @@ impl PinLayout {
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
+    }
+    pub fn progs(&self) -> PathBuf {
+        self.root.join("progs")
     }
     /// Does a (possibly crashed) instance have pins here?
     pub fn exists(&self) -> bool {
@@ -67,23 +73,23 @@ impl PinLayout {
         }
         fs::create_dir_all(self.maps()).with_context(|| format!("creating {}", self.maps().display()))?;
         fs::create_dir_all(self.links()).with_context(|| format!("creating {}", self.links().display()))?;
+        fs::create_dir_all(self.progs()).with_context(|| format!("creating {}", self.progs().display()))?;
         Ok(())
     }
 
     /// Pin files of links, sorted for a stable order.
     pub fn link_pins(&self) -> Result<Vec<PathBuf>> {
-        let mut v = match fs::read_dir(self.links()) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).context("listing pinned links"),
-        };
-        v.sort();
-        Ok(v)
+        list(&self.links()).context("listing pinned links")
+    }
+
+    /// Pin files of programs, sorted.
+    pub fn prog_pins(&self) -> Result<Vec<PathBuf>> {
+        list(&self.progs()).context("listing pinned programs")
     }
 
     /// Removes the (empty) directories of the layout; missing ones are fine.
     fn remove_dirs(&self) -> Result<()> {
-        for d in [self.links(), self.maps(), self.root.clone()] {
+        for d in [self.links(), self.maps(), self.progs(), self.root.clone()] {
             match fs::remove_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -92,6 +98,17 @@ impl PinLayout {
         }
         Ok(())
     }
+}
+
+/// The files in `dir`, sorted; none if it does not exist.
+fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut v = match fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    v.sort();
+    Ok(v)
 }
 
 /// Is `path` (or its nearest existing ancestor) on a bpffs?
@@ -115,6 +132,7 @@ fn on_bpffs(path: &Path) -> Result<bool> {
 pub struct Stale {
     links: Vec<(PathBuf, FdLink)>,
     maps: Vec<(PathBuf, MapData)>,
+    progs: Vec<(PathBuf, std::os::fd::OwnedFd)>,
 }
 
 impl Stale {
@@ -143,8 +161,15 @@ impl Stale {
                 maps.push((p, m));
             }
         }
+        // Its programs too: its monitor, if alive, attaches them to interfaces that appear.
+        let mut progs = Vec::new();
+        for p in layout.prog_pins()? {
+            let fd = super::obj_get(&p, 0).with_context(|| format!("opening stale program {}", p.display()))?;
+            fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+            progs.push((p, fd));
+        }
         tracing::info!("took over {} stale links and {} maps from {}", links.len(), maps.len(), layout.root.display());
-        Ok(Some(Stale { links, maps }))
+        Ok(Some(Stale { links, maps, progs }))
     }
 
     pub fn link_count(&self) -> usize {
@@ -155,6 +180,10 @@ impl Stale {
     pub fn restore(self, layout: &PinLayout) -> Result<()> {
         fs::create_dir_all(layout.links())?;
         fs::create_dir_all(layout.maps())?;
+        fs::create_dir_all(layout.progs())?;
+        for (p, fd) in self.progs {
+            super::obj_pin(&p, &fd).with_context(|| format!("re-pinning {}", p.display()))?;
+        }
         for (p, m) in self.maps {
             m.pin(&p).with_context(|| format!("re-pinning {}", p.display()))?;
         }
@@ -184,6 +213,10 @@ pub fn teardown(layout: &PinLayout) -> Result<Teardown> {
         let link = PinnedLink::from_pin(&p).with_context(|| format!("opening link {}", p.display()))?;
         drop(link.unpin().with_context(|| format!("unpinning {}", p.display()))?);
         report.links_detached += 1;
+    }
+    for p in layout.prog_pins()? {
+        // A program is attached only through links (gone above): its pin just goes.
+        fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
     }
     for name in PINNED {
         let p = layout.maps().join(name);
