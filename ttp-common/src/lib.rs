@@ -41,6 +41,41 @@ pub mod maps {
     /// and why (the counter): so a user sees which application tried to leak. Written by
     /// the programs, read by the daemon through a read-only descriptor.
     pub const REFUSALS: &str = "REFUSALS";
+    /// `LruHashMap<Flow, u8>`: flows that a machine on the LAN started to one behind a
+    /// gateway interface (a port a container publishes: DNAT, then forwarded), recorded
+    /// as they leave on that interface. The gateway program lets the machine's answers to
+    /// them be routed back to the LAN instead of dropping them.
+    pub const INBOUND: &str = "INBOUND";
+}
+
+/// The `skb->mark` bit the gateway program sets on every packet from a gateway interface
+/// that it keeps for this host (steered into the TransPort or DNSPort, a later segment of
+/// such a connection, the host's own services). ttp's routing rule `iif IFACE fwmark M/M
+/// lookup 29808` delivers these here whatever their destination, the way transparent
+/// proxies (TPROXY, Cilium) do. The mark, and not the interface alone, so that what the
+/// program leaves unmarked is routed as usual: answers to a LAN machine's flow to a
+/// published port, and the kernel's reverse-path check of packets forwarded *to* the
+/// interface, which looks routes up as if from it (and would otherwise find the rule's
+/// `local` route and call the packet a martian).
+///
+/// One bit, bit 28: no mark is free on every host (Calico's default mask 0xffff0000
+/// covers it; Docker, Podman, kube-proxy, WireGuard and Tailscale use others).
+pub const GATEWAY_LOCAL_MARK: u32 = 1 << 28;
+
+/// A flow through a gateway interface as the machine behind it sees it: its own address
+/// and port (`inside`), the LAN peer's (`outside`), the protocol. Addresses as in the
+/// packet (network byte order), IPv4 in the first word with the rest zero; ports in
+/// network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub inside: [u32; 4],
+    pub outside: [u32; 4],
+    pub inside_port: u16,
+    pub outside_port: u16,
+    pub proto: u8,
+    pub v6: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Names of the programs in the eBPF object, one per hook.
@@ -293,10 +328,15 @@ pub enum Counter {
     /// Connects and sends of governed sockets in another network namespace (a
     /// container's), left to that namespace's way out through a gateway interface.
     OtherNetnsPassed,
+    /// Gateway interfaces: flows a LAN machine started to one behind the gateway (a
+    /// container's published port), recorded as they left on it.
+    GwInbound,
+    /// Gateway interfaces: packets answering such a flow, routed back to the LAN.
+    GwInboundReplies,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::OtherNetnsPassed as u32 + 1;
+    pub const COUNT: u32 = Counter::GwInboundReplies as u32 + 1;
 
     /// The counter with this index (its value in a map), if there is one.
     pub fn from_index(i: u32) -> Option<Counter> {
@@ -335,6 +375,8 @@ impl Counter {
         Counter::FrameSocketRefused,
         Counter::LanDiscoveryRefused,
         Counter::OtherNetnsPassed,
+        Counter::GwInbound,
+        Counter::GwInboundReplies,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -371,6 +413,8 @@ impl Counter {
             Counter::FrameSocketRefused => "frame_socket_refused",
             Counter::LanDiscoveryRefused => "lan_discovery_refused",
             Counter::OtherNetnsPassed => "other_netns_passed",
+            Counter::GwInbound => "gateway_inbound",
+            Counter::GwInboundReplies => "gateway_inbound_replies",
         }
     }
 }

@@ -306,6 +306,46 @@ pub fn gateway_decide(cfg: &Config, proto: u8, dport: u16, tcp_flags: u8, to_loc
     }
 }
 
+/// Whether a packet leaving a gateway interface starts a flow that a LAN machine opened
+/// to one behind the gateway (a port a container publishes: the host's DNAT made it and
+/// forwards it): `forwarded` by this host rather than sent by one of its sockets, a new
+/// TCP connection (its bare SYN) or a UDP datagram, from a LAN address (`from`, the
+/// packet's source) that LAN bypass lets this host talk to. Not in lockdown: replies
+/// to the LAN are closed then on the uplinks too. Recorded in `INBOUND`, so that
+/// [`gateway_answers_inbound`] routes the machine's answers back.
+pub fn gateway_inbound_starts(cfg: &Config, proto: u8, tcp_flags: u8, forwarded: bool, from: &Dest) -> bool {
+    forwarded && lan_reachable(cfg, from) && new_flow(proto, tcp_flags)
+}
+
+/// Whether a packet arriving on a gateway interface may answer a LAN machine's inbound
+/// flow (to be confirmed in `INBOUND`, looked up only when this holds: most packets are
+/// the machines' own traffic into Tor): TCP that is not a bare SYN (a new connection of
+/// its own goes into Tor), or UDP, to a LAN address (`to`) that LAN bypass lets this host
+/// talk to. Such a packet is marked to be routed back to the LAN, not delivered locally;
+/// the uplink's kill-switch still decides whether it may leave there.
+pub fn gateway_answers_inbound(cfg: &Config, proto: u8, tcp_flags: u8, to: &Dest) -> bool {
+    lan_reachable(cfg, to)
+        && match proto {
+            IPPROTO_TCP => tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN,
+            IPPROTO_UDP => true,
+            _ => false,
+        }
+}
+
+/// Ready and open, LAN bypass on, and `peer` one unicast LAN address.
+fn lan_reachable(cfg: &Config, peer: &Dest) -> bool {
+    cfg.has(flags::READY) && !cfg.has(flags::LOCKDOWN) && !peer.group && lan_allowed(cfg, peer)
+}
+
+/// A new TCP connection's first segment, or any UDP datagram.
+const fn new_flow(proto: u8, tcp_flags: u8) -> bool {
+    match proto {
+        IPPROTO_TCP => tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        IPPROTO_UDP => true,
+        _ => false,
+    }
+}
+
 /// The source port a UDP packet leaving a gateway interface must carry, if it must be
 /// changed: the DNSPort's answers to the machines behind the gateway. Their source address
 /// is already the resolver the client asked (the DNSPort answers from the address each
@@ -540,6 +580,41 @@ mod tests {
         // delivery, never forwarded. Maps never filled (no READY): nothing at all.
         assert_eq!(gateway_decide(&cfg(flags::LOCKDOWN), IPPROTO_TCP, 22, syn, true), GatewayAction::Local);
         assert_eq!(gateway_decide(&Config::default(), IPPROTO_TCP, 22, syn, true), GatewayAction::Drop);
+    }
+
+    #[test]
+    fn a_lan_machines_flow_to_a_published_port_is_answered_back_to_the_lan_only() {
+        let on = cfg(flags::LAN_BYPASS);
+        let peer = Dest::v4(LAN, 51000);
+        let syn = TCP_FLAG_SYN;
+        let syn_ack = TCP_FLAG_SYN | TCP_FLAG_ACK;
+        // Recorded: a forwarded SYN or datagram from a LAN address, with LAN bypass.
+        assert!(gateway_inbound_starts(&on, IPPROTO_TCP, syn, true, &peer));
+        assert!(gateway_inbound_starts(&on, IPPROTO_UDP, 0, true, &peer));
+        assert!(!gateway_inbound_starts(&on, IPPROTO_TCP, syn, false, &peer), "one of this host's own sockets");
+        assert!(!gateway_inbound_starts(&on, IPPROTO_TCP, syn_ack, true, &peer), "not a new connection");
+        assert!(!gateway_inbound_starts(&on, IPPROTO_TCP, TCP_FLAG_ACK, true, &peer));
+        assert!(!gateway_inbound_starts(&on, 1, 0, true, &peer), "ICMP");
+        assert!(!gateway_inbound_starts(&on, IPPROTO_TCP, syn, true, &Dest::v4(INTERNET, 51000)), "from the internet");
+        assert!(!gateway_inbound_starts(&cfg(0), IPPROTO_TCP, syn, true, &peer), "without LAN bypass");
+        let locked = cfg(flags::LAN_BYPASS | flags::LOCKDOWN);
+        assert!(!gateway_inbound_starts(&locked, IPPROTO_TCP, syn, true, &peer), "in lockdown");
+        let unready = Config { flags: flags::LAN_BYPASS, ..cfg(0) };
+        assert!(!gateway_inbound_starts(&unready, IPPROTO_TCP, syn, true, &peer), "before READY");
+        // Answered: anything but a bare SYN, to a unicast LAN address, with LAN bypass.
+        assert!(gateway_answers_inbound(&on, IPPROTO_TCP, syn_ack, &peer));
+        assert!(gateway_answers_inbound(&on, IPPROTO_TCP, TCP_FLAG_ACK, &peer));
+        assert!(gateway_answers_inbound(&on, IPPROTO_UDP, 0, &peer));
+        assert!(!gateway_answers_inbound(&on, IPPROTO_TCP, syn, &peer), "a connection of its own goes into Tor");
+        assert!(!gateway_answers_inbound(&on, IPPROTO_TCP, syn_ack, &Dest::v4(INTERNET, 51000)), "to the internet");
+        assert!(!gateway_answers_inbound(&on, IPPROTO_UDP, 0, &Dest::v4(0xe000_00fb, 5353)), "to a group");
+        assert!(!gateway_answers_inbound(&cfg(0), IPPROTO_TCP, syn_ack, &peer), "without LAN bypass");
+        assert!(!gateway_answers_inbound(&locked, IPPROTO_TCP, syn_ack, &peer), "in lockdown");
+        let v6 = Dest::v6([0xfd00_0000, 0, 0, 5], 51000);
+        assert!(
+            gateway_inbound_starts(&on, IPPROTO_TCP, syn, true, &v6)
+                && gateway_answers_inbound(&on, IPPROTO_TCP, syn_ack, &v6)
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use ttp_common::{flags, Config, Counter, Exempt, IpKey, Origin, Refused, SockAddr, MAX_CGROUP_DEPTH, TAG_OTHER_NETNS};
+use ttp_common::{
+    flags, Config, Counter, Exempt, Flow, IpKey, Origin, Refused, SockAddr, MAX_CGROUP_DEPTH, TAG_OTHER_NETNS,
+};
 use ttp_ebpf::Netns;
 
 #[map]
@@ -38,6 +40,11 @@ pub static LOCAL_V6: HashMap<[u32; 4], u8> = HashMap::with_max_entries(1024, 0);
 /// Least recently refused first out: a program that keeps trying stays in.
 #[map]
 pub static REFUSALS: LruHashMap<Refused, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// LAN machines' flows to machines behind a gateway interface (published ports); least
+/// recently used first out, so a busy server's old flows make room for new ones.
+#[map]
+pub static INBOUND: LruHashMap<Flow, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// The configuration; a zeroed one (no READY flag) makes every program fail closed.
 #[inline(always)]

@@ -2,19 +2,25 @@
 //! tunnel's TUN, a LAN interface named with `--gateway`) is delivered to this host, never
 //! forwarded.
 //!
-//! One policy rule per interface and family (`iif IFACE lookup 29808`) and one route per
-//! family in that table (`local 0.0.0.0/0 dev lo`, `local ::/0 dev lo`): a packet from a
-//! gateway interface to any address counts as addressed to us. The TC program on the interface (`ttp-ebpf/src/gateway.rs`) then hands
-//! new TCP connections to the TransPort and DNS queries to the DNSPort, and drops the
-//! rest. Both halves fail closed on their own: the rule never forwards, and the program
-//! drops what no ttp socket takes. Set up as root before the daemon gives up root; removed
-//! by the monitor at a clean stop, and by `ttp stop` after a crash. Only this table and
-//! rules pointing at it are touched: the host's own routes never are.
+//! One policy rule per interface and family (`iif IFACE fwmark M/M lookup 29808`) and one
+//! route per family in that table (`local 0.0.0.0/0 dev lo`, `local ::/0 dev lo`): a
+//! packet from a gateway interface to any address counts as addressed to us if the TC
+//! program on the interface (`ttp-ebpf/src/gateway.rs`) marked it, which it does for
+//! everything it lets in ([`ttp_common::GATEWAY_LOCAL_MARK`]). The program hands new TCP
+//! connections to the TransPort and DNS queries to the DNSPort, and drops the rest. What
+//! it leaves unmarked is routed as usual: a container's answers to a LAN machine's
+//! connection to a port it publishes, and the kernel's reverse-path check of packets
+//! forwarded *to* the interface (it looks routes up as if from it, without the mark).
+//! Set up as root before the daemon gives up root; removed by the monitor at a clean
+//! stop, and by `ttp stop` after a crash. Only this table and rules pointing at it are
+//! touched: the host's own routes never are.
 //!
 //! The rules name interfaces, so they hold for a named interface that does not exist yet
-//! or is made again. The TC programs are the monitor's to attach when one appears
-//! ([`follow_interfaces`]). Until then what arrives on it matches the rule but meets no
-//! program: delivered to this host, never forwarded.
+//! or is made again; the TC programs are the monitor's to attach when one appears
+//! ([`follow_interfaces`]). In the moment before (milliseconds after the interface is
+//! made, before an engine has put a container behind it), nothing on it is marked and the
+//! host routes what arrives as it would without ttp: with the whole host governed, the
+//! uplinks' kill-switch drops it (SECURITY.md).
 //!
 //! The monitor also keeps the program's list of this host's own addresses current
 //! ([`follow_local_addresses`]): connections to them go to the host's own services.
@@ -66,12 +72,18 @@ pub async fn install(interfaces: &[String]) -> Result<()> {
                 false
             }
         };
+        let mark = ttp_common::GATEWAY_LOCAL_MARK;
         for iface in interfaces {
-            let rule = || handle.rule().add().input_interface(iface.clone()).table_id(TABLE).priority(PRIORITY);
-            let what = |v| format!("adding the rule `iif {iface} lookup {TABLE}` (IPv{v})");
-            rule().v4().action(RuleAction::ToTable).execute().await.with_context(|| what(4))?;
+            let rule =
+                || handle.rule().add().input_interface(iface.clone()).fw_mark(mark).table_id(TABLE).priority(PRIORITY);
+            let what = |v| format!("adding the rule `iif {iface} fwmark {mark:#x}/{mark:#x} lookup {TABLE}` (IPv{v})");
+            let mut r4 = rule().v4().action(RuleAction::ToTable);
+            r4.message_mut().attributes.push(RuleAttribute::FwMask(mark));
+            r4.execute().await.with_context(|| what(4))?;
             if v6 {
-                rule().v6().action(RuleAction::ToTable).execute().await.with_context(|| what(6))?;
+                let mut r6 = rule().v6().action(RuleAction::ToTable);
+                r6.message_mut().attributes.push(RuleAttribute::FwMask(mark));
+                r6.execute().await.with_context(|| what(6))?;
             }
         }
         anyhow::Ok(())

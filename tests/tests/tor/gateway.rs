@@ -5,7 +5,7 @@
 //! only, also while they try UDP and ICMP to the internet directly. Both still reach the
 //! gateway's own services.
 
-use ttp_tests::{bin, Netns, Proc, TempDir};
+use ttp_tests::{bin, Netns, Proc, TempDir, UPLINK};
 
 use super::*;
 
@@ -410,6 +410,115 @@ fn a_gateway_bridge_made_after_start_or_made_again_goes_through_tor_only() {
     assert!(streams.contains("gateway client 10.89.0.2"), "{streams}");
     let log = r.daemon.as_ref().unwrap().log();
     assert!(log.contains(&format!("gateway interface {BR} was made again")), "{log}");
+}
+
+/// A port a container publishes stays reachable from the LAN while its bridge is a
+/// gateway. The host DNATs a LAN machine's TCP connection and UDP datagram on its uplink
+/// to the container, as Docker and Podman set it up; the container's answers go back to
+/// the LAN machine, and its own traffic still goes through Tor only. It cannot use this
+/// to reach a LAN machine that did not ask.
+#[test]
+fn a_port_a_container_publishes_is_answered_on_the_lan_and_its_own_traffic_goes_through_tor() {
+    const BR: &str = "ttppub0";
+    let r = start(&["--gateway", BR]);
+    let w = &r.w;
+    w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
+    // The container, behind the bridge.
+    let ctr = Netns::new("pubctr").unwrap();
+    w.host.ip(&["link", "add", BR, "type", "bridge"]).unwrap();
+    w.host.ip(&["addr", "add", "10.90.0.1/24", "dev", BR]).unwrap();
+    w.host.ip(&["link", "set", BR, "up"]).unwrap();
+    w.host.ip(&["link", "add", "pubctr0", "type", "veth", "peer", "name", "eth0", "netns", &ctr.path()]).unwrap();
+    w.host.ip(&["link", "set", "pubctr0", "master", BR, "up"]).unwrap();
+    ctr.ip(&["addr", "add", "10.90.0.2/24", "dev", "eth0"]).unwrap();
+    ctr.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ctr.ip(&["route", "add", "default", "via", "10.90.0.1"]).unwrap();
+    // The LAN: a private prefix on the uplink's link; its machine in the namespace beyond.
+    w.host.ip(&["addr", "add", "192.168.91.1/24", "dev", UPLINK]).unwrap();
+    w.inet.ip(&["addr", "add", "192.168.91.2/24", "dev", &w.inet_if]).unwrap();
+    // The engine's port publishing: DNAT on the way in.
+    let dir = TempDir::new("publish");
+    let rules = dir.0.join("publish.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip ttpt_publish {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    \
+             iifname \"{UPLINK}\" tcp dport 8080 dnat to 10.90.0.2:80\n    \
+             iifname \"{UPLINK}\" udp dport 8053 dnat to 10.90.0.2:53\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let nft = w.host.cmd("nft").arg("-f").arg(&rules).output().unwrap();
+    assert!(nft.status.success(), "nft: {}", String::from_utf8_lossy(&nft.stderr));
+    let kit = bin("testkit").display().to_string();
+    let mut served = Proc::spawn({
+        let mut c = ctr.cmd(&kit);
+        c.args(["serve-tcp", "10.90.0.2:80"]);
+        c
+    })
+    .unwrap();
+    served.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+    let mut served_udp = Proc::spawn({
+        let mut c = ctr.cmd(&kit);
+        c.args(["serve-udp", "10.90.0.2:53"]);
+        c
+    })
+    .unwrap();
+    served_udp.wait_line("LISTENING", Duration::from_secs(10)).unwrap();
+
+    let before = w.counters().unwrap();
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let lan = |argv: &[&str]| {
+        let out = w.inet.cmd(&kit).args(argv).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string()
+    };
+    // What a failure needs: the routing rules, the engine's rules, the counters.
+    let diag = || {
+        let sh = |c: &str| {
+            let o = w.host.cmd("sh").args(["-c", c]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string()
+        };
+        let counters = w.counters().unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>();
+        format!("{}{}counters: {counters:?}", sh("ip rule"), sh("nft list ruleset"))
+    };
+    assert_eq!(lan(&["connect", "192.168.91.1:8080"]), "DIRECT 10.90.0.2:80", "TCP to the published port\n{}", diag());
+    assert_eq!(
+        lan(&["udp", "192.168.91.1:8053"]),
+        "DIRECT 10.90.0.2:53 FROM 192.168.91.1:8053",
+        "UDP to the published port"
+    );
+    // The container's own connection still goes through Tor.
+    let t0 = Instant::now();
+    loop {
+        let out =
+            ctr.cmd("curl").args(["-sS", "--max-time", "10", &format!("http://{WEB}/index.txt")]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == PAGE {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the container got no page through Tor: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            r.failures()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Nothing to a LAN machine that did not ask.
+    let unasked = ctr.cmd(&kit).args(["udp", "192.168.91.2:9999"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&unasked.stdout).trim(), "SENT");
+    let pkts = cap.stop().unwrap();
+    assert!(matching(&pkts, "> 192.168.91.2.9999").is_empty(), "the container reached an unasked LAN machine");
+    // The published ports' exchanges with the LAN machine aside, only Tor left the host.
+    let published = ["192.168.91.1.8080", "192.168.91.1.8053"];
+    let exchange = |l: &String| {
+        published.iter().any(|p| l.contains(&format!("IP {p} > 192.168.91.2.")) || l.contains(&format!("> {p}:")))
+    };
+    assert!(pkts.iter().any(exchange), "the published-port exchange was not captured: {pkts:#?}");
+    assert_only_relay_traffic(&pkts.into_iter().filter(|l| !exchange(l)).collect::<Vec<_>>());
+    let after = w.counters().unwrap();
+    assert!(after["gateway_inbound"] >= before["gateway_inbound"] + 2, "{after:?}");
+    assert!(after["gateway_inbound_replies"] > before["gateway_inbound_replies"], "{after:?}");
+    let _ = w.host.cmd("nft").args(["delete", "table", "ip", "ttpt_publish"]).status();
 }
 
 fn peer_status(b: &Behind) -> serde_json::Value {

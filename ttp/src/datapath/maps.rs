@@ -46,9 +46,10 @@ pub struct Maps {
     local_v6: HashMap<MapData, [u32; 4], u8>,
 }
 
-/// The maps that are pinned, in pin order. EXEMPT_SOCK and ORIG_DST are pinned too so
-/// that `bpftool` can inspect a crashed instance, though userspace never touches them.
-pub const PINNED: [&str; 14] = [
+/// The maps that are pinned, in pin order. EXEMPT_SOCK, ORIG_DST and INBOUND are pinned
+/// too so that `bpftool` can inspect a crashed instance, though userspace never touches
+/// them.
+pub const PINNED: [&str; 15] = [
     names::CONFIG,
     names::COUNTERS,
     names::BYPASS_UID,
@@ -63,6 +64,7 @@ pub const PINNED: [&str; 14] = [
     names::ORIG_DST,
     names::EXEMPT_SOCK,
     names::REFUSALS,
+    names::INBOUND,
 ];
 
 impl Maps {
