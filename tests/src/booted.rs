@@ -100,6 +100,9 @@ impl Booted {
     /// Boots the root (nspawn) and waits until systemd says the system is up.
     fn start(&mut self, world: &World) -> Result<()> {
         let mut c = Command::new("systemd-nspawn");
+        // /proc/sys/net writable, as on a real system: a container engine sets forwarding
+        // and its bridge's settings, and systemd-sysctl applies Debian's (rp_filter).
+        c.env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
         c.arg("--directory")
             .arg(&self.root)
             .args(["--boot", "--register=no", "--keep-unit", "--console=pipe", "--resolv-conf=off"])

@@ -58,6 +58,11 @@ pub mod maps {
 /// interface, which looks routes up as if from it (and would otherwise find the rule's
 /// `local` route and call the packet a martian).
 ///
+/// The daemon's transparent sockets (the TransPort's and DNSPort's in gateway mode, and
+/// so every connection they accept) carry the same bit as their `SO_MARK`: their packets
+/// belong on a gateway interface, and the uplinks' kill-switch drops any that would leave
+/// by an uplink instead (counted as `tc_dropped_gateway_stray`).
+///
 /// One bit, bit 28: no mark is free on every host (Calico's default mask 0xffff0000
 /// covers it; Docker, Podman, kube-proxy, WireGuard and Tailscale use others).
 pub const GATEWAY_LOCAL_MARK: u32 = 1 << 28;
@@ -333,10 +338,15 @@ pub enum Counter {
     GwInbound,
     /// Gateway interfaces: packets answering such a flow, routed back to the LAN.
     GwInboundReplies,
+    /// Uplinks: packets of the daemon's connections with gateway clients (their sockets
+    /// carry [`GATEWAY_LOCAL_MARK`]) about to leave by an uplink, because the client's
+    /// interface is gone (a container's bridge deleted with it): they carry the address
+    /// the client visited as their source, and are dropped.
+    TcDroppedGatewayStray,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::GwInboundReplies as u32 + 1;
+    pub const COUNT: u32 = Counter::TcDroppedGatewayStray as u32 + 1;
 
     /// The counter with this index (its value in a map), if there is one.
     pub fn from_index(i: u32) -> Option<Counter> {
@@ -377,6 +387,7 @@ impl Counter {
         Counter::OtherNetnsPassed,
         Counter::GwInbound,
         Counter::GwInboundReplies,
+        Counter::TcDroppedGatewayStray,
     ];
 
     /// Stable snake_case name, used in `ttp status --json` and logs.
@@ -415,6 +426,7 @@ impl Counter {
             Counter::OtherNetnsPassed => "other_netns_passed",
             Counter::GwInbound => "gateway_inbound",
             Counter::GwInboundReplies => "gateway_inbound_replies",
+            Counter::TcDroppedGatewayStray => "tc_dropped_gateway_stray",
         }
     }
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ttp_common::{flags, Counter, Exempt};
+use ttp_common::{flags, Counter, Exempt, GATEWAY_LOCAL_MARK};
 use ttp_ebpf::lan_allowed;
 
 use crate::{
@@ -34,6 +34,14 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     let open = cfg.has(flags::READY) && !cfg.has(flags::LOCKDOWN);
     match exempt_of(&cfg, skb.skb) {
         Some(Exempt::Daemon) => {
+            // A connection with a gateway client whose interface is gone (a container's
+            // bridge, deleted with it): routed by default out of here, it would show the
+            // address the client visited as its source. It belongs on that interface only.
+            // SAFETY: skb is the program's context.
+            if unsafe { (*skb.skb).mark } & GATEWAY_LOCAL_MARK != 0 {
+                count(Counter::TcDroppedGatewayStray);
+                return TC_ACT_SHOT;
+            }
             count(Counter::TcPassedDaemon);
             return TC_ACT_UNSPEC;
         }

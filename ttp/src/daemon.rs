@@ -383,8 +383,11 @@ fn bind_ports(opts: &StartOptions, transparent: bool) -> Result<Listeners> {
 
 /// A gateway client's packets reach our loopback listeners with the destination it
 /// chose (the TC program assigns them): the sockets may use such an address as their
-/// own (`IP_TRANSPARENT`, `IPV6_TRANSPARENT`).
+/// own (`IP_TRANSPARENT`, `IPV6_TRANSPARENT`). They also carry `GATEWAY_LOCAL_MARK`
+/// (inherited by the connections a listener accepts), by which the uplinks' kill-switch
+/// knows their packets never belong there (`ttp_common::GATEWAY_LOCAL_MARK`).
 fn set_transparent(s: &socket2::Socket, addr: SocketAddr) -> std::io::Result<()> {
+    s.set_mark(ttp_common::GATEWAY_LOCAL_MARK)?;
     if addr.is_ipv4() {
         s.set_ip_transparent_v4(true)
     } else {

@@ -350,6 +350,17 @@ pub fn system_root() -> Result<PathBuf> {
         std::os::unix::fs::symlink("/dev/null", partial.join("etc/systemd/system").join(unit))?;
     }
     fs::write(partial.join("etc/hostname"), "ttp-booted\n")?;
+    // Podman, for the containers test: its storage on vfs (the booted root is an overlay,
+    // and overlay on overlay is refused), no cgroups of its own (the host's hierarchy is
+    // hybrid, whose v1 controllers nspawn mounts read-only), and no keyring per container
+    // (nspawn's system call filter refuses keyctl to the system's services).
+    fs::write(
+        partial.join("etc/containers/storage.conf"),
+        "[storage]\ndriver = \"vfs\"\nrunroot = \"/run/containers/storage\"\ngraphroot = \"/var/lib/containers/storage\"\n",
+    )?;
+    let conf = partial.join("etc/containers/containers.conf.d");
+    fs::create_dir_all(&conf)?;
+    fs::write(conf.join("ttp-tests.conf"), "[containers]\ncgroups = \"disabled\"\nkeyring = false\n")?;
     fs::write(partial.join(".ttp-root-recipe"), recipe)?;
     fs::rename(&partial, &dir)?;
     Ok(dir)
@@ -370,9 +381,17 @@ const ROOT_PACKAGES: &[&str] = &[
     // Arti's directory store (ttp links the system's SQLite, as Debian wants)
     "libsqlite3-0",
     "dnsutils",
+    // Podman with its default network (netavark's bridge podman0, iptables rules), for
+    // containers through Tor; images are not needed (`--rootfs`)
+    "podman",
+    "netavark",
+    "aardvark-dns",
+    "crun",
+    "iptables",
 ];
 /// Bump when [`system_root`] changes what it does.
-const ROOT_RECIPE: &str = "bookworm minbase v2: user 1000; resolved asks 192.0.2.53; no timers\n";
+const ROOT_RECIPE: &str =
+    "bookworm minbase v3: user 1000; resolved asks 192.0.2.53; no timers; podman on vfs without cgroups or keyrings\n";
 
 #[cfg(test)]
 mod tests {

@@ -378,7 +378,7 @@ fn containers_behind_a_gateway_bridge_reach_the_internet_only_through_tor_and_no
     // Two containers: one on a bridge ttp is told is a gateway, one on a bridge it is not.
     container_net(&b, "ctr", "ttpbr0", "10.88.0");
     container_net(&b, "ctr2", "ttpbr1", "10.89.0");
-    // The booted system's /proc/sys is read-only inside; its namespace is the world's host.
+    // A container engine turns forwarding on (the booted system's namespace is the world's host).
     w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
     // A third, on a macvlan of the uplink: no bridge, no gateway program on its way.
     let mac = macvlan_container(&b, "ctr3");
@@ -428,6 +428,102 @@ fn containers_behind_a_gateway_bridge_reach_the_internet_only_through_tor_and_no
     assert!(streams.contains("gateway client 10.88.0.2"), "{streams}");
 
     // ttp killed, and not restarted: the containers reach nothing at all.
+    kill_for_good(&b);
+    let pkts = nothing_leaves(&b, &w, &["ctr", "ctr2", "ctr3"], &mac, "after the kill");
+    assert!(matching(&pkts, &format!("> {WEB}.")).is_empty(), "something reached the web server: {pkts:#?}");
+}
+
+/// `podman run` of `argv` in a fresh container on Podman's default network (netavark's
+/// bridge podman0), started as root by systemd in the booted system, as a service would;
+/// its output. The container's root is the system's own /usr (`--rootfs`: no image).
+fn podman(b: &Booted, argv: &[&str]) -> String {
+    let mut full = vec!["podman", "run", "--rm", "--network", "podman", "--rootfs", "/srv/ctr"];
+    full.extend_from_slice(argv);
+    let out = b.run_as(0, &full).unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
+}
+
+/// Debian's Podman in the booted system, with the whole host governed and Podman's bridge
+/// named as a gateway interface before it exists (Podman makes podman0 with its first
+/// container and deletes it with its last): a container's `curl` by name and by address
+/// goes through Tor only, a port a container publishes answers a LAN machine, and with
+/// ttp killed no container reaches anything. The control first: without ttp, the same
+/// container gets the page directly (Podman masquerades it out of the uplink).
+#[test]
+fn podman_containers_reach_the_internet_by_name_only_through_tor_and_nothing_without_ttp() {
+    let (b, w) = installed();
+    let conf = std::fs::read_to_string(b.path("/etc/ttp/ttp.toml")).unwrap();
+    std::fs::write(b.path("/etc/ttp/ttp.toml"), format!("{conf}gateway = [\"podman0\"]\n")).unwrap();
+    // The containers' root: the system's /usr, read-only, and the server the LAN reaches.
+    std::fs::copy(ttp_tests::bin("testkit"), b.path("/usr/local/bin/testkit")).unwrap();
+    b.ok("set -e; mkdir -p /srv/ctr/usr /srv/ctr/etc /srv/ctr/proc /srv/ctr/sys /srv/ctr/dev /srv/ctr/tmp /srv/ctr/run; \
+          cd /srv/ctr; for d in bin lib lib64 sbin; do ln -s usr/$d $d; done; \
+          mount --bind /usr /srv/ctr/usr; mount -o remount,bind,ro /srv/ctr/usr")
+        .unwrap();
+    let by_addr = format!("http://{WEB}/index.txt");
+    let by_name = format!("http://{NAME}/index.txt");
+    let curl = |url: &str| podman(&b, &["curl", "-sS", "-m", "10", url]);
+
+    // The control: Podman's network works, and without ttp its container goes direct.
+    let cap = Capture::start_filtered(&w.inet, &w.inet_if, &["tcp"]).unwrap();
+    let got = curl(&by_addr);
+    let pkts = cap.stop().unwrap();
+    assert_eq!(got, PAGE, "the control: no page without ttp");
+    assert!(!matching(&pkts, &format!("> {WEB}.80")).is_empty(), "the control was not captured: {pkts:#?}");
+
+    b.ok("systemctl enable --now ttp").unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&b)));
+    wait_for_tor(&b);
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let got = curl(&by_name);
+        if got == PAGE {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no page by name through Tor: {got}\n{}", journal(&b));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(curl(&by_addr), PAGE, "by address");
+    let pkts = cap.stop().unwrap();
+    assert_only_relay_traffic(&pkts);
+    assert!(journal(&b).contains("gateway interface podman0 appeared"), "{}", journal(&b));
+    let streams = b.ok("ttp streams --recent --json").unwrap();
+    assert!(streams.contains("gateway client 10.88."), "{streams}");
+
+    // A published port answers a LAN machine (Podman's DNAT, then back through the bridge).
+    let lan = "192.168.93";
+    w.host.ip(&["addr", "add", &format!("{lan}.1/24"), "dev", ttp_tests::UPLINK]).unwrap();
+    w.inet.ip(&["addr", "add", &format!("{lan}.2/24"), "dev", &w.inet_if]).unwrap();
+    b.ok("podman run -d --name web -p 8080:80 --network podman --rootfs /srv/ctr \
+          /usr/local/bin/testkit serve-tcp 0.0.0.0:80")
+        .unwrap();
+    let kit = ttp_tests::bin("testkit").display().to_string();
+    let t0 = Instant::now();
+    loop {
+        let out = w.inet.cmd(&kit).args(["connect", &format!("{lan}.1:8080")]).output().unwrap();
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got.starts_with("DIRECT 10.88.") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the published port did not answer the LAN: {got}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    b.ok("podman rm -f web").unwrap();
+
+    // ttp killed, and not restarted: no container reaches anything, by name or address.
+    kill_for_good(&b);
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    for url in [&by_addr, &by_name] {
+        assert_ne!(curl(url), PAGE, "after the kill: {url}");
+    }
+    let pkts = cap.stop().unwrap();
+    assert!(matching(&pkts, &format!("> {WEB}.")).is_empty(), "something reached the web server: {pkts:#?}");
+    assert!(matching(&pkts, "> 192.0.2.53.").is_empty(), "a query reached the resolver: {pkts:#?}");
+}
+
+/// Kills ttp (its daemon and monitor: `systemctl kill`) and keeps systemd from starting it
+/// again; returns once it is dead.
+fn kill_for_good(b: &Booted) {
     b.ok("mkdir -p /run/systemd/system/ttp.service.d && printf '[Service]\\nRestart=no\\n' \
           > /run/systemd/system/ttp.service.d/test.conf && systemctl daemon-reload")
         .unwrap();
@@ -437,8 +533,6 @@ fn containers_behind_a_gateway_bridge_reach_the_internet_only_through_tor_and_no
         assert!(t0.elapsed() < Duration::from_secs(10), "ttp did not die");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pkts = nothing_leaves(&b, &w, &["ctr", "ctr2", "ctr3"], &mac, "after the kill");
-    assert!(matching(&pkts, &format!("> {WEB}.")).is_empty(), "something reached the web server: {pkts:#?}");
 }
 
 /// Each of `containers` fetches by address and by name and gets nothing, and the uplink
