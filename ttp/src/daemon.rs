@@ -98,15 +98,6 @@ impl Event {
     }
 }
 
-/// Could `name` be a network interface's name? The kernel's rule (`dev_valid_name`), so
-/// that a gateway interface that does not exist yet is at least one that could.
-pub fn valid_interface_name(name: &str) -> bool {
-    (1..16).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
 /// The governed cgroup (under the cgroup2 mount `root`) and the two `ttp exec` cgroups
 /// inside it.
 fn exec_cgroups(opts: &StartOptions, root: &Path) -> (PathBuf, [PathBuf; 2]) {
@@ -175,20 +166,21 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     {
         anyhow::bail!("--tunnel: a gateway's peer cannot claim every address ({p}): list its tunnel addresses");
     }
-    for iface in &opts.gateways {
-        if !valid_interface_name(iface) {
+    for spec in &opts.gateways {
+        if !crate::ifname::valid_gateway_spec(spec) {
             anyhow::bail!(
-                "--gateway {}: not an interface name (1 to 15 bytes, no '/', ':' or spaces)",
-                iface.escape_debug()
+                "--gateway {}: not an interface name (1 to 15 bytes, no '/', ':' or spaces), nor a \
+                 prefix of one and `*` (`br-*`)",
+                spec.escape_debug()
             );
         }
-        if opts.uplinks.contains(iface) {
-            anyhow::bail!("--gateway {iface} is also an uplink: a gateway interface faces the machines behind it");
+        if let Some(up) = opts.uplinks.iter().find(|u| crate::ifname::matches(spec, u)) {
+            anyhow::bail!("--gateway {spec} names the uplink {up}: a gateway interface faces the machines behind it");
         }
         // A container engine's bridge exists once the engine runs (docker0) or its first
         // container does (Podman's): the monitor attaches to it when it appears.
-        if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
-            tracing::info!("gateway interface {iface} does not exist yet: ttp takes it over when it appears");
+        if crate::ifname::present(std::slice::from_ref(spec)).is_empty() {
+            tracing::info!("gateway interface {spec}: none there yet; ttp takes it over when it appears");
         }
     }
     // Descriptors: as many as we may have, and the slots sized against them (load.rs).
@@ -212,8 +204,10 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     cgroup::create(&daemon_cgroup)?;
     cgroup::move_into(&daemon_cgroup, std::process::id())?;
     let uplinks = if opts.uplinks.is_empty() { crate::uplinks::default_uplinks()? } else { opts.uplinks.clone() };
-    if let Some(iface) = opts.gateways.iter().find(|i| uplinks.contains(i)) {
-        anyhow::bail!("--gateway {iface} carries a default route (an uplink): name the LAN side instead");
+    for spec in &opts.gateways {
+        if let Some(up) = uplinks.iter().find(|u| crate::ifname::matches(spec, u)) {
+            anyhow::bail!("--gateway {spec}: {up} carries a default route (an uplink): name the LAN side instead");
+        }
     }
     // The tunnel's TUN exists before the datapath, which attaches the gateway program to it;
     // its socket is the service user's, like every socket of the daemon.
@@ -470,7 +464,7 @@ async fn serve(
     let maps = Arc::new(Mutex::new(ServiceMaps::open_pinned(&maps_dir)?));
     let transparent = !gateway.interfaces.is_empty();
     if transparent {
-        crate::gateway::install(&gateway.interfaces).await?;
+        crate::gateway::install(&crate::gateway::rule_names(&gateway.interfaces)).await?;
         tracing::info!("gateway on {}: their TCP and DNS go through Tor", gateway.interfaces.join(", "));
     }
     let listeners = crate::privs::owned_by(service_user, || bind_ports(opts, transparent))?;
@@ -689,17 +683,4 @@ pub fn notify_systemd_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
     let _ = sock.send_to(b"READY=1", &path);
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn interface_names_follow_the_kernels_rule() {
-        for ok in ["docker0", "podman0", "cni-podman0", "eth0.5", "br-0123456789ab", "a"] {
-            assert!(super::valid_interface_name(ok), "{ok}");
-        }
-        for bad in ["", ".", "..", "a/b", "eth0:1", "with space", "sixteen_bytes_ab", "tab\t"] {
-            assert!(!super::valid_interface_name(bad), "{bad:?}");
-        }
-    }
 }

@@ -17,7 +17,9 @@
 //!
 //! The rules name interfaces, so they hold for a named interface that does not exist yet
 //! or is made again; the TC programs are the monitor's to attach when one appears
-//! ([`follow_interfaces`]). In the moment before (milliseconds after the interface is
+//! ([`follow_interfaces`]). A `--gateway` value may also be a prefix and `*` (Docker
+//! makes a `br-<id>` bridge per user-defined network): every interface whose name starts
+//! with it is a gateway interface, and the monitor adds its rules when one appears. In the moment before (milliseconds after the interface is
 //! made, before an engine has put a container behind it), nothing on it is marked and the
 //! host routes what arrives as it would without ttp: with the whole host governed, the
 //! uplinks' kill-switch drops it (SECURITY.md).
@@ -50,6 +52,15 @@ pub const TABLE: u32 = 0x7470;
 /// Before the main table (32766), after the local one (0).
 pub const PRIORITY: u32 = 7470;
 
+/// What `--gateway` values and the tunnel's interface make rules for at start: every
+/// literal name (there or not: its rule waits for it), and what a pattern matches now.
+pub fn rule_names(specs: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = specs.iter().filter(|s| !s.ends_with('*')).cloned().collect();
+    let matched: Vec<String> = crate::ifname::present(specs).into_iter().filter(|n| !names.contains(n)).collect();
+    names.extend(matched);
+    names
+}
+
 /// Installs the rule for each interface and the table's one route, replacing what an
 /// earlier instance left.
 pub async fn install(interfaces: &[String]) -> Result<()> {
@@ -72,25 +83,55 @@ pub async fn install(interfaces: &[String]) -> Result<()> {
                 false
             }
         };
-        let mark = ttp_common::GATEWAY_LOCAL_MARK;
         for iface in interfaces {
-            let rule =
-                || handle.rule().add().input_interface(iface.clone()).fw_mark(mark).table_id(TABLE).priority(PRIORITY);
-            let what = |v| format!("adding the rule `iif {iface} fwmark {mark:#x}/{mark:#x} lookup {TABLE}` (IPv{v})");
-            let mut r4 = rule().v4().action(RuleAction::ToTable);
-            r4.message_mut().attributes.push(RuleAttribute::FwMask(mark));
-            r4.execute().await.with_context(|| what(4))?;
-            if v6 {
-                let mut r6 = rule().v6().action(RuleAction::ToTable);
-                r6.message_mut().attributes.push(RuleAttribute::FwMask(mark));
-                r6.execute().await.with_context(|| what(6))?;
-            }
+            add_rules(&handle, iface, v6).await?;
         }
         anyhow::Ok(())
     }
     .await;
     conn.abort();
     result
+}
+
+/// The rule `iif IFACE fwmark M/M lookup 29808` for IPv4, and IPv6 if `v6`. One that is
+/// there already is no error.
+async fn add_rules(handle: &rtnetlink::Handle, iface: &str, v6: bool) -> Result<()> {
+    let mark = ttp_common::GATEWAY_LOCAL_MARK;
+    let rule =
+        || handle.rule().add().input_interface(iface.to_string()).fw_mark(mark).table_id(TABLE).priority(PRIORITY);
+    let what = |v| format!("adding the rule `iif {iface} fwmark {mark:#x}/{mark:#x} lookup {TABLE}` (IPv{v})");
+    let exists = |r: &std::result::Result<(), rtnetlink::Error>| matches!(r, Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST);
+    let mut r4 = rule().v4().action(RuleAction::ToTable);
+    r4.message_mut().attributes.push(RuleAttribute::FwMask(mark));
+    let done = r4.execute().await;
+    if !exists(&done) {
+        done.with_context(|| what(4))?;
+    }
+    if v6 {
+        let mut r6 = rule().v6().action(RuleAction::ToTable);
+        r6.message_mut().attributes.push(RuleAttribute::FwMask(mark));
+        let done = r6.execute().await;
+        if !exists(&done) {
+            done.with_context(|| what(6))?;
+        }
+    }
+    Ok(())
+}
+
+/// [`add_rules`] from a thread without a runtime (the monitor's follower, for an interface
+/// a pattern matches when it appears). IPv6 is tried; without it, IPv4 alone.
+fn add_rules_blocking(iface: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        let conn = tokio::spawn(conn);
+        let result = match add_rules(&handle, iface, true).await {
+            Ok(()) => Ok(()),
+            Err(_) => add_rules(&handle, iface, false).await,
+        };
+        conn.abort();
+        result
+    })
 }
 
 /// Removes every rule pointing at ttp's table and the table's route. Returns how many
@@ -158,18 +199,35 @@ fn local_defaults() -> Result<[(RouteMessage, &'static str); 2]> {
 /// container), or that is deleted and made again (Podman's, with its last container and
 /// the next first one). Root's job, on a thread of the monitor: follows link changes until
 /// the process ends.
-pub fn follow_interfaces(pin_dir: std::path::PathBuf, names: Vec<String>, mut maps: Maps) {
+pub fn follow_interfaces(pin_dir: std::path::PathBuf, specs: Vec<String>, mut maps: Maps) {
     let layout = PinLayout::new(&pin_dir);
+    // Interfaces a pattern matched whose rules this thread added (or found there).
+    let mut ruled = std::collections::HashSet::new();
     crate::netwatch::follow(
         &[MulticastGroup::Link],
         "no longer following the gateway interfaces; one made from now on gets no gateway program \
-         (what comes in on it is delivered to this host, never forwarded) until the next start",
-        || attach_interfaces(&layout, &mut maps, &names),
+         until the next start",
+        || attach_interfaces(&layout, &mut maps, &specs, &mut ruled),
     );
 }
 
-fn attach_interfaces(layout: &PinLayout, maps: &mut Maps, names: &[String]) {
-    for iface in names {
+fn attach_interfaces(
+    layout: &PinLayout,
+    maps: &mut Maps,
+    specs: &[String],
+    ruled: &mut std::collections::HashSet<String>,
+) {
+    for iface in &crate::ifname::present(specs) {
+        // A pattern's interface gets its rules here; a literal name's are there from start.
+        if !specs.contains(iface) && !ruled.contains(iface) {
+            // On a thread of its own: this one runs the follower's runtime.
+            let added = std::thread::scope(|s| s.spawn(|| add_rules_blocking(iface)).join());
+            match added {
+                Ok(Ok(())) => drop(ruled.insert(iface.clone())),
+                Ok(Err(e)) => tracing::error!("gateway interface {iface}: {e:#}; what comes in on it is not ours"),
+                Err(_) => tracing::error!("gateway interface {iface}: adding its rules panicked"),
+            }
+        }
         let Ok((index, l2)) = crate::datapath::link_of(iface) else { continue };
         // The map first: the ingress program drops what comes from an interface it lacks.
         let done = maps.set_gateway(index, l2).and_then(|()| {

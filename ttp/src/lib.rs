@@ -24,6 +24,7 @@ pub mod datapath;
 pub mod diagnose;
 pub mod dns;
 pub mod gateway;
+pub mod ifname;
 pub mod load;
 pub mod lock;
 pub mod logfile;

@@ -121,7 +121,8 @@ pub struct StartOptions {
     pub tunnel: Option<PathBuf>,
     /// A LAN interface whose machines get the same treatment as tunnel peers: their TCP
     /// and DNS through Tor, nothing forwarded; repeatable. It may not exist yet (a
-    /// container engine's bridge): ttp takes it over when it appears.
+    /// container engine's bridge): ttp takes it over when it appears. A prefix and `*`
+    /// (`br-*`, Docker's user networks) names every interface whose name starts with it.
     #[arg(long = "gateway", value_name = "IFACE")]
     pub gateways: Vec<String>,
     /// The DNSPort's virtual range for .onion names.

@@ -31,7 +31,8 @@ use crate::datapath::{
 pub enum Follow {
     /// Those named with `--uplink`, whenever they exist.
     Named(Vec<String>),
-    /// Every interface with a default route but these (the gateway's).
+    /// Every interface with a default route but these (the gateway's: names, or prefixes
+    /// and `*`).
     DefaultRoutes { skip: Vec<String> },
 }
 
@@ -59,7 +60,7 @@ fn attach(layout: &PinLayout, maps: &mut Maps, uplinks: &Follow) {
     let now = match uplinks {
         Follow::Named(names) => names.clone(),
         Follow::DefaultRoutes { skip } => match default_uplinks() {
-            Ok(u) => u.into_iter().filter(|i| !skip.contains(i)).collect(),
+            Ok(u) => u.into_iter().filter(|i| !skip.iter().any(|s| crate::ifname::matches(s, i))).collect(),
             Err(_) => return,
         },
     };

@@ -351,20 +351,22 @@ fn a_killed_gateway_forwards_nothing() {
     assert_eq!(gateway_rules(&b.run.w), "", "rules left after `ttp stop`");
 }
 
-/// A gateway interface named before it exists, as a container engine's bridge is (docker0
-/// appears when docker.service starts, Podman's with its first container): ttp starts, and
-/// takes it over when it appears. Deleted and made again (Podman's bridge goes with its
-/// last container), it is a new interface, and taken over again. Each time the machine
+/// Gateway interfaces named before they exist, as a container engine's bridges are
+/// (Docker makes a `br-<id>` per user-defined network, Podman its bridge with its first
+/// container), here by a prefix and `*`: ttp starts, and takes one over when it appears,
+/// its routing rule included. Deleted and made again (Podman's bridge goes with its last
+/// container), it is a new interface, and taken over again. Each time the machine
 /// behind it reaches the internet by name and by address through Tor only, while the
 /// host forwards (a router: what ttp let through would leave).
 #[test]
 fn a_gateway_bridge_made_after_start_or_made_again_goes_through_tor_only() {
     const BR: &str = "ttplate0";
-    let r = start(&["--gateway", BR]);
+    let r = start(&["--gateway", "ttpl*"]);
     let w = &r.w;
     w.host.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
     let status = ttp(&r, &["status"]);
-    assert!(status.contains(&format!("gateway:    {BR} (not there yet")), "{status}");
+    assert!(status.contains("gateway:    ttpl* (not there yet"), "{status}");
+    assert_eq!(gateway_rules(w), "", "rules for interfaces that are not there");
 
     let client = Netns::new("gwlate").unwrap();
     w.host.ip(&["link", "add", "gwlate0", "type", "veth", "peer", "name", "eth0", "netns", &client.path()]).unwrap();
@@ -398,6 +400,7 @@ fn a_gateway_bridge_made_after_start_or_made_again_goes_through_tor_only() {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+        assert!(gateway_rules(w).contains(&format!("iif {BR}")), "{}", gateway_rules(w));
         let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
         assert_eq!(curl("http://www.example.test/index.txt"), PAGE, "{BR} {round}: by name");
         assert_eq!(curl(&by_addr), PAGE, "{BR} {round}: by address");
@@ -410,6 +413,7 @@ fn a_gateway_bridge_made_after_start_or_made_again_goes_through_tor_only() {
     assert!(streams.contains("gateway client 10.89.0.2"), "{streams}");
     let log = r.daemon.as_ref().unwrap().log();
     assert!(log.contains(&format!("gateway interface {BR} was made again")), "{log}");
+    assert!(ttp(&r, &["status"]).contains(&format!("gateway:    ttpl* ({BR})")));
 }
 
 /// A port a container publishes stays reachable from the LAN while its bridge is a

@@ -90,7 +90,7 @@ const EXAMPLE_CONFIG: &str =
 # bridge = [\"obfs4 192.0.2.1:443 FINGERPRINT cert=... iat-mode=0\"]\n\
 # bridges-file = \"/etc/ttp/bridges.txt\"  # lines of obfs4, meek_lite, snowflake or webtunnel bridges\n\
 # pt-path = [\"snowflake=/usr/bin/snowflake-client\"]\n\
-# gateway = [\"docker0\"]  # containers on this bridge go through Tor (taken over when it appears)\n\
+# gateway = [\"docker0\", \"br-*\"]  # containers on these bridges go through Tor (taken over when they appear)\n\
 # watchdog = true\n";
 
 fn under(prefix: &Path, rel: &str) -> PathBuf {

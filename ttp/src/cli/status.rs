@@ -25,13 +25,21 @@ pub fn run(runtime_dir: &Path, pin_dir: &Path, json: bool) -> Result<()> {
             }
             say!("ports:      trans {}  dns {}  socks {}", status.ports.trans, status.ports.dns, status.ports.socks);
             if !status.gateway_interfaces.is_empty() {
-                // Looked up here: the CLI runs in the daemon's network namespace.
                 let shown: Vec<String> = status
                     .gateway_interfaces
                     .iter()
-                    .map(|i| match nix::net::if_::if_nametoindex(i.as_str()) {
-                        Ok(_) => i.clone(),
-                        Err(_) => format!("{i} (not there yet: taken over when it appears)"),
+                    .map(|spec| {
+                        let there: Vec<&str> = status
+                            .gateway_present
+                            .iter()
+                            .filter(|i| ttp::ifname::matches(spec, i))
+                            .map(String::as_str)
+                            .collect();
+                        match there.as_slice() {
+                            [] => format!("{spec} (not there yet: taken over when it appears)"),
+                            _ if spec.ends_with('*') => format!("{spec} ({})", there.join(", ")),
+                            _ => spec.clone(),
+                        }
                     })
                     .collect();
                 say!("gateway:    {}", shown.join(", "));

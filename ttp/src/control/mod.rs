@@ -165,6 +165,7 @@ impl Control {
                         bridges: self.bridges.lock().expect("bridges lock").clone(),
                         dns: Some(s.dns.status()),
                         gateway_interfaces: self.gateway_interfaces.clone(),
+                        gateway_present: crate::ifname::present(&self.gateway_interfaces),
                     }),
                 }
             }

@@ -126,6 +126,10 @@ pub struct Status {
     /// The LAN interfaces (and the tunnel's) whose machines go through Tor here.
     #[serde(default)]
     pub gateway_interfaces: Vec<String>,
+    /// The interfaces those name that exist now, in the daemon's network namespace
+    /// (absent from older daemons).
+    #[serde(default)]
+    pub gateway_present: Vec<String>,
 }
 
 /// Something the kill-switch stopped, and who tried it: `count` times since start, by

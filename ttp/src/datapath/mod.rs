@@ -110,9 +110,9 @@ pub struct DatapathOptions {
     /// Interfaces that get the TC egress kill-switch.
     pub uplinks: Vec<String>,
     /// Gateway interfaces (the tunnel's TUN, LAN interfaces): what other machines send
-    /// in on them is steered into the TransPort and DNSPort, the rest dropped. One that
-    /// does not exist yet (a container engine's bridge) gets its programs from the monitor
-    /// when it appears ([`tcx`]).
+    /// in on them is steered into the TransPort and DNSPort, the rest dropped: names, or
+    /// prefixes and `*` ([`crate::ifname`]). One that does not exist yet (a container
+    /// engine's bridge) gets its programs from the monitor when it appears ([`tcx`]).
     pub gateways: Vec<String>,
     /// Per-instance directory in bpffs.
     pub pin_dir: PathBuf,
@@ -218,8 +218,7 @@ impl Datapath {
             maps.set_uplink(index, l2)?;
         }
         // The gateway interfaces there now; the monitor takes the others when they appear.
-        let gateways: Vec<&String> =
-            opts.gateways.iter().filter(|iface| nix::net::if_::if_nametoindex(iface.as_str()).is_ok()).collect();
+        let gateways = crate::ifname::present(&opts.gateways);
         for iface in &gateways {
             let (index, l2) = link_of(iface)?;
             maps.set_gateway(index, l2)?;

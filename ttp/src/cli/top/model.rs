@@ -382,6 +382,7 @@ pub mod tests {
             bridges: None,
             dns: Some(DnsStatus { queries: dns.0, cache_hits: dns.1, ..Default::default() }),
             gateway_interfaces: Vec::new(),
+            gateway_present: Vec::new(),
         }
     }
 
