@@ -287,6 +287,42 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     assert_unprivileged_transport(&r, "obfs4proxy", |comm| comm == "obfs4proxy");
 }
 
+/// Bridges that do not work stall the bootstrap, and the error names each one by its
+/// place in the list, with what its check found, never with its address: one whose
+/// address refuses (nothing listens), one that answers but whose transport handshake
+/// fails (a wrong cert), one whose transport dials its own servers (not checked).
+#[test]
+fn a_stalled_bootstrap_names_each_bridge_and_what_its_check_found() {
+    let net = net();
+    let line = net.bridge_line.as_deref().expect("the private network has no obfs4 bridge: is obfs4proxy installed?");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let real = words[1];
+    let refused = line.replacen(real, &format!("{WEB}:9"), 1);
+    // The real bridge's address with another cert: the bridge answers, the handshake fails.
+    let wrong_cert: String = line
+        .split_whitespace()
+        .map(|w| match w.strip_prefix("cert=") {
+            Some(c) => format!("cert={}", c.chars().rev().collect::<String>()),
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let w = World::with_testnet(net).unwrap();
+    let state = std::env::temp_dir().join(format!("ttpt-stall-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let mut c = run_cmd(w.daemon_cmd("ttp", &["run"]), &state, 20);
+    c.args(["--use-bridges", "--bridge", &refused, "--bridge", &wrong_cert]);
+    let out = c.stdout(std::process::Stdio::null()).output().unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ttp bootstrapped through bridges that do not work:\n{err}");
+    let last = err.lines().last().unwrap_or_default();
+    eprintln!("the error: {last}");
+    assert!(last.contains("bridge 1 (obfs4): refused"), "{last}");
+    assert!(last.contains("bridge 2 (obfs4): answers"), "{last}");
+    let host = real.rsplit_once(':').unwrap().0;
+    assert!(!last.contains(host) && !last.contains(&format!("{WEB}:9")), "an address in the error: {last}");
+}
+
 /// Everything the host sent beyond its link (the capture `packets` on the uplink) went to
 /// `bridge` (`a.b.c.d.port`): no authority, no relay, no web server directly.
 fn assert_only_to_the_bridge(packets: &[String], bridge: &str) {

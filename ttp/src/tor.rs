@@ -91,6 +91,48 @@ fn on_path(program: &str) -> Option<PathBuf> {
 
 pub use crate::control::proto::BridgeSummary;
 
+/// One bridge as a stalled bootstrap's error names it: its place in the list and its
+/// transport, and the address its transport dials, where that is the bridge's own (obfs4
+/// and plain bridges; snowflake, meek and webtunnel lines carry a placeholder, their
+/// transport dials its own servers). The address stays in memory and is never printed:
+/// bridge addresses are the users' secret, as Arti's logs treat them.
+#[derive(Clone, Debug)]
+pub struct BridgeProbe {
+    pub index: usize,
+    pub transport: String,
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+/// How long a stalled bootstrap's check of one bridge waits for its TCP answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a stall: which bridges answer a TCP connection at all. The transport made the
+/// same connections while bootstrapping, so a censor sees nothing new. One line each,
+/// without the address ("bridge 2 (obfs4): no answer within 5 s ...").
+pub async fn probe_bridges(probes: &[BridgeProbe]) -> Vec<String> {
+    let one = |p: &BridgeProbe| {
+        let p = p.clone();
+        async move {
+            let what = format!("bridge {} ({})", p.index, p.transport);
+            let Some(addr) = p.addr else {
+                return format!("{what}: its transport dials its own servers (not checked here)");
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => format!(
+                    "{what}: answers, but the transport's handshake or the bridge failed after that (a stale \
+                     line, a wrong cert=): get a fresh line"
+                ),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    format!("{what}: refused, nothing listens there now: get a fresh line")
+                }
+                Ok(Err(e)) => format!("{what}: unreachable ({e}): blocked, or gone"),
+                Err(_) => format!("{what}: no answer within {} s: blocked, or gone", PROBE_TIMEOUT.as_secs()),
+            }
+        }
+    };
+    futures::future::join_all(probes.iter().map(one)).await
+}
+
 impl std::fmt::Display for BridgeSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.count, self.transports.join(", "))
@@ -98,6 +140,22 @@ impl std::fmt::Display for BridgeSummary {
 }
 
 impl Bridges {
+    /// What a stalled bootstrap checks, one per line (see [`BridgeProbe`]).
+    pub fn probes(&self) -> Vec<BridgeProbe> {
+        self.lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let transport = transport_of(l).unwrap_or("plain");
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let addr_word = if transport_of(l).is_some() { words.get(1) } else { words.first() };
+                let dials_bridge = matches!(transport, "plain" | "obfs4" | "obfs3" | "scramblesuit");
+                let addr = addr_word.and_then(|w| w.parse().ok()).filter(|_| dials_bridge);
+                BridgeProbe { index: i + 1, transport: transport.to_string(), addr }
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> BridgeSummary {
         let transports: std::collections::BTreeSet<String> =
             self.lines.iter().map(|l| transport_of(l).unwrap_or("plain").to_string()).collect();
@@ -279,7 +337,7 @@ pub struct Progress {
 pub async fn bootstrap(
     config: TorClientConfig,
     timeout: Duration,
-    bridges: Option<&BridgeSummary>,
+    bridges: Option<(&BridgeSummary, &[BridgeProbe])>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Tor> {
     let client = TorClient::builder()
@@ -306,13 +364,16 @@ pub async fn bootstrap(
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("Tor bootstrap failed")),
         Err(_) => {
             let s = client.bootstrap_status();
-            let what_to_do = waiting_for(&s).unwrap_or_else(|| match bridges {
-                Some(b) => format!(
-                    "none of the {b} bridges may be reachable: try other bridge lines, or another transport \
-                     (obfs4, snowflake, webtunnel: README, In a censored network), or raise --bootstrap-timeout"
+            let what_to_do = match (waiting_for(&s), bridges) {
+                (Some(w), Some((_, probes))) => format!("{w}; the bridges: {}", probe_bridges(probes).await.join("; ")),
+                (Some(w), None) => w,
+                (None, Some((b, probes))) => format!(
+                    "the {b} bridges did not get Tor going ({}): try other bridge lines, or another transport \
+                     (obfs4, snowflake, webtunnel: README, In a censored network), or raise --bootstrap-timeout",
+                    probe_bridges(probes).await.join("; ")
                 ),
-                None => "check the network or the bridges, or raise --bootstrap-timeout".into(),
-            });
+                (None, None) => "check the network or the bridges, or raise --bootstrap-timeout".into(),
+            };
             bail!(
                 "Tor bootstrap stalled at {:.0}% after {}s ({s}): {what_to_do}",
                 s.as_frac() * 100.0,
@@ -483,6 +544,32 @@ fn lookup_error(e: arti_client::Error) -> crate::dns::LookupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_bootstrap_checks_the_bridges_whose_own_address_their_transport_dials() {
+        let b = Bridges {
+            lines: vec![
+                "obfs4 192.0.2.1:443 0123456789ABCDEF0123456789ABCDEF01234567 cert=x iat-mode=0".into(),
+                "192.0.2.2:9001 0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                "snowflake 192.0.2.3:80 2B280B23E1107BB62ABFC40DDCC8824814F80A72 url=https://b.test/".into(),
+                "[2001:db8::4]:443".into(),
+            ],
+            obfs4proxy: PathBuf::new(),
+            pt_paths: Default::default(),
+        };
+        let p = b.probes();
+        let got: Vec<(usize, &str, Option<String>)> =
+            p.iter().map(|p| (p.index, p.transport.as_str(), p.addr.map(|a| a.to_string()))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "obfs4", Some("192.0.2.1:443".into())),
+                (2, "plain", Some("192.0.2.2:9001".into())),
+                (3, "snowflake", None),
+                (4, "plain", Some("[2001:db8::4]:443".into())),
+            ]
+        );
+    }
 
     #[test]
     fn a_flood_of_socks_keys_is_bounded_and_recent_keys_keep_their_tokens() {
