@@ -1,11 +1,12 @@
 //! TC ingress (tcx) on the gateway interfaces: other machines' traffic into Tor.
 //!
 //! Packets arriving on the tunnel's TUN or a LAN interface named as a gateway are never
-//! forwarded: this program marks every packet it lets in, ttp's routing rule delivers
-//! marked packets from these interfaces locally, and the program decides which local
-//! socket gets each (the one exception, answers to published ports, is below). A new TCP connection is handed to the
-//! TransPort's listener with `bpf_sk_assign` (as Cilium and dae do for their proxies), so
-//! the accepted socket's local address is the destination the client asked for; a DNS
+//! forwarded: this program marks every packet it lets in (`GATEWAY_LOCAL_MARK`), ttp's
+//! routing rule delivers marked packets from these interfaces locally, and the program
+//! decides which local socket gets each (the one exception, answers to published ports,
+//! is below). A new TCP connection is handed to the TransPort's listener with
+//! `bpf_sk_assign` (as Cilium and dae do for their proxies), so the accepted socket's
+//! local address is the destination the client asked for; a DNS
 //! query is handed to the DNSPort likewise. A new TCP connection to one of this host's own
 //! addresses (LOCAL_V4, kept by the daemon) goes to the host's own services: an admin's
 //! SSH from the LAN keeps working. Everything else is dropped. A dead daemon leaves this
@@ -19,9 +20,6 @@
 //!
 //! On egress one small fix: the DNSPort's answers leave from port 53, the port the client
 //! asked (a socket has one port, and the DNSPort's is not 53).
-//!
-//! What the ingress program lets into the stack it marks (`GATEWAY_LOCAL_MARK`): ttp's
-//! routing rule for marked packets delivers them to this host.
 //!
 //! Published ports: a LAN machine's connection to a port a container publishes arrives on
 //! the uplink, is DNATed by the host and forwarded out of the container's bridge. The
@@ -180,14 +178,14 @@ fn record_inbound(
     Some(())
 }
 
-/// Whether the packet from `inside` to `outside` answers a recorded inbound flow (then it
-/// goes into the stack unmarked, to be routed back to the LAN). `to` is `outside` as a
-/// [`Dest`].
+/// Whether the packet answers a recorded inbound flow (then it goes into the stack
+/// unmarked, to be routed back to the LAN). `to` is its destination as a [`Dest`]; `flow`
+/// makes its key, only for a packet the policy lets be an answer (most are the machines'
+/// own traffic into Tor).
 #[inline(always)]
-fn answers_inbound(cfg: &Config, proto: u8, tcp_flags: u8, to: &Dest, flow: &Flow) -> bool {
-    // The policy first: the lookup only for what could be an answer.
+fn answers_inbound(cfg: &Config, proto: u8, tcp_flags: u8, to: &Dest, flow: impl FnOnce() -> Flow) -> bool {
     // SAFETY: only tested for presence.
-    if !gateway_answers_inbound(cfg, proto, tcp_flags, to) || unsafe { INBOUND.get(flow) }.is_none() {
+    if !gateway_answers_inbound(cfg, proto, tcp_flags, to) || unsafe { INBOUND.get(&flow()) }.is_none() {
         return false;
     }
     count(Counter::GwInboundReplies);
@@ -244,7 +242,7 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<Verdict> {
     let dport: u16 = ctx.load(l4 + 2).ok()?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP { ctx.load(l4 + 13).ok()? } else { 0 };
     let cfg = config();
-    let flow = Flow {
+    let flow = || Flow {
         inside: [saddr, 0, 0, 0],
         outside: [daddr, 0, 0, 0],
         inside_port: sport,
@@ -253,7 +251,7 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<Verdict> {
         v6: 0,
         _pad: [0; 2],
     };
-    if answers_inbound(&cfg, proto, tcp_flags, &Dest::v4(u32::from_be(daddr), u16::from_be(dport)), &flow) {
+    if answers_inbound(&cfg, proto, tcp_flags, &Dest::v4(u32::from_be(daddr), u16::from_be(dport)), flow) {
         return Some(Verdict::Routed);
     }
     // Looked up for a connection's first segment only; its later ones pass as
@@ -352,7 +350,7 @@ fn ipv6(ctx: &TcContext, l3: usize, l2: bool) -> Option<Verdict> {
     let dport: u16 = ctx.load(l4 + 2).ok()?;
     let tcp_flags: u8 = if next == IPPROTO_TCP { ctx.load(l4 + 13).ok()? } else { 0 };
     let cfg = config();
-    let flow = Flow {
+    let flow = || Flow {
         inside: saddr,
         outside: daddr,
         inside_port: sport,
@@ -361,7 +359,7 @@ fn ipv6(ctx: &TcContext, l3: usize, l2: bool) -> Option<Verdict> {
         v6: 1,
         _pad: [0; 2],
     };
-    if answers_inbound(&cfg, next, tcp_flags, &Dest::v6(host_words(daddr), u16::from_be(dport)), &flow) {
+    if answers_inbound(&cfg, next, tcp_flags, &Dest::v6(host_words(daddr), u16::from_be(dport)), flow) {
         return Some(Verdict::Routed);
     }
     // SAFETY: only tested for presence.

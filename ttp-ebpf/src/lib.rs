@@ -321,8 +321,9 @@ pub fn gateway_inbound_starts(cfg: &Config, proto: u8, tcp_flags: u8, forwarded:
 /// flow (to be confirmed in `INBOUND`, looked up only when this holds: most packets are
 /// the machines' own traffic into Tor): TCP that is not a bare SYN (a new connection of
 /// its own goes into Tor), or UDP, to a LAN address (`to`) that LAN bypass lets this host
-/// talk to. Such a packet is marked to be routed back to the LAN, not delivered locally;
-/// the uplink's kill-switch still decides whether it may leave there.
+/// talk to. Such a packet goes into the stack unmarked, to be routed back to the LAN
+/// rather than delivered locally; the uplink's kill-switch still decides whether it may
+/// leave there.
 pub fn gateway_answers_inbound(cfg: &Config, proto: u8, tcp_flags: u8, to: &Dest) -> bool {
     lan_reachable(cfg, to)
         && match proto {

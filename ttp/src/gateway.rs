@@ -19,9 +19,10 @@
 //! or is made again; the TC programs are the monitor's to attach when one appears
 //! ([`follow_interfaces`]). A `--gateway` value may also be a prefix and `*` (Docker
 //! makes a `br-<id>` bridge per user-defined network): every interface whose name starts
-//! with it is a gateway interface, and the monitor adds its rules when one appears. In the moment before (milliseconds after the interface is
-//! made, before an engine has put a container behind it), nothing on it is marked and the
-//! host routes what arrives as it would without ttp: with the whole host governed, the
+//! with it is a gateway interface, and the monitor adds its rules when one appears. In
+//! the moment before the monitor attaches (milliseconds after the interface is made,
+//! before an engine has put a container behind it), nothing on it is marked and the host
+//! routes what arrives as it would without ttp: with the whole host governed, the
 //! uplinks' kill-switch drops it (SECURITY.md).
 //!
 //! The monitor also keeps the program's list of this host's own addresses current
@@ -250,7 +251,7 @@ fn attach_interfaces(
         }
     }
     // Entries of interfaces that are gone: a bounded map must not fill with them.
-    if let Err(e) = maps.retain_gateways(|i| nix::net::if_::if_indextoname(i).is_ok()) {
+    if let Err(e) = maps.retain_gateways(crate::ifname::index_exists) {
         tracing::warn!("{e:#}");
     }
 }

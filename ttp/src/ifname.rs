@@ -30,6 +30,11 @@ pub fn matches(spec: &str, name: &str) -> bool {
     }
 }
 
+/// Is there an interface with this index now?
+pub fn index_exists(index: u32) -> bool {
+    nix::net::if_::if_indextoname(index).is_ok()
+}
+
 /// The interfaces there now that one of `specs` names, sorted.
 pub fn present(specs: &[String]) -> Vec<String> {
     let mut names: Vec<String> = nix::net::if_::if_nameindex()

@@ -110,27 +110,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// same connections while bootstrapping, so a censor sees nothing new. One line each,
 /// without the address ("bridge 2 (obfs4): no answer within 5 s ...").
 pub async fn probe_bridges(probes: &[BridgeProbe]) -> Vec<String> {
-    let one = |p: &BridgeProbe| {
-        let p = p.clone();
-        async move {
-            let what = format!("bridge {} ({})", p.index, p.transport);
-            let Some(addr) = p.addr else {
-                return format!("{what}: its transport dials its own servers (not checked here)");
-            };
-            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-                Ok(Ok(_)) => format!(
-                    "{what}: answers, but the transport's handshake or the bridge failed after that (a stale \
-                     line, a wrong cert=): get a fresh line"
-                ),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    format!("{what}: refused, nothing listens there now: get a fresh line")
-                }
-                Ok(Err(e)) => format!("{what}: unreachable ({e}): blocked, or gone"),
-                Err(_) => format!("{what}: no answer within {} s: blocked, or gone", PROBE_TIMEOUT.as_secs()),
-            }
-        }
+    futures::future::join_all(probes.iter().map(probe_bridge)).await
+}
+
+/// One bridge's line for [`probe_bridges`].
+async fn probe_bridge(p: &BridgeProbe) -> String {
+    let what = format!("bridge {} ({})", p.index, p.transport);
+    let Some(addr) = p.addr else {
+        return format!("{what}: its transport dials its own servers (not checked here)");
     };
-    futures::future::join_all(probes.iter().map(one)).await
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => format!(
+            "{what}: answers, but the transport's handshake or the bridge failed after that (a stale line, a \
+             wrong cert=): get a fresh line"
+        ),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("{what}: refused, nothing listens there now: get a fresh line")
+        }
+        Ok(Err(e)) => format!("{what}: unreachable ({e}): blocked, or gone"),
+        Err(_) => format!("{what}: no answer within {} s: blocked, or gone", PROBE_TIMEOUT.as_secs()),
+    }
 }
 
 impl std::fmt::Display for BridgeSummary {
@@ -146,11 +145,18 @@ impl Bridges {
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let transport = transport_of(l).unwrap_or("plain");
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let addr_word = if transport_of(l).is_some() { words.get(1) } else { words.first() };
-                let dials_bridge = matches!(transport, "plain" | "obfs4" | "obfs3" | "scramblesuit");
-                let addr = addr_word.and_then(|w| w.parse().ok()).filter(|_| dials_bridge);
+                let mut words = l.split_whitespace();
+                // A transport's name comes first, then the address; a plain bridge's address.
+                let transport = match transport_of(l) {
+                    Some(t) => {
+                        words.next();
+                        t
+                    }
+                    None => "plain",
+                };
+                // meek_lite, snowflake and webtunnel lines carry a placeholder address.
+                let dials_bridge = matches!(transport, "plain" | "obfs4");
+                let addr = words.next().and_then(|w| w.parse().ok()).filter(|_| dials_bridge);
                 BridgeProbe { index: i + 1, transport: transport.to_string(), addr }
             })
             .collect()

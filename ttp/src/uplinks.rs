@@ -82,7 +82,7 @@ fn attach(layout: &PinLayout, maps: &mut Maps, uplinks: &Follow) {
         }
     }
     // Entries of interfaces that are gone: a bounded map must not fill with them.
-    if let Err(e) = maps.retain_uplinks(|i| nix::net::if_::if_indextoname(i).is_ok()) {
+    if let Err(e) = maps.retain_uplinks(crate::ifname::index_exists) {
         tracing::warn!("{e:#}");
     }
 }
