@@ -784,7 +784,17 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     // The daemon also verifies its exit in the background after start, and may still be
     // at it: what it finds later must not replace the newer answer `ttp check` gets now
     // (through a circuit of its own, often another exit).
+    //
+    // A connection to the check endpoint that never sends its request is open meanwhile,
+    // as one is whenever an exit's stream outlives a test's killed daemon: it must not
+    // stall the endpoint (a CI run failed on that, the endpoint answering one at a time).
+    let endpoint = ttp_tests::testnet::CHECK_URL.trim_start_matches("http://").split('/').next().unwrap();
+    let mut hold = net().cmd(ttp_tests::bin("testkit"));
+    hold.args(["hold-open", endpoint, "1", "120"]);
+    let mut silent = ttp_tests::Proc::spawn(hold).unwrap();
+    silent.wait_line("OPENED", Duration::from_secs(10)).unwrap();
     let out = ttp(&r, &["check"]);
+    drop(silent);
     let exits: Vec<String> =
         net().relays.iter().filter(|x| x.role == ttp_tests::testnet::Role::Exit).map(|x| x.addr.clone()).collect();
     assert!(out.starts_with("Tor: yes; exit address "), "{out}");

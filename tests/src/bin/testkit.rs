@@ -148,20 +148,34 @@ fn serve_dns(addr: &str, answer: std::net::Ipv4Addr, answer6: Option<std::net::I
     }
 }
 
+/// Answers each connection on a thread of its own, and waits at most [`TIMEOUT`] for its
+/// request: a stream an exit opened and whose client never sent (a test's daemon killed
+/// mid-check, its namespace gone, so the exit learns it only much later) must not stall
+/// the checks of every test after it. CI failed on that: one silent connection, and
+/// every later `ttp check` found no answer.
 fn serve_check(addr: &str) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let l = TcpListener::bind(addr)?;
     println!("LISTENING");
     for mut s in l.incoming().flatten() {
-        let mut buf = [0u8; 2048];
-        let _ = s.read(&mut buf);
-        let peer = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        let body = format!("{{\"IsTor\":true,\"IP\":\"{peer}\"}}");
-        let _ = write!(
-            s,
-            "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        std::thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(TIMEOUT));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let peer = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+            let body = format!("{{\"IsTor\":true,\"IP\":\"{peer}\"}}");
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
     }
     Ok(())
 }
