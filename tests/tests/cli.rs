@@ -53,6 +53,16 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         text(&out.stderr)
     );
     one_line_error(&start(&["--pt-path", "snowflake"]), "is not TRANSPORT=PATH");
+    // One bridge on two lines (it moved): Tor would dial one of them only.
+    let out = start(&[
+        "--use-bridges",
+        "--bridge",
+        &format!("192.0.2.1:443 {fp}"),
+        "--bridge",
+        &format!("192.0.2.2:443 {fp}"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("bridges 1 and 2 have the same fingerprint"), "{}", text(&out.stderr));
     let mut c = w.host.cmd(bin("ttp"));
     c.args(["start", "--cgroup", "/nonexistent-cgroup", "--uplink", ttp_tests::UPLINK])
         .arg("--daemon-cgroup")

@@ -259,7 +259,14 @@ fn stop_restores_the_host_and_leaves_nothing() {
 fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     let net = net();
     let line = net.bridge_line.as_deref().expect("the private network has no obfs4 bridge: is obfs4proxy installed?");
-    let bridge = line.split_whitespace().nth(1).unwrap().replace(':', ".");
+    let real = line.split_whitespace().nth(1).unwrap();
+    let bridge = real.replace(':', ".");
+    // First in the list, a bridge that is gone (nothing listens at its address): Tor goes
+    // on through the second, and status must name that one as the bridge in use.
+    // (A fingerprint of its own: Arti takes two lines with one fingerprint for one bridge.)
+    let gone_addr = format!("{}:9", real.rsplit_once(':').unwrap().0);
+    let fingerprint = line.split_whitespace().nth(2).unwrap();
+    let gone = line.replacen(real, &gone_addr, 1).replacen(fingerprint, &"0123456789ABCDEF".repeat(3)[..40], 1);
     let w = World::with_testnet(net).unwrap();
     let state = std::env::temp_dir().join(format!("ttpt-bridge-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
@@ -268,7 +275,7 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     // at start, and nothing later (the daemon is no longer root) may need it again.
     let dir = ttp_tests::TempDir::new("bridges");
     let file = dir.0.join("bridges.txt");
-    std::fs::write(&file, format!("# from bridges.torproject.org\nBridge {line}\n")).unwrap();
+    std::fs::write(&file, format!("# from bridges.torproject.org\nBridge {gone}\nBridge {line}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let file = file.display().to_string();
@@ -281,7 +288,14 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
         assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the bridge:\n{}", r.failures());
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_only_to_the_bridge(&cap.stop().unwrap(), &bridge);
+    assert_only_to_the_bridge(&cap.stop().unwrap(), &[&bridge, &gone_addr.replace(':', ".")]);
+    // Status names the bridge that carries the traffic, by its place in the list, and not
+    // the one that is gone; never an address (the `ttp` group reads status).
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!(status["bridges"]["connected"], serde_json::json!([2]), "{}", status["bridges"]);
+    let human = ttp(&r, &["status"]);
+    let said = human.lines().find(|l| l.starts_with("bridges:")).unwrap_or_default();
+    assert!(said.contains("2 (obfs4); connected to bridge 2") && !said.contains(real), "{human}");
     // The transport runs as the service user with no capability (Arti starts it after
     // the daemon gave up root), and with no_new_privs: it parses the bridge's bytes.
     assert_unprivileged_transport(&r, "obfs4proxy", |comm| comm == "obfs4proxy");
@@ -297,7 +311,9 @@ fn a_stalled_bootstrap_names_each_bridge_and_what_its_check_found() {
     let line = net.bridge_line.as_deref().expect("the private network has no obfs4 bridge: is obfs4proxy installed?");
     let words: Vec<&str> = line.split_whitespace().collect();
     let real = words[1];
-    let refused = line.replacen(real, &format!("{WEB}:9"), 1);
+    // A fingerprint of its own: lines that share one are one bridge to Tor (refused at start).
+    let refused =
+        line.replacen(real, &format!("{WEB}:9"), 1).replacen(words[2], &"0123456789ABCDEF".repeat(3)[..40], 1);
     // The real bridge's address with another cert: the bridge answers, the handshake fails.
     let wrong_cert: String = line
         .split_whitespace()
@@ -325,7 +341,7 @@ fn a_stalled_bootstrap_names_each_bridge_and_what_its_check_found() {
 
 /// Everything the host sent beyond its link (the capture `packets` on the uplink) went to
 /// `bridge` (`a.b.c.d.port`): no authority, no relay, no web server directly.
-fn assert_only_to_the_bridge(packets: &[String], bridge: &str) {
+fn assert_only_to_the_bridge(packets: &[String], bridges: &[&str]) {
     let out: Vec<&String> = packets
         .iter()
         .filter(|l| {
@@ -336,9 +352,11 @@ fn assert_only_to_the_bridge(packets: &[String], bridge: &str) {
         .filter(|l| !l.split(" > ").nth(1).unwrap_or_default().starts_with("198.19."))
         .collect();
     assert!(!out.is_empty(), "the capture saw nothing leave");
-    let elsewhere: Vec<&&String> =
-        out.iter().filter(|l| !l.split(" > ").nth(1).unwrap().starts_with(&format!("{bridge}:"))).collect();
-    assert!(elsewhere.is_empty(), "traffic to other than the bridge {bridge}: {elsewhere:#?}");
+    let elsewhere: Vec<&&String> = out
+        .iter()
+        .filter(|l| !bridges.iter().any(|b| l.split(" > ").nth(1).unwrap().starts_with(&format!("{b}:"))))
+        .collect();
+    assert!(elsewhere.is_empty(), "traffic to other than the bridges {bridges:?}: {elsewhere:#?}");
 }
 
 /// Exactly one of the daemon's descendants is the transport (`is(comm)`), and
@@ -475,7 +493,7 @@ fn snowflake_meek_and_webtunnel_bridges_go_through_the_transport_given_for_each(
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        assert_only_to_the_bridge(&cap.stop().unwrap(), &or_port.replace(':', "."));
+        assert_only_to_the_bridge(&cap.stop().unwrap(), &[&or_port.replace(':', ".")]);
         let log = std::fs::read_to_string(pt.with_extension("log")).unwrap_or_default();
         assert!(log.lines().any(|l| l == format!("TRANSPORTS {transport}")), "not asked for {transport}: {log}");
         let url = settings.split_whitespace().find(|s| s.starts_with("url=")).unwrap();

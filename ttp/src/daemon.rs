@@ -281,10 +281,8 @@ pub async fn run(opts: &StartOptions, mut monitor: Monitor, mut events: impl FnM
     }
     // What status says of the bridges, from the lines read above as root (a bridges file
     // may be root's alone: the daemon cannot read it again once it is the service user).
-    let bridge_probes = bridges.as_ref().map(tor::Bridges::probes).unwrap_or_default();
-    let bridges = bridges.as_ref().map(tor::Bridges::summary);
-    let setup =
-        Setup { config, tor_base, bridges, bridge_probes, service_user: &service_user, gateway, maps_dir, t0, budget };
+    let bridges = bridges.as_ref().map(tor::Bridges::in_use);
+    let setup = Setup { config, tor_base, bridges, service_user: &service_user, gateway, maps_dir, t0, budget };
     let stop = StopSignals::new()?;
     let outcome = match lock.write(&opts.runtime_dir) {
         Ok(()) => serve(opts, setup, stop, &mut monitor, &mut events).await,
@@ -441,10 +439,8 @@ struct Setup<'a> {
     config: tor::TorClientConfig,
     /// For `ttp reload`'s bridges.
     tor_base: tor::ConfigBase,
-    /// The bridges in use, as status shows them.
-    bridges: Option<tor::BridgeSummary>,
-    /// What a stalled bootstrap checks to name the bridges that do not answer.
-    bridge_probes: Vec<tor::BridgeProbe>,
+    /// The bridges in use, as status and a stalled bootstrap name them.
+    bridges: Option<tor::InUse>,
     service_user: &'a ServiceUser,
     gateway: Gateway,
     maps_dir: PathBuf,
@@ -461,7 +457,7 @@ async fn serve(
     monitor: &mut Monitor,
     events: &mut impl FnMut(Event),
 ) -> Result<StopRequested> {
-    let Setup { config, tor_base, bridges, bridge_probes, service_user, gateway, maps_dir, t0, budget } = setup;
+    let Setup { config, tor_base, bridges, service_user, gateway, maps_dir, t0, budget } = setup;
     hand_over_dirs(opts, service_user)?;
     let control_listener = control::bind(&opts.runtime_dir)?;
     // Read-only but for the stream origins (see ServiceMaps): opened while root, kept after.
@@ -475,8 +471,7 @@ async fn serve(
     // Set up: from here on the daemon needs only map access, through open descriptors.
     let kept = crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
     tracing::info!("now uid {} with {}; bootstrapping Tor", service_user.uid, crate::privs::names(kept));
-    let with_bridges = bridges.as_ref().map(|b| (b, bridge_probes.as_slice()));
-    let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), with_bridges, |p| {
+    let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), bridges.as_ref(), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
     });

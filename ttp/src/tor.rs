@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -134,8 +134,68 @@ async fn probe_bridge(p: &BridgeProbe) -> String {
 
 impl std::fmt::Display for BridgeSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.count, self.transports.join(", "))
+        write!(f, "{} ({})", self.count, self.transports.join(", "))?;
+        match self.connected.as_slice() {
+            [] => Ok(()),
+            [one] => write!(f, "; connected to bridge {one}"),
+            many => {
+                let n: Vec<String> = many.iter().map(ToString::to_string).collect();
+                write!(f, "; connected to bridges {}", n.join(", "))
+            }
+        }
     }
+}
+
+/// The bridges a session uses, as status and a stalled bootstrap speak of them: by place
+/// and transport, never by line. The addresses stay in memory, for the checks.
+#[derive(Debug)]
+pub struct InUse {
+    summary: BridgeSummary,
+    probes: Vec<BridgeProbe>,
+    /// The last [`connected`] and when: it reads a table of every TCP socket of the
+    /// namespace (about 40 ms of the kernel's time with 10,000 connections open), and the
+    /// `ttp` group may ask for status as often as it likes.
+    connected: Option<(Instant, Vec<usize>)>,
+}
+
+/// How long an answer of [`connected`] is shown again: the bridge that carries the
+/// traffic changes seldom.
+const CONNECTED_FOR: Duration = Duration::from_secs(5);
+
+impl InUse {
+    /// What `ttp status` shows: how many, which transports, and which bridges carry the
+    /// traffic now ([`connected`], at most [`CONNECTED_FOR`] old).
+    pub fn status(&mut self) -> BridgeSummary {
+        let fresh = self.connected.as_ref().filter(|(at, _)| at.elapsed() < CONNECTED_FOR);
+        let connected = match fresh {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = connected(&self.probes);
+                self.connected = Some((Instant::now(), c.clone()));
+                c
+            }
+        };
+        BridgeSummary { connected, ..self.summary.clone() }
+    }
+}
+
+/// The bridges (by place in the list) with which this daemon or its transports hold an
+/// established TCP connection now: the kernel's socket tables of the daemon's network
+/// namespace, sockets of the daemon's own uid only (its transports run as that user; a
+/// governed program's connection to the same address was redirected to the TransPort,
+/// so its socket names ours). A table that cannot be read tells nothing: status is a
+/// view, and must not fail on it.
+fn connected(probes: &[BridgeProbe]) -> Vec<usize> {
+    use procfs::net::TcpState;
+    let uid = nix::unistd::geteuid().as_raw();
+    let canonical = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
+    let ours: Vec<std::net::SocketAddr> = [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flat_map(|table| table.unwrap_or_default())
+        .filter(|e| e.state == TcpState::Established && e.uid == uid)
+        .map(|e| canonical(e.remote_address))
+        .collect();
+    probes.iter().filter(|p| p.addr.is_some_and(|a| ours.contains(&canonical(a)))).map(|p| p.index).collect()
 }
 
 impl Bridges {
@@ -165,7 +225,12 @@ impl Bridges {
     pub fn summary(&self) -> BridgeSummary {
         let transports: std::collections::BTreeSet<String> =
             self.lines.iter().map(|l| transport_of(l).unwrap_or("plain").to_string()).collect();
-        BridgeSummary { count: self.lines.len(), transports: transports.into_iter().collect() }
+        BridgeSummary { count: self.lines.len(), transports: transports.into_iter().collect(), connected: Vec::new() }
+    }
+
+    /// What the session keeps of these bridges once the lines are gone: see [`InUse`].
+    pub fn in_use(&self) -> InUse {
+        InUse { summary: self.summary(), probes: self.probes(), connected: None }
     }
 
     /// Arti's configuration for these bridges; each line is checked first, so a typo is
@@ -176,10 +241,25 @@ impl Bridges {
             bail!("bridges are on but no bridge is given: add --bridge LINE or --bridges-file FILE");
         }
         let mut transports = std::collections::BTreeSet::new();
+        // Each bridge's fingerprint, and the first line that gave it.
+        let mut seen = HashMap::new();
         for (i, l) in self.lines.iter().enumerate() {
             let b: arti_client::config::BridgeConfigBuilder =
                 l.parse().with_context(|| format!("bridge {} does not parse: {l:?}", i + 1))?;
-            b.build().with_context(|| format!("bridge {} is not usable: {l:?}", i + 1))?;
+            let built = b.build().with_context(|| format!("bridge {} is not usable: {l:?}", i + 1))?;
+            // Arti takes lines with one fingerprint for one bridge and dials one of their
+            // addresses only (seen: a list whose first such line was gone never
+            // bootstrapped through the second), and a stalled bootstrap would then blame
+            // a line that was never tried.
+            if let Some(id) = tor_linkspec::HasRelayIds::rsa_identity(&built) {
+                if let Some(first) = seen.insert(*id, i + 1) {
+                    bail!(
+                        "bridges {first} and {} have the same fingerprint: Tor takes them for one bridge and uses only \
+                         one of the two lines; keep the one that works (a bridge that moved: its new line)",
+                        i + 1
+                    );
+                }
+            }
             if let Some(t) = transport_of(l) {
                 transports.insert(t.to_string());
             }
@@ -343,7 +423,7 @@ pub struct Progress {
 pub async fn bootstrap(
     config: TorClientConfig,
     timeout: Duration,
-    bridges: Option<(&BridgeSummary, &[BridgeProbe])>,
+    bridges: Option<&InUse>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Tor> {
     let client = TorClient::builder()
@@ -371,12 +451,13 @@ pub async fn bootstrap(
         Err(_) => {
             let s = client.bootstrap_status();
             let what_to_do = match (waiting_for(&s), bridges) {
-                (Some(w), Some((_, probes))) => format!("{w}; the bridges: {}", probe_bridges(probes).await.join("; ")),
+                (Some(w), Some(b)) => format!("{w}; the bridges: {}", probe_bridges(&b.probes).await.join("; ")),
                 (Some(w), None) => w,
-                (None, Some((b, probes))) => format!(
-                    "the {b} bridges did not get Tor going ({}): try other bridge lines, or another transport \
+                (None, Some(b)) => format!(
+                    "the {} bridges did not get Tor going ({}): try other bridge lines, or another transport \
                      (obfs4, snowflake, webtunnel: README, In a censored network), or raise --bootstrap-timeout",
-                    probe_bridges(probes).await.join("; ")
+                    b.summary,
+                    probe_bridges(&b.probes).await.join("; ")
                 ),
                 (None, None) => "check the network or the bridges, or raise --bootstrap-timeout".into(),
             };
@@ -645,19 +726,28 @@ mod tests {
         assert!(e.contains("bridge 1 does not parse"), "{e}");
         let e = format!("{:#}", load_config(&dir, &[], Some(&b(&[], "/bin/true")), None).unwrap_err());
         assert!(e.contains("no bridge is given"), "{e}");
+        // One bridge at two addresses is one bridge to Tor: said, not half used.
+        let moved = format!("192.0.2.9:443 {fp}");
+        let other = "192.0.2.9:443 89ABCDEF0123456789ABCDEF0123456789ABCDEF";
+        let e =
+            format!("{:#}", load_config(&dir, &[], Some(&b(&[other, &plain, &moved], "/bin/true")), None).unwrap_err());
+        assert!(e.contains("bridges 2 and 3 have the same fingerprint"), "{e}");
+        load_config(&dir, &[], Some(&b(&[other, &plain], "/bin/true")), None).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn each_kind_of_bridge_gets_its_transport_program_or_says_how_to_get_it() {
-        let fp = "0123456789ABCDEF0123456789ABCDEF01234567";
-        let obfs4 = format!("obfs4 192.0.2.2:443 {fp} cert=AAAA iat-mode=0");
-        let meek = format!("meek_lite 192.0.2.18:80 {fp} url=https://meek.example.net/ front=www.example.com");
+        // Each bridge its own fingerprint, as real lines have.
+        let fp = |n: u8| format!("{n:X}").repeat(40);
+        let obfs4 = format!("obfs4 192.0.2.2:443 {} cert=AAAA iat-mode=0", fp(1));
+        let meek = format!("meek_lite 192.0.2.18:80 {} url=https://meek.example.net/ front=www.example.com", fp(2));
         let snowflake = format!(
-            "snowflake 192.0.2.3:80 {fp} fingerprint={fp} url=https://broker.example.net/ \
-             fronts=cdn.example.com ice=stun:stun.example.net:3478 utls-imitate=hellorandomizedalpn"
+            "snowflake 192.0.2.3:80 {0} fingerprint={0} url=https://broker.example.net/ \
+             fronts=cdn.example.com ice=stun:stun.example.net:3478 utls-imitate=hellorandomizedalpn",
+            fp(3)
         );
-        let webtunnel = format!("webtunnel [2001:db8::7]:443 {fp} url=https://tunnel.example.net/path ver=0.0.1");
+        let webtunnel = format!("webtunnel [2001:db8::7]:443 {} url=https://tunnel.example.net/path ver=0.0.1", fp(4));
         let bridges = |lines: &[&str], paths: &[(&str, &str)]| Bridges {
             lines: lines.iter().map(|l| l.to_string()).collect(),
             obfs4proxy: PathBuf::from("/bin/true"),
@@ -688,7 +778,7 @@ mod tests {
         }
         bridges(&[&webtunnel], &[("webtunnel", "/bin/true")]).to_toml().unwrap();
         // A transport ttp does not know needs its program named.
-        let other = format!("conjure 192.0.2.9:80 {fp}");
+        let other = format!("conjure 192.0.2.9:80 {}", fp(5));
         let e = format!("{:#}", bridges(&[&other], &[]).to_toml().unwrap_err());
         assert!(e.contains("--pt-path conjure=PATH"), "{e}");
         bridges(&[&other], &[("conjure", "/bin/true")]).to_toml().unwrap();

@@ -46,7 +46,7 @@ pub struct Control {
     /// Tor's configuration as at start, for a reload's bridges.
     pub tor_base: crate::tor::ConfigBase,
     /// The bridges in use (none: the network directly).
-    pub bridges: Mutex<Option<crate::tor::BridgeSummary>>,
+    pub bridges: Mutex<Option<crate::tor::InUse>>,
     /// The gateway interfaces, the tunnel's among them.
     pub gateway_interfaces: Vec<String>,
 }
@@ -86,7 +86,7 @@ impl Control {
             .reconfigure(&config, arti_client::config::Reconfigure::AllOrNothing)
             .context("Tor refused the new bridges (the running session is unchanged; `ttp restart` applies them)")?;
         let n = self.services.isolation.new_identity();
-        *self.bridges.lock().expect("bridges lock") = bridges.map(crate::tor::Bridges::summary);
+        *self.bridges.lock().expect("bridges lock") = bridges.map(crate::tor::Bridges::in_use);
         match bridges {
             Some(b) => tracing::info!("now through {} bridge(s); new streams use new circuits", b.lines.len()),
             None => tracing::info!("bridges off; new streams use new circuits"),
@@ -162,7 +162,7 @@ impl Control {
                         tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
                         load: Some(self.load_status()),
                         memory: crate::memory::of(std::process::id()),
-                        bridges: self.bridges.lock().expect("bridges lock").clone(),
+                        bridges: self.bridges.lock().expect("bridges lock").as_mut().map(crate::tor::InUse::status),
                         dns: Some(s.dns.status()),
                         gateway_interfaces: self.gateway_interfaces.clone(),
                         gateway_present: crate::ifname::present(&self.gateway_interfaces),

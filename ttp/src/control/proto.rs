@@ -267,6 +267,11 @@ pub struct BridgeSummary {
     pub count: usize,
     /// Transport names, `plain` for bridges without one; sorted, each once.
     pub transports: Vec<String>,
+    /// The bridges this host holds a connection with now, by their place in the list
+    /// (from 1): the ones that carry its Tor traffic. Only bridges whose transport dials
+    /// the bridge's own address (plain, obfs4) can be told; absent from older daemons.
+    #[serde(default)]
+    pub connected: Vec<usize>,
 }
 
 /// How many of each kind of connection the daemon takes at once.
