@@ -502,7 +502,8 @@ fn snowflake_meek_and_webtunnel_bridges_go_through_the_transport_given_for_each(
         // (By its name: ttp's own command line names its path too.)
         assert_unprivileged_transport(&r, "stand-in transport", |comm| comm == "standin-pt");
         let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
-        assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": [transport]}));
+        // Connected to which bridge cannot be told: the transport dials its own servers.
+        assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": [transport], "connected": []}));
     }
 }
 
