@@ -64,8 +64,8 @@ fn start(extra: &[&str]) -> Running {
     let arti = net.arti_toml().display().to_string();
     let mut args = vec!["--arti-config", arti.as_str(), "--check-url", ttp_tests::testnet::CHECK_URL];
     args.extend_from_slice(extra);
-    let daemon = w.start_ttp(&state, &args).expect("ttp run");
-    let r = Running { daemon: Some(daemon), w, state };
+    let started = w.start_ttp(&state, &args);
+    let r = Running::new(w, state, started, "ttp run");
     // The network is minutes old: its exits can refuse a stream while they settle. One
     // warm-up fetch (retried) before the tests' own, strict, requests.
     let t0 = Instant::now();
@@ -82,8 +82,8 @@ fn start_choosing_uplinks() -> Running {
     let w = World::with_testnet(net()).unwrap();
     let state = std::env::temp_dir().join(format!("ttpt-uplink-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     let c = run_cmd(w.daemon_cmd_choosing_uplinks("ttp", &["run"]), &state, 90);
-    let d = w.start_daemon(c).expect("ttp run choosing its uplinks");
-    Running { daemon: Some(d), w, state }
+    let started = w.start_daemon(c);
+    Running::new(w, state, started, "ttp run choosing its uplinks")
 }
 
 /// `ttp run` (`c`) on the private network, with its state under `state` and a bounded
@@ -101,6 +101,15 @@ fn run_cmd(mut c: std::process::Command, state: &std::path::Path, bootstrap_secs
 }
 
 impl Running {
+    /// The test's daemon, `started` in `w` with its state under `state`. A daemon that
+    /// did not start fails the test, and the state directory it may have made goes with
+    /// it, as after every test (the guard exists before the panic).
+    fn new(w: World, state: PathBuf, started: anyhow::Result<ttp_tests::Daemon>, what: &str) -> Running {
+        let mut r = Running { daemon: None, w, state };
+        r.daemon = Some(started.unwrap_or_else(|e| panic!("{what}: {e:#}")));
+        r
+    }
+
     /// The daemon's reasons for failed streams, for assertion messages.
     fn failures(&self) -> String {
         let log = self.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
@@ -280,9 +289,8 @@ fn with_bridges_the_obfs4_bridge_is_the_only_first_hop() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let file = file.display().to_string();
     let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges"];
-    let daemon =
-        w.start_ttp(&state, &[&args[..], &["--bridges-file", file.as_str()]].concat()).expect("ttp with bridges");
-    let r = Running { daemon: Some(daemon), w, state };
+    let started = w.start_ttp(&state, &[&args[..], &["--bridges-file", file.as_str()]].concat());
+    let r = Running::new(w, state, started, "ttp with bridges");
     let t0 = Instant::now();
     while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
         assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the bridge:\n{}", r.failures());
@@ -480,10 +488,8 @@ fn snowflake_meek_and_webtunnel_bridges_go_through_the_transport_given_for_each(
         let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
         let pt_path = format!("{transport}={}", pt.display());
         let args = ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge"];
-        let daemon = w
-            .start_ttp(&state, &[&args[..], &[line.as_str(), "--pt-path", pt_path.as_str()]].concat())
-            .unwrap_or_else(|e| panic!("ttp with a {transport} bridge: {e:#}"));
-        let r = Running { daemon: Some(daemon), w, state };
+        let started = w.start_ttp(&state, &[&args[..], &[line.as_str(), "--pt-path", pt_path.as_str()]].concat());
+        let r = Running::new(w, state, started, &format!("ttp with a {transport} bridge"));
         let t0 = Instant::now();
         while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
             assert!(

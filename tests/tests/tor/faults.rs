@@ -14,8 +14,8 @@ fn start_limited(nofile: u64) -> Running {
     let state = std::env::temp_dir().join(format!("ttpt-load-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
     let arti = net.arti_toml().display().to_string();
     let args = ["--arti-config", arti.as_str(), "--check-url", ttp_tests::testnet::CHECK_URL];
-    let daemon = w.start_ttp_with(&state, &args, |c| limit_open_files(c, nofile)).expect("ttp run");
-    let r = Running { daemon: Some(daemon), w, state };
+    let started = w.start_ttp_with(&state, &args, |c| limit_open_files(c, nofile));
+    let r = Running::new(w, state, started, "ttp run");
     let t0 = Instant::now();
     while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
         assert!(t0.elapsed() < Duration::from_secs(60), "no stream through Tor within 60 s:\n{}", r.failures());

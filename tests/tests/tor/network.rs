@@ -167,8 +167,8 @@ fn a_clock_that_jumps_keeps_the_host_closed_and_tor_comes_back_when_it_is_right(
         .env("FAKETIME_TIMESTAMP_FILE", &clock)
         .env("FAKETIME_CACHE_DURATION", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    let d = w.start_daemon(c).expect("ttp run with a clock that will jump");
-    let r = Running { daemon: Some(d), w, state };
+    let started = w.start_daemon(c);
+    let r = Running::new(w, state, started, "ttp run with a clock that will jump");
     let cap = Capture::start(&r.w.inet, &r.w.inet_if).unwrap();
     let jump = |to: &str| {
         std::fs::write(&clock, format!("{to}\n")).unwrap();
