@@ -817,6 +817,7 @@ fn ttp_check_reports_the_exit_and_status_shows_it() {
     let mut hold = net().cmd(ttp_tests::bin("testkit"));
     hold.args(["hold-open", endpoint, "1", "120"]);
     let mut silent = ttp_tests::Proc::spawn(hold).unwrap();
+    assert_eq!(silent.next_line().unwrap(), "1 opened, 0 failed", "the silent connection to the check endpoint");
     silent.wait_line("OPENED", Duration::from_secs(10)).unwrap();
     let out = ttp(&r, &["check"]);
     drop(silent);

@@ -189,13 +189,20 @@ fn connected(probes: &[BridgeProbe]) -> Vec<usize> {
     use procfs::net::TcpState;
     let uid = nix::unistd::geteuid().as_raw();
     let canonical = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
-    let ours: Vec<std::net::SocketAddr> = [procfs::net::tcp(), procfs::net::tcp6()]
+    // Each socket is matched as the table is read: with thousands of streams open, only
+    // the few to a bridge are kept.
+    let mut found: Vec<usize> = [procfs::net::tcp(), procfs::net::tcp6()]
         .into_iter()
         .flat_map(|table| table.unwrap_or_default())
         .filter(|e| e.state == TcpState::Established && e.uid == uid)
-        .map(|e| canonical(e.remote_address))
+        .filter_map(|e| {
+            let peer = canonical(e.remote_address);
+            probes.iter().find(|p| p.addr.is_some_and(|a| canonical(a) == peer)).map(|p| p.index)
+        })
         .collect();
-    probes.iter().filter(|p| p.addr.is_some_and(|a| ours.contains(&canonical(a)))).map(|p| p.index).collect()
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 impl Bridges {
