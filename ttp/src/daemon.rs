@@ -471,20 +471,51 @@ async fn serve(
     // Set up: from here on the daemon needs only map access, through open descriptors.
     let kept = crate::privs::drop_privileges(service_user).context("giving up privileges after setup")?;
     tracing::info!("now uid {} with {}; bootstrapping Tor", service_user.uid, crate::privs::names(kept));
+
+    let check_urls: Vec<String> = if opts.check_urls.is_empty() {
+        crate::check::DEFAULT_CHECK_URLS.iter().map(|s| s.to_string()).collect()
+    } else {
+        opts.check_urls.clone()
+    };
+    let load = Arc::new(LoadStats::default());
+    // The control socket answers from now on: status shows the bootstrap, root's stop
+    // stops it; the rest waits for Tor (see control::Control).
+    let control = Arc::new(Control {
+        services: std::sync::OnceLock::new(),
+        bootstrap: Mutex::new("starting".into()),
+        maps: maps.clone(),
+        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
+        started: t0,
+        started_unix: control::unix_now(),
+        stop: stop.control.clone(),
+        runtime_dir: opts.runtime_dir.clone(),
+        check_urls: check_urls.clone(),
+        load: load.clone(),
+        budget,
+        tor_base,
+        bridges: Mutex::new(bridges.clone()),
+        gateway_interfaces: gateway.interfaces.clone(),
+    });
+    // Every service runs until root's stop; none may end before it. One that does (an
+    // error, a panic, or just returning) is a fault, while Tor bootstraps too.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::serve(control_listener, control.clone()));
+
     let bootstrap = tor::bootstrap(config, Duration::from_secs(opts.bootstrap_timeout), bridges.as_ref(), |p| {
         tracing::info!("bootstrap {:>3.0}%: {}", p.fraction * 100.0, p.status);
+        *control.bootstrap.lock().expect("bootstrap lock") = p.status.to_string();
         events(Event::Bootstrap((p.fraction * 100.0).round().clamp(0.0, 100.0) as u8, p.status.to_string()));
     });
     let tor = tokio::select! {
         tor = bootstrap => tor?,
         stopped = stop.requested() => return Ok(stopped),
+        Some(ended) = tasks.join_next() => return Err(service_ended(ended)),
     };
     tracing::info!("Tor bootstrapped after {:.1?}", t0.elapsed());
     release_freed_memory();
     // Observation only: its end is no fault.
     tokio::spawn(tor::log_blockages(tor.clone()));
 
-    let load = Arc::new(LoadStats::default());
     let isolation = Arc::new(Isolation::default());
     let automap = Arc::new(Mutex::new(Automap::new(opts.virtual_net, AUTOMAP_CAPACITY, AUTOMAP_TTL)));
     let dns = Arc::new(DnsService::new(
@@ -502,11 +533,6 @@ async fn serve(
         exit: Mutex::new(None),
         tunnel: gateway.tunnel.as_ref().map(|(d, _)| d.clone()),
     });
-    let check_urls: Vec<String> = if opts.check_urls.is_empty() {
-        crate::check::DEFAULT_CHECK_URLS.iter().map(|s| s.to_string()).collect()
-    } else {
-        opts.check_urls.clone()
-    };
     // One stream limit for both proxy ports.
     let ports = Arc::new(PortContext {
         tor: tor.clone(),
@@ -518,7 +544,6 @@ async fn serve(
         load: load.clone(),
     });
     let transport = Arc::new(TransPort { ctx: ports.clone(), origins: maps.clone() });
-    let mut tasks = tokio::task::JoinSet::new();
     if let Some((device, runner)) = gateway.tunnel {
         tracing::info!("tunnel gateway on {}, UDP {}", device.interface, device.local);
         // Spawned after the privilege drop: the thread starts as the service user.
@@ -534,22 +559,8 @@ async fn serve(
         tasks.spawn(dns::server::serve_tcp(l, dns.clone(), budget.dns_tcp, load.clone()));
     }
 
-    let control = Arc::new(Control {
-        services: services.clone(),
-        maps: maps.clone(),
-        ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
-        started: t0,
-        started_unix: control::unix_now(),
-        stop: stop.control.clone(),
-        runtime_dir: opts.runtime_dir.clone(),
-        check_urls: check_urls.clone(),
-        load,
-        budget,
-        tor_base,
-        bridges: Mutex::new(bridges),
-        gateway_interfaces: gateway.interfaces.clone(),
-    });
-    tasks.spawn(control::serve(control_listener, control));
+    // Set once: the control socket answers everything from here on.
+    let _ = control.services.set(services.clone());
 
     let socks = Arc::new(SocksPort {
         ctx: ports.clone(),
@@ -572,15 +583,9 @@ async fn serve(
     tracing::info!("ready after {:.1?}: governed traffic goes through Tor", t0.elapsed());
     events(Event::Ready(t0.elapsed()));
 
-    // Every service runs until root's stop; none may end before it. One that does (an
-    // error, a panic, or just returning) is a fault.
     let outcome = tokio::select! {
         stopped = stop.requested() => Ok(stopped),
-        Some(ended) = tasks.join_next() => Err(match ended {
-            Ok(Ok(())) => anyhow::anyhow!("a service ended on its own"),
-            Ok(Err(e)) => e.context("a service failed"),
-            Err(e) => anyhow::anyhow!("a service panicked: {e}"),
-        }),
+        Some(ended) = tasks.join_next() => Err(service_ended(ended)),
     };
     // Lockdown first, whatever ended it (root's part: the monitor sets it). Should even
     // that fail, the links stay attached and the monitor tries again.
@@ -595,6 +600,15 @@ async fn serve(
     let stopped = outcome?;
     locked?;
     Ok(stopped)
+}
+
+/// The fault of a service that ended before root's stop: every way it can end is one.
+fn service_ended(ended: Result<Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("a service ended on its own"),
+        Ok(Err(e)) => e.context("a service failed"),
+        Err(e) => anyhow::anyhow!("a service panicked: {e}"),
+    }
 }
 
 /// Waits between background exit checks that found no answer: soon at first (a fresh

@@ -148,7 +148,7 @@ impl std::fmt::Display for BridgeSummary {
 
 /// The bridges a session uses, as status and a stalled bootstrap speak of them: by place
 /// and transport, never by line. The addresses stay in memory, for the checks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InUse {
     summary: BridgeSummary,
     probes: Vec<BridgeProbe>,

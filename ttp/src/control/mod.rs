@@ -28,9 +28,14 @@ use proto::{LoadStatus, PeerChange, Ports, Refusal, Reply, Request, Status, Test
 use crate::user::CONTROL_GROUP as GROUP;
 pub use proto::SOCKET;
 
-/// What the control socket needs from the running daemon.
+/// What the control socket needs from the daemon. It serves from before Tor bootstraps:
+/// `status` shows how far the bootstrap got and `stop` stops it (a stalled bootstrap
+/// behind a censor can take minutes); what needs Tor answers that Tor is not ready yet.
 pub struct Control {
-    pub services: Arc<Services>,
+    /// The services, set once Tor has bootstrapped.
+    pub services: std::sync::OnceLock<Arc<Services>>,
+    /// Arti's last word on its bootstrap, until the services are set.
+    pub bootstrap: Mutex<String>,
     pub maps: Arc<Mutex<ServiceMaps>>,
     pub ports: Ports,
     pub started: Instant,
@@ -52,10 +57,9 @@ pub struct Control {
 }
 
 impl Control {
-    async fn change_peer(&self, change: PeerChange) -> Result<()> {
+    async fn change_peer(services: &Services, change: PeerChange) -> Result<()> {
         use crate::tunnel::keys::decode;
-        let tunnel =
-            self.services.tunnel.as_ref().context("this ttp runs no tunnel gateway (start it with --tunnel)")?;
+        let tunnel = services.tunnel.as_ref().context("this ttp runs no tunnel gateway (start it with --tunnel)")?;
         match change {
             PeerChange::Add { public_key, preshared_key, allowed_ips, endpoint } => {
                 let cfg = crate::tunnel::protocol::PeerConfig {
@@ -79,13 +83,13 @@ impl Control {
     /// Reconfigures Arti with `bridges` (the rest of its configuration as at start), and
     /// gives every isolation key a new circuit, as `refresh` does: the next streams go
     /// through circuits that follow the new setting. Returns how many keys were reset.
-    fn set_bridges(&self, bridges: Option<&crate::tor::Bridges>) -> Result<usize> {
+    fn set_bridges(&self, services: &Services, bridges: Option<&crate::tor::Bridges>) -> Result<usize> {
         let config = self.tor_base.with_bridges(bridges)?;
-        self.services
+        services
             .tor
             .reconfigure(&config, arti_client::config::Reconfigure::AllOrNothing)
             .context("Tor refused the new bridges (the running session is unchanged; `ttp restart` applies them)")?;
-        let n = self.services.isolation.new_identity();
+        let n = services.isolation.new_identity();
         *self.bridges.lock().expect("bridges lock") = bridges.map(crate::tor::Bridges::in_use);
         match bridges {
             Some(b) => tracing::info!("now through {} bridge(s); new streams use new circuits", b.lines.len()),
@@ -107,92 +111,128 @@ impl Control {
         }
     }
 
+    /// Status and stop, at any time; the rest once Tor is ready.
     async fn answer(&self, req: Request) -> Reply {
         match req {
+            Request::Status => Reply::Status { ok: true, status: Box::new(self.status()) },
+            Request::Stop => self.stop(),
+            req => match self.services.get() {
+                Some(services) => self.answer_ready(services, req).await,
+                None => Reply::Error {
+                    ok: false,
+                    error: format!(
+                        "Tor is not ready yet ({}): try again once `ttp status` says it is",
+                        self.bootstrap.lock().expect("bootstrap lock")
+                    ),
+                },
+            },
+        }
+    }
+
+    /// The monitor tears down only on root's own record of the request (see
+    /// crate::monitor): a stop without it would end in lockdown with the daemon gone, so
+    /// it is refused here, and the daemon runs on.
+    fn stop(&self) -> Reply {
+        if !crate::monitor::stop_requested(&self.runtime_dir, std::process::id()) {
+            return Reply::Error {
+                ok: false,
+                error: "a stop must come with root's stop request: use `ttp stop` (it records the request in the \
+                        runtime directory first), or SIGTERM to ttp's process group; the daemon runs on"
+                    .into(),
+            };
+        }
+        self.stop.notify_one();
+        Reply::Done { ok: true }
+    }
+
+    /// What the daemon says of itself: before Tor is ready, how far its bootstrap got.
+    fn status(&self) -> Status {
+        let (counters, refusals) = {
+            let maps = self.maps.lock().expect("maps lock");
+            let counters = maps
+                .counters()
+                .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
+                .unwrap_or_default();
+            let refusals = maps
+                .refusals(MAX_REFUSALS)
+                .into_iter()
+                .map(|(c, uid, cgroup, count)| Refusal { counter: c.name().into(), uid, cgroup, count })
+                .collect();
+            (counters, refusals)
+        };
+        let mut status = Status {
+            state: "starting".into(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            started_unix: self.started_unix,
+            ports: self.ports.clone(),
+            bootstrap: self.bootstrap.lock().expect("bootstrap lock").clone(),
+            waiting: no_network().or_else(|| Some(STARTING.into())),
+            tor_ready: false,
+            streams_open: 0,
+            streams_refused: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            exit_address: None,
+            exit_checked_unix: None,
+            check_urls: self.check_urls.clone(),
+            counters,
+            refusals,
+            tunnel_peers: Vec::new(),
+            load: Some(self.load_status()),
+            memory: crate::memory::of(std::process::id()),
+            bridges: self.bridges.lock().expect("bridges lock").as_mut().map(crate::tor::InUse::status),
+            dns: None,
+            gateway_interfaces: self.gateway_interfaces.clone(),
+            gateway_present: crate::ifname::present(&self.gateway_interfaces),
+        };
+        if let Some(s) = self.services.get() {
+            // One snapshot each: the figures of one reply agree with each other.
+            let boot = s.tor.bootstrap_status();
+            let (bytes_up, bytes_down) = s.streams.totals();
+            let exit = s.exit.lock().expect("exit lock").clone();
+            status.state = "running".into();
+            status.bootstrap = boot.to_string();
+            status.waiting = no_network().or_else(|| crate::tor::waiting_while_running(&boot));
+            status.tor_ready = boot.ready_for_traffic();
+            status.streams_open = s.streams.open_count();
+            status.streams_refused = s.streams.refused.load(std::sync::atomic::Ordering::Relaxed);
+            (status.bytes_up, status.bytes_down) = (bytes_up, bytes_down);
+            status.exit_address = exit.as_ref().map(|c| c.exit_address.to_string());
+            status.exit_checked_unix = exit.as_ref().map(|c| c.checked_unix);
+            status.tunnel_peers = s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default();
+            status.dns = Some(s.dns.status());
+        }
+        status
+    }
+
+    /// The requests that need Tor.
+    async fn answer_ready(&self, services: &Services, req: Request) -> Reply {
+        match req {
+            Request::Status => Reply::Status { ok: true, status: Box::new(self.status()) },
+            Request::Stop => self.stop(),
             Request::Check { urls } => {
                 let urls = if urls.is_empty() { self.check_urls.clone() } else { urls };
                 let socks = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.ports.socks));
                 match crate::check::check_any(socks, &urls).await {
                     Ok(check) => {
-                        *self.services.exit.lock().expect("exit lock") = Some(check.clone());
+                        *services.exit.lock().expect("exit lock") = Some(check.clone());
                         Reply::Checked { ok: true, check }
                     }
                     Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
                 }
             }
-            Request::Status => {
-                let (counters, refusals) = {
-                    let maps = self.maps.lock().expect("maps lock");
-                    let counters = maps
-                        .counters()
-                        .map(|v| v.into_iter().map(|(c, n)| (c.name().to_string(), n)).collect())
-                        .unwrap_or_default();
-                    let refusals = maps
-                        .refusals(MAX_REFUSALS)
-                        .into_iter()
-                        .map(|(c, uid, cgroup, count)| Refusal { counter: c.name().into(), uid, cgroup, count })
-                        .collect();
-                    (counters, refusals)
-                };
-                let s = &self.services;
-                // One snapshot each: the figures of one reply agree with each other.
-                let boot = s.tor.bootstrap_status();
-                let (bytes_up, bytes_down) = s.streams.totals();
-                let exit = s.exit.lock().expect("exit lock").clone();
-                Reply::Status {
-                    ok: true,
-                    status: Box::new(Status {
-                        state: "running".into(),
-                        pid: std::process::id(),
-                        uptime_secs: self.started.elapsed().as_secs(),
-                        started_unix: self.started_unix,
-                        ports: self.ports.clone(),
-                        bootstrap: boot.to_string(),
-                        waiting: no_network().or_else(|| crate::tor::waiting_while_running(&boot)),
-                        tor_ready: boot.ready_for_traffic(),
-                        streams_open: s.streams.open_count(),
-                        streams_refused: s.streams.refused.load(std::sync::atomic::Ordering::Relaxed),
-                        bytes_up,
-                        bytes_down,
-                        exit_address: exit.as_ref().map(|c| c.exit_address.to_string()),
-                        exit_checked_unix: exit.as_ref().map(|c| c.checked_unix),
-                        check_urls: self.check_urls.clone(),
-                        counters,
-                        refusals,
-                        tunnel_peers: s.tunnel.as_ref().map(|t| t.status()).unwrap_or_default(),
-                        load: Some(self.load_status()),
-                        memory: crate::memory::of(std::process::id()),
-                        bridges: self.bridges.lock().expect("bridges lock").as_mut().map(crate::tor::InUse::status),
-                        dns: Some(s.dns.status()),
-                        gateway_interfaces: self.gateway_interfaces.clone(),
-                        gateway_present: crate::ifname::present(&self.gateway_interfaces),
-                    }),
-                }
-            }
-            Request::Streams { recent } => Reply::Streams { ok: true, streams: self.services.streams.snapshot(recent) },
+            Request::Streams { recent } => Reply::Streams { ok: true, streams: services.streams.snapshot(recent) },
             Request::Refresh => {
-                let n = self.services.isolation.new_identity();
+                let n = services.isolation.new_identity();
                 tracing::info!("new identity: {n} isolation keys reset; new streams use new circuits");
                 Reply::Refreshed { ok: true, isolation_keys_reset: n }
             }
-            // The monitor tears down only on root's own record of the request (see
-            // crate::monitor): a stop without it would end in lockdown with the daemon
-            // gone, so it is refused here, and the daemon runs on.
-            Request::Stop if !crate::monitor::stop_requested(&self.runtime_dir, std::process::id()) => Reply::Error {
-                ok: false,
-                error: "a stop must come with root's stop request: use `ttp stop` (it records the request in the \
-                        runtime directory first), or SIGTERM to ttp's process group; the daemon runs on"
-                    .into(),
-            },
-            Request::Stop => {
-                self.stop.notify_one();
-                Reply::Done { ok: true }
-            }
-            Request::Bridges { bridges } => match self.set_bridges(bridges.as_ref()) {
+            Request::Bridges { bridges } => match self.set_bridges(services, bridges.as_ref()) {
                 Ok(n) => Reply::Refreshed { ok: true, isolation_keys_reset: n },
                 Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
             },
-            Request::TunnelPeer(change) => match self.change_peer(change).await {
+            Request::TunnelPeer(change) => match Self::change_peer(services, change).await {
                 Ok(()) => Reply::Done { ok: true },
                 Err(e) => Reply::Error { ok: false, error: format!("{e:#}") },
             },
@@ -204,7 +244,7 @@ impl Control {
                     p.connect_to_onion_services(arti_client::config::BoolOrAuto::Explicit(true));
                     p
                 };
-                match self.services.tor.connect_with_prefs((host.as_str(), port), &prefs).await {
+                match services.tor.connect_with_prefs((host.as_str(), port), &prefs).await {
                     Ok(stream) => Reply::Connected {
                         ok: true,
                         connected: TestConnect {
@@ -238,6 +278,9 @@ pub fn bind(runtime_dir: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
+
+/// What a starting daemon waits for.
+const STARTING: &str = "Tor is bootstrapping; the host stays closed until it is ready";
 
 /// Who-refused entries a status carries, the most frequent first.
 const MAX_REFUSALS: usize = 32;
