@@ -214,19 +214,24 @@ impl Proc {
 
     /// Waits until a stdout line equals `want` (servers print LISTENING, daemons READY).
     pub fn wait_line(&mut self, want: &str, timeout: Duration) -> Result<()> {
+        self.wait_line_where(want, timeout, |line| line == want).map(drop)
+    }
+
+    /// Waits until a stdout line satisfies `is`, and returns it (`what` names it in errors).
+    pub fn wait_line_where(&mut self, what: &str, timeout: Duration, is: impl Fn(&str) -> bool) -> Result<String> {
         let stdout = self.stdout.as_mut().context("no stdout")?;
         let deadline = Instant::now() + timeout;
         let mut line = String::new();
         while Instant::now() < deadline {
             line.clear();
             if stdout.read_line(&mut line)? == 0 {
-                bail!("process exited before printing {want}: {:?}", self.child.try_wait());
+                bail!("process exited before printing {what}: {:?}", self.child.try_wait());
             }
-            if line.trim_end() == want {
-                return Ok(());
+            if is(line.trim_end()) {
+                return Ok(line.trim_end().to_string());
             }
         }
-        bail!("timed out waiting for {want}")
+        bail!("timed out waiting for {what}")
     }
 
     /// The next line the process prints (without its newline); an error at its end.
@@ -619,6 +624,16 @@ impl World {
         self.spawn_daemon(c, Duration::from_secs(120))
     }
 
+    /// [`World::start_ttp`] that returns once the kill-switch is attached (the daemon's
+    /// `KILLSWITCH` line), before Tor has bootstrapped: for bridges Tor cannot finish
+    /// bootstrapping through here.
+    pub fn start_ttp_closed(&self, state_dir: &std::path::Path, extra: &[&str]) -> Result<Daemon> {
+        let mut c = self.ttp_cmd("run", state_dir);
+        c.args(extra)
+            .env("RUST_LOG", std::env::var("TTP_TEST_LOG").unwrap_or_else(|_| "info,tor_guardmgr=warn".into()));
+        self.spawn_daemon_until(c, Duration::from_secs(60), "KILLSWITCH", |l| l.starts_with("KILLSWITCH "))
+    }
+
     /// `ttp SUB` for this world, with its state and runtime directories under `state_dir`
     /// and a bounded bootstrap (a stuck bootstrap ends the daemon instead of the run).
     pub fn ttp_cmd(&self, sub: &str, state_dir: &std::path::Path) -> Command {
@@ -680,7 +695,18 @@ impl World {
         c
     }
 
-    fn spawn_daemon(&self, mut c: Command, timeout: Duration) -> Result<Daemon> {
+    fn spawn_daemon(&self, c: Command, timeout: Duration) -> Result<Daemon> {
+        self.spawn_daemon_until(c, timeout, "READY", |l| l == "READY")
+    }
+
+    /// [`World::spawn_daemon`], started once its start protocol prints a line that `is`.
+    fn spawn_daemon_until(
+        &self,
+        mut c: Command,
+        timeout: Duration,
+        what: &str,
+        is: impl Fn(&str) -> bool,
+    ) -> Result<Daemon> {
         use std::os::unix::process::CommandExt;
         // A process group of its own (the daemon and the monitor it forks), as a terminal
         // or a service manager gives it: a stop signals the group.
@@ -694,7 +720,7 @@ impl World {
                 sink.lock().expect("log lock").push_str(&(line + "\n"));
             }
         });
-        if let Err(e) = p.wait_line("READY", timeout) {
+        if let Err(e) = p.wait_line_where(what, timeout, is) {
             thread::sleep(Duration::from_millis(200));
             bail!("daemon did not start: {e:#}\n{}", log.lock().expect("log lock"));
         }

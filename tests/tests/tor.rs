@@ -870,6 +870,9 @@ mod lifecycle;
 // Links, addresses and routes that change under a running ttp (issue 18).
 #[path = "tor/network.rs"]
 mod network;
+// A snowflake bridge through Debian's snowflake-client and snowflake-proxy (issue 21).
+#[path = "tor/snowflake.rs"]
+mod snowflake;
 // The Debian package on a booted Debian with systemd (issue 18).
 #[path = "tor/system.rs"]
 mod system;

@@ -112,7 +112,7 @@ pub fn package(profile: &str) -> Result<PathBuf> {
         control,
         "Package: ttp\nVersion: {version}\nArchitecture: {arch}\nMaintainer: {MAINTAINER}\n\
          Installed-Size: {size}\nDepends: {depends}, passwd\n\
-         Suggests: obfs4proxy\nSection: net\nPriority: optional\n\
+         Suggests: obfs4proxy, snowflake-client\nSection: net\nPriority: optional\n\
          Description: transparent Tor proxy for the whole host, failing closed\n \
          ttp sends all of a Linux host's traffic through Tor: eBPF programs in the\n \
          kernel steer every TCP connection and DNS query to an embedded Tor client\n \

@@ -34,6 +34,9 @@ const PACKAGES: &[&str] = &[
     // moves one process's clock (a wrong-clock test)
     "faketime",
     "obfs4proxy",
+    // a snowflake bridge end to end: the client ttp runs, and a proxy on the test network
+    "snowflake-client",
+    "snowflake-proxy",
     "iputils-ping",
     "iperf3",
     "hyperfine",

@@ -1,0 +1,181 @@
+//! A snowflake bridge with the real programs (issue 21): Debian's `snowflake-client`,
+//! started by ttp as Arti's managed transport, and Debian's `snowflake-proxy` on the
+//! internet side. Debian ships no broker or server (golang-snowflake-dev 2.5.1 carries
+//! only the client's and the proxy's code, its source tarball is not on the mirror, and
+//! no Go toolchain may be fetched here); `tests/tools/snowflake_standin.py` stands in
+//! for them and for a STUN server, speaking snowflake's own messages. The server does not
+//! speak KCP and smux beyond the client's first bytes, so Tor cannot bootstrap through
+//! it: the test follows the path as far as the server, where the client's turbotunnel
+//! token arrives through the proxy.
+
+use std::process::Stdio;
+
+use ttp_tests::{Netns, Proc, TempDir};
+
+use super::*;
+
+/// The stand-in broker (8080), server (8081) and STUN server (3478), on the private
+/// network's own namespace.
+const STANDIN: &str = "192.0.2.200";
+/// The proxy's host: a namespace of its own behind the private network, as a volunteer's
+/// browser is somewhere on the internet.
+const PROXY: &str = "192.0.2.201";
+
+/// The broker, server and proxy, removed on drop (the proxy's namespace with its link).
+struct Deployment {
+    standin: Proc,
+    proxy: Proc,
+    _proxy_ns: Netns,
+    dir: TempDir,
+}
+
+impl Deployment {
+    /// Starts them; `uplink_if` is the test world's link in the private network's
+    /// namespace, which forwards (only) between it and the proxy's link.
+    fn start(uplink_if: &str) -> Deployment {
+        let net = net();
+        let inet = Netns::borrowed(&net.netns);
+        inet.ip(&["addr", "add", &format!("{STANDIN}/32"), "dev", "lo"]).unwrap();
+        let dir = TempDir::new("snowflake");
+        let proxy_ns = Netns::new("sfproxy").unwrap();
+        let pid = net.netns.trim_start_matches("/proc/").trim_end_matches("/ns/net");
+        let link = format!("tsf{}", std::process::id() % 100_000);
+        proxy_ns.ip(&["link", "add", "sf0", "type", "veth", "peer", "name", &link, "netns", pid]).unwrap();
+        proxy_ns.ip(&["addr", "add", &format!("{PROXY}/32"), "dev", "sf0"]).unwrap();
+        proxy_ns.ip(&["link", "set", "sf0", "up"]).unwrap();
+        proxy_ns.ip(&["route", "add", &format!("{STANDIN}/32"), "dev", "sf0"]).unwrap();
+        proxy_ns.ip(&["route", "add", "default", "via", STANDIN, "dev", "sf0"]).unwrap();
+        inet.ip(&["link", "set", &link, "up"]).unwrap();
+        inet.ip(&["route", "add", &format!("{PROXY}/32"), "dev", &link]).unwrap();
+        // Forwarding on these two links only: the rest of the private network stays as
+        // it is for the tests that share it.
+        for ifc in [link.as_str(), uplink_if] {
+            let out = inet.cmd("sysctl").args(["-qw", &format!("net.ipv4.conf.{ifc}.forwarding=1")]).output().unwrap();
+            assert!(out.status.success(), "forwarding on {ifc}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
+        let mut c = inet.cmd("python3");
+        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/snowflake_standin.py")).args([STANDIN, "300"]);
+        let mut standin = Proc::spawn(c).unwrap();
+        standin.wait_line("LISTENING", Duration::from_secs(10)).expect("the stand-in broker and server");
+
+        // The proxy as nobody, with a resolver that fails at once: its NAT check asks
+        // the real broker's name, and nothing here must wait for that to time out.
+        let resolv = dir.0.join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+        let log = std::fs::File::create(dir.0.join("proxy.log")).unwrap();
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+             snowflake-proxy -broker http://{STANDIN}:8080/ -relay ws://{STANDIN}:8081/ -allow-non-tls-relay \
+             -stun stun:{STANDIN}:3478 -unsafe-logging -verbose",
+            resolv.display()
+        );
+        let mut c = proxy_ns.cmd("unshare");
+        c.args(["--mount", "sh", "-c", &script]).stderr(Stdio::from(log));
+        let proxy = Proc::spawn(c).unwrap();
+        Deployment { standin, proxy, _proxy_ns: proxy_ns, dir }
+    }
+
+    /// The stand-in's event lines until one that `is` (all of them, that one last). On
+    /// failure, what it saw, the proxy's log and the daemon's.
+    fn until(&mut self, r: &Running, what: &str, secs: u64, is: impl Fn(&str) -> bool) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let line = self.standin.next_line().unwrap_or_else(|e| format!("(the stand-in ended: {e:#})"));
+            seen.push(line.clone());
+            if is(&line) {
+                return seen;
+            }
+            if line.starts_with("(the stand-in") || line == "GAVE UP" || t0.elapsed() > Duration::from_secs(secs) {
+                let daemon = r.daemon.as_ref().map(|d| d.log()).unwrap_or_default();
+                let counters = r.w.counters().map(|c| format!("{c:?}")).unwrap_or_default();
+                panic!("no {what}: {seen:#?}\nthe proxy:\n{}\nttp:\n{daemon}\ncounters: {counters}", self.proxy_log());
+            }
+        }
+    }
+
+    fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.proxy.signal(nix::sys::signal::Signal::SIGKILL);
+        let inet = Netns::borrowed(&net().netns);
+        let _ = inet.ip(&["addr", "del", &format!("{STANDIN}/32"), "dev", "lo"]);
+    }
+}
+
+/// A governed host with a snowflake bridge line: ttp runs Debian's snowflake-client as
+/// the service user, without privileges; the line's broker URL, front and fingerprint
+/// reach it (the broker sees the front's Host and the bridge's fingerprint); the client
+/// meets Debian's snowflake-proxy through the broker, over WebRTC, and its first bytes
+/// reach the server through that proxy. On the host's uplink, nothing but the client's
+/// rendezvous with the broker, its STUN requests and its WebRTC traffic to the proxy.
+#[test]
+fn a_snowflake_bridge_goes_through_debians_client_and_proxy_only() {
+    let client = std::path::Path::new("/usr/bin/snowflake-client");
+    assert!(client.exists(), "snowflake-client is not installed (cargo xtask setup installs it)");
+    let net = net();
+    let w = World::with_testnet(net).unwrap();
+    let uplink_addr = format!("198.19.{}.2", w.inet_if.trim_start_matches("th"));
+    let mut d = Deployment::start(&w.inet_if);
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+
+    let fp = &net.relays.iter().find(|r| r.role == ttp_tests::testnet::Role::Bridge).expect("a bridge relay").rsa_id;
+    // The address is the placeholder Tor Browser's lines carry: snowflake never dials it.
+    let line = format!(
+        "snowflake 192.0.2.199:1 {fp} fingerprint={fp} url=http://broker.example.net:8080/ front={STANDIN}:8080 \
+         ice=stun:{STANDIN}:3478"
+    );
+    let state = std::env::temp_dir().join(format!("ttpt-sf-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net.arti_toml().display().to_string();
+    let args =
+        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", &line];
+    let started = w.start_ttp_closed(&state, &args);
+    let r = Running::new(w, state, started, "ttp with a snowflake bridge");
+    let t0 = Instant::now();
+
+    let seen = d.until(&r, "the client's poll at the broker", 60, |l| l.starts_with("CLIENT "));
+    let poll = seen.last().unwrap();
+    assert!(poll.contains("host=broker.example.net:8080"), "the line's url and front did not reach the client: {poll}");
+    assert!(poll.contains(&format!("fingerprint={fp}")), "the line's fingerprint did not reach the client: {poll}");
+    let seen = d.until(&r, "the proxy's answer", 90, |l| l.starts_with("ANSWER "));
+    let answer = seen.last().unwrap().clone();
+    let relayed = d.until(&r, "the client's first bytes at the server", 60, |l| l.starts_with("RELAY "));
+    let relayed = relayed.last().unwrap();
+    eprintln!(
+        "the client's first bytes reached the server {:.1} s after the kill-switch was on",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(relayed.contains("token=ok"), "not the client's turbotunnel token: {relayed}\n{}", d.proxy_log());
+    assert!(relayed.contains(&format!("client_ip={uplink_addr}")), "not this host's client: {relayed}");
+
+    // The proxy's candidates in its answer ("udp 192.0.2.201:40000"): where WebRTC goes.
+    let mut allowed: Vec<String> = vec![format!("{STANDIN}.8080"), format!("{STANDIN}.3478")];
+    allowed.extend(answer.split_whitespace().skip(1).collect::<Vec<_>>().chunks(2).map(|c| c[1].replace(':', ".")));
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    assert_only_to_the_bridge(&cap.stop().unwrap(), &allowed);
+    assert_unprivileged_transport(&r, "snowflake-client", |comm| comm == "snowflake-clien");
+    // While Tor bootstraps (here it never finishes), status answers: the host is closed,
+    // this is how far Tor got, through these bridges. (It did not answer before Tor was
+    // ready: `ttp status` and `ttp stop` waited out their 120 s.)
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!(status["state"], "starting", "{status:#}");
+    assert_eq!(status["tor_ready"], false, "{status:#}");
+    assert!(status["bootstrap"].as_str().unwrap_or_default().contains('%'), "{status:#}");
+    assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": ["snowflake"], "connected": []}));
+    let t1 = Instant::now();
+    let stopped = ttp(&r, &["stop"]);
+    eprintln!("`ttp stop` during the bootstrap: {stopped:?} after {:.1?}", t1.elapsed());
+    let mut r = r;
+    let daemon = r.daemon.as_mut().unwrap();
+    let t1 = Instant::now();
+    while daemon.proc.child.try_wait().unwrap().is_none() {
+        assert!(t1.elapsed() < Duration::from_secs(10), "the daemon still runs after `ttp stop`");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(daemon.log().contains("stop on the control socket"), "not stopped by root's stop request");
+}
