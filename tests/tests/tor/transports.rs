@@ -1,4 +1,7 @@
-//! A snowflake bridge with the real programs (issue 21): Debian's `snowflake-client`,
+//! Bridges through the real transport clients Debian ships (issue 21), where this
+//! machine can run the other side.
+//!
+//! A snowflake bridge with the real programs: Debian's `snowflake-client`,
 //! started by ttp as Arti's managed transport, and Debian's `snowflake-proxy` on the
 //! internet side. Debian ships no broker or server (golang-snowflake-dev 2.5.1 carries
 //! only the client's and the proxy's code, its source tarball is not on the mirror, and
@@ -7,6 +10,10 @@
 //! speak KCP and smux beyond the client's first bytes, so Tor cannot bootstrap through
 //! it: the test follows the path as far as the server, where the client's turbotunnel
 //! token arrives through the proxy.
+//!
+//! A meek_lite bridge through obfs4proxy (its meek_lite client), to a meek server in
+//! front of the private network's bridge (`tests/tools/meek_server.py`: meek-server is
+//! not in Debian either): Tor bootstraps through it, end to end.
 
 use std::process::Stdio;
 
@@ -21,12 +28,29 @@ const STANDIN: &str = "192.0.2.200";
 /// browser is somewhere on the internet.
 const PROXY: &str = "192.0.2.201";
 
+/// An address of the private network's own (on its loopback), removed on drop.
+struct LoAddr(&'static str);
+
+impl LoAddr {
+    fn add(addr: &'static str) -> LoAddr {
+        Netns::borrowed(&net().netns).ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]).unwrap();
+        LoAddr(addr)
+    }
+}
+
+impl Drop for LoAddr {
+    fn drop(&mut self) {
+        let _ = Netns::borrowed(&net().netns).ip(&["addr", "del", &format!("{}/32", self.0), "dev", "lo"]);
+    }
+}
+
 /// The broker, server and proxy, removed on drop (the proxy's namespace with its link).
 struct Deployment {
     standin: Proc,
-    proxy: Proc,
+    _proxy: Proc,
     _proxy_ns: Netns,
     dir: TempDir,
+    _addr: LoAddr,
 }
 
 impl Deployment {
@@ -35,7 +59,7 @@ impl Deployment {
     fn start(uplink_if: &str) -> Deployment {
         let net = net();
         let inet = Netns::borrowed(&net.netns);
-        inet.ip(&["addr", "add", &format!("{STANDIN}/32"), "dev", "lo"]).unwrap();
+        let addr = LoAddr::add(STANDIN);
         let dir = TempDir::new("snowflake");
         let proxy_ns = Netns::new("sfproxy").unwrap();
         let pid = net.netns.trim_start_matches("/proc/").trim_end_matches("/ns/net");
@@ -73,7 +97,7 @@ impl Deployment {
         let mut c = proxy_ns.cmd("unshare");
         c.args(["--mount", "sh", "-c", &script]).stderr(Stdio::from(log));
         let proxy = Proc::spawn(c).unwrap();
-        Deployment { standin, proxy, _proxy_ns: proxy_ns, dir }
+        Deployment { standin, _proxy: proxy, _proxy_ns: proxy_ns, dir, _addr: addr }
     }
 
     /// The stand-in's event lines until one that `is` (all of them, that one last). On
@@ -97,14 +121,6 @@ impl Deployment {
 
     fn proxy_log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("proxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        self.proxy.signal(nix::sys::signal::Signal::SIGKILL);
-        let inet = Netns::borrowed(&net().netns);
-        let _ = inet.ip(&["addr", "del", &format!("{STANDIN}/32"), "dev", "lo"]);
     }
 }
 
@@ -178,4 +194,48 @@ fn a_snowflake_bridge_goes_through_debians_client_and_proxy_only() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(daemon.log().contains("stop on the control socket"), "not stopped by root's stop request");
+}
+
+/// Where the meek server listens (the front the line names).
+const MEEK: &str = "192.0.2.202";
+
+/// A meek_lite bridge through obfs4proxy, the program ttp runs for it, to a meek server in
+/// front of the private network's bridge (`tests/tools/meek_server.py`: meek-server is
+/// not in Debian): Tor bootstraps through it and a governed fetch works; the line's url
+/// and front reach the client (the server sees the url's host in Host, on the front's
+/// address); nothing leaves the host but the client's HTTP to the front; the client runs
+/// unprivileged.
+#[test]
+fn a_meek_lite_bridge_carries_tor_through_obfs4proxy() {
+    let net = net();
+    let bridge = net.relays.iter().find(|r| r.role == ttp_tests::testnet::Role::Bridge).expect("a bridge relay");
+    let or_port = net.or_addrs().into_iter().find(|a| a.starts_with(&format!("{}:", bridge.addr))).unwrap();
+    let _addr = LoAddr::add(MEEK);
+    let mut c = Netns::borrowed(&net.netns).cmd("python3");
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/meek_server.py")).args([&format!("{MEEK}:8082"), &or_port]);
+    let mut server = Proc::spawn(c).unwrap();
+    server.wait_line("LISTENING", Duration::from_secs(10)).expect("the meek server");
+
+    let w = World::with_testnet(net).unwrap();
+    let cap = Capture::start(&w.inet, &w.inet_if).unwrap();
+    let id = &bridge.rsa_id;
+    // The address is a placeholder, as in Tor Browser's meek lines: the client dials the front.
+    let line = format!("meek_lite 192.0.2.199:2 {id} url=http://meek.example.net:8082/ front={MEEK}:8082");
+    let state = std::env::temp_dir().join(format!("ttpt-meek-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net.arti_toml().display().to_string();
+    let args =
+        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", &line];
+    let started = w.start_ttp(&state, &args);
+    let r = Running::new(w, state, started, "ttp with a meek_lite bridge");
+    let t0 = Instant::now();
+    while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
+        assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the meek_lite bridge:\n{}", r.failures());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_only_to_the_bridge(&cap.stop().unwrap(), &[&format!("{MEEK}.8082")]);
+    let session = server.next_line().unwrap();
+    assert_eq!(session, "SESSION host=meek.example.net:8082", "the line's url and front did not reach obfs4proxy");
+    assert_unprivileged_transport(&r, "obfs4proxy", |comm| comm == "obfs4proxy");
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": ["meek_lite"], "connected": []}));
 }
