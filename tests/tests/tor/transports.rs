@@ -44,6 +44,18 @@ impl Drop for LoAddr {
     }
 }
 
+/// ttp in `w` with the bridge `line` only, started once Tor is ready (`ready`), or once
+/// the kill-switch is on.
+fn with_bridge(w: World, line: &str, ready: bool) -> Running {
+    let state = std::env::temp_dir().join(format!("ttpt-pt-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net().arti_toml().display().to_string();
+    let args =
+        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", line];
+    let started = if ready { w.start_ttp(&state, &args) } else { w.start_ttp_closed(&state, &args) };
+    let what = format!("ttp with a {} bridge", line.split_whitespace().next().unwrap_or_default());
+    Running::new(w, state, started, &what)
+}
+
 /// The broker, server and proxy, removed on drop (the proxy's namespace with its link).
 struct Deployment {
     standin: Proc,
@@ -146,12 +158,7 @@ fn a_snowflake_bridge_goes_through_debians_client_and_proxy_only() {
         "snowflake 192.0.2.199:1 {fp} fingerprint={fp} url=http://broker.example.net:8080/ front={STANDIN}:8080 \
          ice=stun:{STANDIN}:3478"
     );
-    let state = std::env::temp_dir().join(format!("ttpt-sf-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let arti = net.arti_toml().display().to_string();
-    let args =
-        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", &line];
-    let started = w.start_ttp_closed(&state, &args);
-    let r = Running::new(w, state, started, "ttp with a snowflake bridge");
+    let r = with_bridge(w, &line, false);
     let t0 = Instant::now();
 
     let seen = d.until(&r, "the client's poll at the broker", 60, |l| l.starts_with("CLIENT "));
@@ -221,12 +228,7 @@ fn a_meek_lite_bridge_carries_tor_through_obfs4proxy() {
     let id = &bridge.rsa_id;
     // The address is a placeholder, as in Tor Browser's meek lines: the client dials the front.
     let line = format!("meek_lite 192.0.2.199:2 {id} url=http://meek.example.net:8082/ front={MEEK}:8082");
-    let state = std::env::temp_dir().join(format!("ttpt-meek-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let arti = net.arti_toml().display().to_string();
-    let args =
-        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", &line];
-    let started = w.start_ttp(&state, &args);
-    let r = Running::new(w, state, started, "ttp with a meek_lite bridge");
+    let r = with_bridge(w, &line, true);
     let t0 = Instant::now();
     while curl(&r.w, &format!("http://{WEB}/index.txt")) != PAGE {
         assert!(t0.elapsed() < Duration::from_secs(90), "no stream through the meek_lite bridge:\n{}", r.failures());
