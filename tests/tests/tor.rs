@@ -347,6 +347,45 @@ fn a_stalled_bootstrap_names_each_bridge_and_what_its_check_found() {
     assert!(!last.contains(host) && !last.contains(&format!("{WEB}:9")), "an address in the error: {last}");
 }
 
+/// While Tor bootstraps, the control socket answers: status says the daemon is starting,
+/// how far Tor got and through which bridges; a request that needs Tor says it is not
+/// ready; root's `ttp stop` stops the start at once. (All three waited out their 120 s
+/// before: the socket was served only once Tor was ready.)
+#[test]
+fn status_and_stop_answer_while_tor_bootstraps() {
+    let w = World::with_testnet(net()).unwrap();
+    // A plain bridge that nothing answers for: the bootstrap cannot finish.
+    let line = format!("{WEB}:9 {}", &"0123456789ABCDEF".repeat(3)[..40]);
+    let state = std::env::temp_dir().join(format!("ttpt-boot-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net().arti_toml().display().to_string();
+    let args = ["--arti-config", &arti, "--use-bridges", "--bridge", &line];
+    let started = w.start_ttp_closed(&state, &args);
+    let mut r = Running::new(w, state, started, "ttp with a bridge that never answers");
+
+    let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
+    assert_eq!((&status["state"], &status["tor_ready"]), (&"starting".into(), &false.into()), "{status:#}");
+    assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": ["plain"], "connected": []}));
+    let text = ttp(&r, &["status"]);
+    assert!(text.lines().any(|l| l.starts_with("state:      starting")), "{text}");
+    let streams = std::process::Command::new(ttp_tests::bin("ttp"))
+        .args(["streams", "--runtime-dir"])
+        .arg(r.state.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&streams.stderr);
+    assert!(!streams.status.success() && err.contains("Tor is not ready yet"), "{err}");
+
+    let t0 = Instant::now();
+    let said = ttp(&r, &["stop"]);
+    eprintln!("`ttp stop` during the bootstrap: {said:?} after {:.1?}", t0.elapsed());
+    let daemon = r.daemon.as_mut().unwrap();
+    while daemon.proc.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the daemon still runs after `ttp stop`");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(daemon.log().contains("stop on the control socket"), "not stopped by root's stop request");
+}
+
 /// Everything the host sent beyond its link (the capture `packets` on the uplink) went to
 /// `bridge` (`a.b.c.d.port`): no authority, no relay, no web server directly.
 fn assert_only_to_the_bridge(packets: &[String], bridges: &[&str]) {
