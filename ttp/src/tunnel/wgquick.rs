@@ -127,11 +127,14 @@ impl WgQuick {
                         "allowedips" => p.allowed_ips.extend(list::<IpNet>(v, "AllowedIPs").map_err(at)?),
                         "endpoint" => p.endpoint = Some(v.to_string()),
                         "persistentkeepalive" => {
+                            // 0 is off however it is written ("00" too), as "off" is.
                             p.persistent_keepalive = match v {
-                                "off" | "0" => None,
-                                v => {
-                                    Some(v.parse().map_err(|e| anyhow::anyhow!("line {n}: PersistentKeepalive: {e}"))?)
-                                }
+                                "off" => None,
+                                v => match v.parse() {
+                                    Ok(0) => None,
+                                    Ok(k) => Some(k),
+                                    Err(e) => bail!("line {n}: PersistentKeepalive: {e}"),
+                                },
                             }
                         }
                         _ => bail!("line {n}: unknown key in [Peer]: {line}"),
@@ -253,6 +256,14 @@ mod tests {
         assert_eq!(c.peers[0].endpoint, Some("192.0.2.1:51820".parse().unwrap()));
         assert_eq!(c.peers[0].psk, Some([3; 32]));
         assert_eq!(c.peers[0].persistent_keepalive, Some(std::time::Duration::from_secs(25)));
+        // Off, however it is written; and printed as off, it reads back as off (the fuzzer
+        // found "00" read as Some(0), printed as "0", read back as None).
+        for off in ["off", "0", "00"] {
+            let w = WgQuick::parse(&text.replace("PersistentKeepalive = 25", &format!("PersistentKeepalive = {off}")));
+            let w = w.unwrap();
+            assert_eq!(w.peers[0].persistent_keepalive, None, "{off}");
+            assert_eq!(WgQuick::parse(&w.to_string()).unwrap(), w, "{off}: printed and read back");
+        }
         for (bad, why) in [
             (text.replace("AllowedIPs", "AllowedIP"), "line 10: unknown key in [Peer]"),
             (text.replace("10.77.0.2/32", "10.77.0.300/32"), "line 4"),
