@@ -375,6 +375,29 @@ fn status_and_stop_answer_while_tor_bootstraps() {
     let err = String::from_utf8_lossy(&streams.stderr);
     assert!(!streams.status.success() && err.contains("Tor is not ready yet"), "{err}");
 
+    // A watchdog beside a starting daemon leaves it be: no restart (its DNSPort does not
+    // answer yet), and the daemon's lockdown stays on (the watchdog turned it off).
+    let pid = r.daemon.as_ref().unwrap().proc.child.id();
+    let mut wd = std::process::Command::new(ttp_tests::bin("ttp"));
+    wd.args(["watchdog", "run", "--interval", "1", "--runtime-dir"])
+        .arg(r.state.join("run"))
+        .arg("--pin-dir")
+        .arg(&r.w.pin_dir)
+        .stderr(std::process::Stdio::null());
+    let wd = ttp_tests::Proc::spawn(wd).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    wd.signal(nix::sys::signal::Signal::SIGTERM);
+    drop(wd);
+    let log = std::fs::read_to_string(r.state.join("run/watchdog.log")).unwrap_or_default();
+    assert!(log.contains("nothing to do while Tor bootstraps"), "{log}");
+    let daemon = r.daemon.as_mut().unwrap();
+    assert!(daemon.proc.child.try_wait().unwrap().is_none(), "the watchdog ended the starting daemon:\n{log}");
+    let session = ttp::lock::SessionLock::read(&r.state.join("run")).unwrap().map(|l| l.pid);
+    assert_eq!(session, Some(pid), "the watchdog replaced the daemon:\n{log}");
+    let maps = ttp::datapath::PinLayout::new(&r.w.pin_dir).maps();
+    let (config, _) = ttp::datapath::Maps::read_pinned_state(&maps).unwrap();
+    assert!(config.has(ttp_common::flags::LOCKDOWN), "the watchdog lifted the starting daemon's lockdown:\n{log}");
+
     let t0 = Instant::now();
     let said = ttp(&r, &["stop"]);
     eprintln!("`ttp stop` during the bootstrap: {said:?} after {:.1?}", t0.elapsed());

@@ -182,6 +182,13 @@ fn check(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>) -> 
         return faults;
     }
     match Client::new(runtime_dir).with_timeout(Duration::from_secs(5)).status() {
+        // A daemon that is still starting serves nothing yet (its DNSPort among them) and
+        // holds its own lockdown until Tor is ready: not a fault while it bootstraps, and
+        // one that never finishes ends itself (--bootstrap-timeout), dead for the next round.
+        Ok(status) if status.state == "starting" => {
+            faults.push(format!("Tor is not bootstrapped yet (starting: {})", status.bootstrap));
+            return faults;
+        }
         Ok(status) => {
             if !status.bootstrap.contains("100%") && !status.bootstrap.contains("usable") {
                 faults.push(format!("Tor is not bootstrapped ({})", status.bootstrap));
@@ -218,16 +225,14 @@ fn dns_answers(port: u16) -> Result<()> {
 /// Locks the host down, then replaces a dead, hung or detached daemon by a new start with
 /// the session's options.
 fn repair(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>, faults: &[String]) -> Result<String> {
+    // Not a fault of ours: the daemon keeps trying, and fails closed meanwhile. Its
+    // lockdown flag is left as the daemon set it (on while it starts: a watchdog that
+    // turned it off here lifted a starting daemon's lockdown).
+    if faults.iter().all(|f| f.starts_with("Tor is not bootstrapped")) {
+        return Ok("nothing to do while Tor bootstraps (traffic waits for it; nothing leaks)".into());
+    }
     if layout.exists() {
         Maps::set_lockdown_pinned(&layout.maps(), true).context("setting the lockdown flag")?;
-    }
-    let only_tor = faults.iter().all(|f| f.starts_with("Tor is not bootstrapped"));
-    if only_tor {
-        // Not a fault of ours: the daemon keeps trying, and fails closed meanwhile.
-        if layout.exists() {
-            Maps::set_lockdown_pinned(&layout.maps(), false)?;
-        }
-        return Ok("nothing to do while Tor bootstraps (traffic waits for it; nothing leaks)".into());
     }
     let Some(lock) = lock else {
         bail!("no session lock to restart from: run `ttp start`");
