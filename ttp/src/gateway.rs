@@ -206,8 +206,8 @@ pub fn follow_interfaces(pin_dir: std::path::PathBuf, specs: Vec<String>, mut ma
     let mut ruled = std::collections::HashSet::new();
     crate::netwatch::follow(
         &[MulticastGroup::Link],
-        "no longer following the gateway interfaces; one made from now on gets no gateway program \
-         until the next start",
+        "not following the gateway interfaces (one made meanwhile gets its gateway program when \
+         following resumes)",
         || attach_interfaces(&layout, &mut maps, &specs, &mut ruled),
     );
 }

@@ -25,7 +25,7 @@ pub fn follow(daemon: u32) {
     let mut usable = usable_addresses();
     crate::netwatch::follow(
         &[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr],
-        "no longer following address changes; after a network change Tor may take minutes to notice",
+        "not following address changes (after a network change meanwhile, Tor may take minutes to notice)",
         || {
             let now = usable_addresses();
             let gone: HashSet<IpAddr> = usable.difference(&now).copied().collect();

@@ -50,7 +50,7 @@ pub fn follow(pin_dir: PathBuf, uplinks: Follow) {
     };
     crate::netwatch::follow(
         &[MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route],
-        "no longer following uplinks; a new default-route interface gets no TC kill-switch until the next start",
+        "not following uplinks (a new default-route interface gets its TC kill-switch when following resumes)",
         || attach(&layout, &mut maps, &uplinks),
     );
 }
