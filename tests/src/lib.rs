@@ -617,9 +617,7 @@ impl World {
         extra: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Daemon> {
-        let mut c = self.ttp_cmd("run", state_dir);
-        c.args(extra)
-            .env("RUST_LOG", std::env::var("TTP_TEST_LOG").unwrap_or_else(|_| "info,tor_guardmgr=warn".into()));
+        let mut c = self.ttp_run_cmd(state_dir, extra);
         adjust(&mut c);
         self.spawn_daemon(c, Duration::from_secs(120))
     }
@@ -628,10 +626,16 @@ impl World {
     /// `KILLSWITCH` line), before Tor has bootstrapped: for bridges Tor cannot finish
     /// bootstrapping through here.
     pub fn start_ttp_closed(&self, state_dir: &std::path::Path, extra: &[&str]) -> Result<Daemon> {
+        let c = self.ttp_run_cmd(state_dir, extra);
+        self.spawn_daemon_until(c, Duration::from_secs(60), "KILLSWITCH", |l| l.starts_with("KILLSWITCH "))
+    }
+
+    /// `ttp run EXTRA` for this world, logging as `TTP_TEST_LOG` says.
+    fn ttp_run_cmd(&self, state_dir: &std::path::Path, extra: &[&str]) -> Command {
         let mut c = self.ttp_cmd("run", state_dir);
         c.args(extra)
             .env("RUST_LOG", std::env::var("TTP_TEST_LOG").unwrap_or_else(|_| "info,tor_guardmgr=warn".into()));
-        self.spawn_daemon_until(c, Duration::from_secs(60), "KILLSWITCH", |l| l.starts_with("KILLSWITCH "))
+        c
     }
 
     /// `ttp SUB` for this world, with its state and runtime directories under `state_dir`

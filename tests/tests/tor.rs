@@ -347,43 +347,42 @@ fn a_stalled_bootstrap_names_each_bridge_and_what_its_check_found() {
     assert!(!last.contains(host) && !last.contains(&format!("{WEB}:9")), "an address in the error: {last}");
 }
 
+/// ttp in `w` with the bridge `line` only, started once Tor is ready (`ready`), or once
+/// the kill-switch is on.
+fn with_bridge(w: World, line: &str, ready: bool) -> Running {
+    let state = std::env::temp_dir().join(format!("ttpt-pt-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
+    let arti = net().arti_toml().display().to_string();
+    let args =
+        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", line];
+    let started = if ready { w.start_ttp(&state, &args) } else { w.start_ttp_closed(&state, &args) };
+    let what = format!("ttp with a {} bridge", line.split_whitespace().next().unwrap_or_default());
+    Running::new(w, state, started, &what)
+}
+
 /// While Tor bootstraps, the control socket answers: status says the daemon is starting,
 /// how far Tor got and through which bridges; a request that needs Tor says it is not
 /// ready; root's `ttp stop` stops the start at once. (All three waited out their 120 s
 /// before: the socket was served only once Tor was ready.)
 #[test]
 fn status_and_stop_answer_while_tor_bootstraps() {
-    let w = World::with_testnet(net()).unwrap();
     // A plain bridge that nothing answers for: the bootstrap cannot finish.
     let line = format!("{WEB}:9 {}", &"0123456789ABCDEF".repeat(3)[..40]);
-    let state = std::env::temp_dir().join(format!("ttpt-boot-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let arti = net().arti_toml().display().to_string();
-    let args = ["--arti-config", &arti, "--use-bridges", "--bridge", &line];
-    let started = w.start_ttp_closed(&state, &args);
-    let mut r = Running::new(w, state, started, "ttp with a bridge that never answers");
+    let mut r = with_bridge(World::with_testnet(net()).unwrap(), &line, false);
 
     let status: serde_json::Value = serde_json::from_str(&ttp(&r, &["status", "--json"])).unwrap();
     assert_eq!((&status["state"], &status["tor_ready"]), (&"starting".into(), &false.into()), "{status:#}");
     assert_eq!(status["bridges"], serde_json::json!({"count": 1, "transports": ["plain"], "connected": []}));
     let text = ttp(&r, &["status"]);
     assert!(text.lines().any(|l| l.starts_with("state:      starting")), "{text}");
-    let streams = std::process::Command::new(ttp_tests::bin("ttp"))
-        .args(["streams", "--runtime-dir"])
-        .arg(r.state.join("run"))
-        .output()
-        .unwrap();
+    let streams = ttp_command(&r, &["streams"]).output().unwrap();
     let err = String::from_utf8_lossy(&streams.stderr);
     assert!(!streams.status.success() && err.contains("Tor is not ready yet"), "{err}");
 
     // A watchdog beside a starting daemon leaves it be: no restart (its DNSPort does not
-    // answer yet), and the daemon's lockdown stays on (the watchdog turned it off).
+    // answer yet), and the daemon's lockdown stays on (the watchdog used to turn it off).
     let pid = r.daemon.as_ref().unwrap().proc.child.id();
-    let mut wd = std::process::Command::new(ttp_tests::bin("ttp"));
-    wd.args(["watchdog", "run", "--interval", "1", "--runtime-dir"])
-        .arg(r.state.join("run"))
-        .arg("--pin-dir")
-        .arg(&r.w.pin_dir)
-        .stderr(std::process::Stdio::null());
+    let mut wd = ttp_command(&r, &["watchdog", "run", "--interval", "1"]);
+    wd.arg("--pin-dir").arg(&r.w.pin_dir).stderr(std::process::Stdio::null());
     let wd = ttp_tests::Proc::spawn(wd).unwrap();
     std::thread::sleep(Duration::from_millis(3500));
     wd.signal(nix::sys::signal::Signal::SIGTERM);
@@ -455,12 +454,11 @@ fn assert_unprivileged_transport(r: &Running, what: &str, is: impl Fn(&str) -> b
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
 }
 
-/// A stand-in for transports through which Tor cannot bootstrap here (snowflake: no
-/// server speaks its protocol past the first bytes; webtunnel: lyrebird, its client, is
-/// in no distribution): a managed transport that speaks the pluggable-transport protocol (VERSION,
-/// a CMETHOD for each transport asked for, a SOCKS5 proxy that takes the bridge line's
-/// settings as its username and password) and then just connects to the bridge's
-/// address. It records what it was told in `<itself>.log`.
+/// A stand-in for a transport program (webtunnel's lyrebird is in no distribution): a
+/// managed transport that speaks the pluggable-transport protocol (VERSION, a CMETHOD for
+/// each transport asked for, a SOCKS5 proxy that takes the bridge line's settings as its
+/// username and password) and then just connects to the bridge's address. It records
+/// what it was told in `<itself>.log`.
 const STAND_IN_TRANSPORT: &str = r#"#!/usr/bin/python3
 import os, socket, sys, threading
 log = open(sys.argv[0] + ".log", "a", buffering=1)
@@ -513,12 +511,13 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Bridges of the transports through which Tor cannot bootstrap here (snowflake,
-/// webtunnel; meek_lite does, through obfs4proxy: tor/transports.rs), each in turn: the line reaches the internet side through the program ttp
-/// was told to run for its transport (`--pt-path`), spoken to by Arti over the
-/// pluggable-transport protocol with the line's settings; nothing leaves but the
-/// transport's own connection to the bridge, and the transport runs unprivileged; status
-/// names the transport. (The stand-in above takes each transport's place.)
+/// Bridges of snowflake and webtunnel through a transport given with `--pt-path` (the
+/// real snowflake-client, and obfs4proxy's meek_lite, are in tor/transports.rs), each in
+/// turn: the line reaches the internet side through the program ttp was told to run for
+/// its transport, spoken to by Arti over the pluggable-transport protocol with the line's
+/// settings; nothing leaves but the transport's own connection to the bridge, and the
+/// transport runs unprivileged; status names the transport. (The stand-in above takes
+/// each transport's place.)
 #[test]
 fn snowflake_and_webtunnel_bridges_go_through_the_transport_given_for_each() {
     let net = net();
@@ -577,16 +576,16 @@ fn snowflake_and_webtunnel_bridges_go_through_the_transport_given_for_each() {
 
 /// `ttp ARGS --runtime-dir <the test's>` as root, in the host namespace.
 fn ttp(r: &Running, args: &[&str]) -> String {
-    let out = std::process::Command::new(ttp_tests::bin("ttp"))
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(r.state.join("run"))
-        .arg("--pin-dir")
-        .arg(&r.w.pin_dir)
-        .output()
-        .unwrap();
+    let out = ttp_command(r, args).arg("--pin-dir").arg(&r.w.pin_dir).output().unwrap();
     assert!(out.status.success(), "ttp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `ttp ARGS --runtime-dir <the test's>`, to be run.
+fn ttp_command(r: &Running, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(ttp_tests::bin("ttp"));
+    c.args(args).arg("--runtime-dir").arg(r.state.join("run"));
+    c
 }
 
 /// Circuit of the newest closed stream of `uid` to the web server.

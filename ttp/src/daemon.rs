@@ -482,7 +482,7 @@ async fn serve(
     // stops it; the rest waits for Tor (see control::Control).
     let control = Arc::new(Control {
         services: std::sync::OnceLock::new(),
-        bootstrap: Mutex::new("starting".into()),
+        bootstrap: Mutex::new("not started yet".into()),
         maps: maps.clone(),
         ports: Ports { trans: opts.trans_port, dns: opts.dns_port, socks: opts.socks_port },
         started: t0,

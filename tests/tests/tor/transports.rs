@@ -43,18 +43,6 @@ impl Drop for LoAddr {
     }
 }
 
-/// ttp in `w` with the bridge `line` only, started once Tor is ready (`ready`), or once
-/// the kill-switch is on.
-fn with_bridge(w: World, line: &str, ready: bool) -> Running {
-    let state = std::env::temp_dir().join(format!("ttpt-pt-{}", w.pin_dir.file_name().unwrap().to_string_lossy()));
-    let arti = net().arti_toml().display().to_string();
-    let args =
-        ["--arti-config", &arti, "--check-url", ttp_tests::testnet::CHECK_URL, "--use-bridges", "--bridge", line];
-    let started = if ready { w.start_ttp(&state, &args) } else { w.start_ttp_closed(&state, &args) };
-    let what = format!("ttp with a {} bridge", line.split_whitespace().next().unwrap_or_default());
-    Running::new(w, state, started, &what)
-}
-
 /// The broker, server and proxy, removed on drop (the proxy's namespace with its link).
 struct Deployment {
     standin: Proc,

@@ -185,7 +185,7 @@ fn check(runtime_dir: &Path, layout: &PinLayout, lock: Option<&SessionLock>) -> 
         // A daemon that is still starting serves nothing yet (its DNSPort among them) and
         // holds its own lockdown until Tor is ready: not a fault while it bootstraps, and
         // one that never finishes ends itself (--bootstrap-timeout), dead for the next round.
-        Ok(status) if status.state == "starting" => {
+        Ok(status) if status.state == control::proto::STATE_STARTING => {
             faults.push(format!("Tor is not bootstrapped yet (starting: {})", status.bootstrap));
             return faults;
         }

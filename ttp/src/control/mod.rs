@@ -161,7 +161,7 @@ impl Control {
             (counters, refusals)
         };
         let mut status = Status {
-            state: "starting".into(),
+            state: proto::STATE_STARTING.into(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             started_unix: self.started_unix,
@@ -191,7 +191,7 @@ impl Control {
             let boot = s.tor.bootstrap_status();
             let (bytes_up, bytes_down) = s.streams.totals();
             let exit = s.exit.lock().expect("exit lock").clone();
-            status.state = "running".into();
+            status.state = proto::STATE_RUNNING.into();
             status.bootstrap = boot.to_string();
             status.waiting = no_network().or_else(|| crate::tor::waiting_while_running(&boot));
             status.tor_ready = boot.ready_for_traffic();

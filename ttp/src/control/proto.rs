@@ -73,8 +73,15 @@ pub struct Ports {
     pub socks: u16,
 }
 
+/// [`Status::state`] of a daemon whose Tor is bootstrapping (the host closed meanwhile).
+pub const STATE_STARTING: &str = "starting";
+/// [`Status::state`] of a daemon that serves.
+pub const STATE_RUNNING: &str = "running";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
+    /// [`STATE_STARTING`] or [`STATE_RUNNING`] from the daemon; `ttp status` without one
+    /// says `lockdown`, `daemon-dead` or `stopped`.
     pub state: String,
     pub pid: u32,
     pub uptime_secs: u64,
